@@ -1,0 +1,75 @@
+"""`load_model`: an official OFA checkpoint or one of the plugin's, as a model in eval mode."""
+import argparse
+import os
+from types import SimpleNamespace
+from typing import Optional
+
+import torch
+from fairseq.data import Dictionary
+from fairseq.models import ARCH_CONFIG_REGISTRY
+
+from .data.dictionary import build_ofa_dictionary
+from .models.ofa import OFAModel
+
+
+def read_checkpoint(path: str) -> dict:
+    """torch.load a fairseq checkpoint without running pickled code beyond argparse.Namespace."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupted, or not a checkpoint at all
+        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def model_args(state: dict, path: str = "checkpoint"):
+    """The model arguments a checkpoint was trained with (cfg['model'] or the older top-level 'args')."""
+    cfg = state.get("cfg")
+    args = cfg.get("model") if isinstance(cfg, dict) else getattr(cfg, "model", None) if cfg is not None else None
+    if args is None:
+        args = state.get("args")
+    if args is None:
+        raise ValueError(f"{path} records no model arguments (neither cfg['model'] nor args)")
+    if isinstance(args, dict):
+        args = argparse.Namespace(**args)
+    elif not isinstance(args, argparse.Namespace):  # an omegaconf DictConfig
+        args = argparse.Namespace(**{k: args[k] for k in args})
+    return args
+
+
+def _dictionary(args, vocab_rows: int) -> Dictionary:
+    bpe_dir = getattr(args, "bpe_dir", None)
+    dict_path = os.path.join(bpe_dir, "dict.txt") if bpe_dir else None
+    if dict_path and os.path.isfile(dict_path):
+        return build_ofa_dictionary(dict_path, getattr(args, "code_dict_size", 8192), getattr(args, "num_bins", 1000))
+    # Without the BPE files the model still needs the vocabulary size and the special indices.
+    d = Dictionary()
+    for i in range(vocab_rows - len(d)):
+        d.add_symbol(f"<token_{i}>")
+    return d
+
+
+def load_model(path: str, overrides: Optional[dict] = None) -> OFAModel:
+    """Load an OFA checkpoint (official or this plugin's) in eval mode.
+
+    `overrides` replaces recorded arguments, e.g. {"bpe_dir": "/data/ofa/BPE"} to build the real
+    dictionary (otherwise one of the checkpoint's size is used).
+    """
+    state = read_checkpoint(path)
+    args = model_args(state, path)
+    for key, value in (overrides or {}).items():
+        setattr(args, key, value)
+    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
+    if arch in ARCH_CONFIG_REGISTRY:
+        ARCH_CONFIG_REGISTRY[arch](args)
+    weights = state["model"]
+    rows = weights["encoder.embed_tokens.weight"].size(0) if "encoder.embed_tokens.weight" in weights else 0
+    dictionary = _dictionary(args, rows)
+    task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
+    model = OFAModel.build_model(args, task)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()

@@ -1,0 +1,1 @@
+from .ofa import OFAConfig, OFALegacyModel, OFAModel  # noqa: F401  (registers the models)

@@ -1,0 +1,119 @@
+"""OFA's multi-head attention: scaled by (head_dim * scale_factor)^-1/2, with an additive position
+bias, optional per-head output scales (`c_attn`), key/value prefixes (prompts) and an incremental
+key/value cache for beam search.
+
+Tensors are batch-first inside the model: query [B, T, C], keys [B, S, C].
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.incremental_decoding_utils import with_incremental_state
+from torch import Tensor
+
+Prefix = Tuple[Tensor, Tensor]  # keys, values: [B or 1, heads, P, head_dim]
+
+
+@with_incremental_state
+class MultiheadAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, scale_factor: float = 2.0,
+                 scale_heads: bool = False, cross: bool = False):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed dim {embed_dim} is not divisible by {num_heads} attention heads")
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = float(self.head_dim * scale_factor) ** -0.5
+        self.dropout = dropout
+        self.cross = cross
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
+        for proj in (self.k_proj, self.v_proj, self.q_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=2 ** -0.5)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor] = None,
+        bias: Optional[Tensor] = None,
+        key_padding_mask: Optional[Tensor] = None,
+        prefix: Optional[Prefix] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_weights: bool = False,
+    ):
+        """query [B, T, C]; key [B, S, C] for cross-attention (None: self-attention).
+
+        bias: float [B or 1, H, T, S] added to the logits of the S real keys (position bias, causal
+        mask). key_padding_mask: bool [B, S], True = ignore. prefix: prompt keys/values put in front
+        of the real ones; they get no bias and are never masked. Returns (out [B, T, C], weights or
+        None), weights being the head-averaged probabilities over the real keys [B, T, S].
+        """
+        bsz, tgt_len, _ = query.shape
+        q = self._heads(self.q_proj(query))
+        cache = self.get_incremental_state(incremental_state, "cache") if incremental_state is not None else None
+
+        if self.cross and cache:  # encoder keys/values do not change between decoding steps
+            k, v = cache["key"], cache["value"]
+        else:
+            src = query if key is None else key
+            k, v = self._heads(self.k_proj(src)), self._heads(self.v_proj(src))
+            if not self.cross and cache:  # the cache already starts with the prefix
+                k = torch.cat([cache["key"], k], dim=2)
+                v = torch.cat([cache["value"], v], dim=2)
+            elif not self.cross and prefix is not None:
+                k = torch.cat([prefix[0].expand(bsz, -1, -1, -1), k], dim=2)
+                v = torch.cat([prefix[1].expand(bsz, -1, -1, -1), v], dim=2)
+            if incremental_state is not None:
+                self.set_incremental_state(incremental_state, "cache", {"key": k, "value": v})
+
+        # bias and padding mask cover the real keys only; whatever is in front of them is prefix
+        real_len = (bias.size(-1) if bias is not None else
+                    key_padding_mask.size(1) if key_padding_mask is not None else k.size(2))
+        n_prefix = k.size(2) - real_len
+        mask = self._logit_mask(bias, key_padding_mask, n_prefix, q.dtype)
+
+        if need_weights:
+            logits = torch.matmul(q * self.scaling, k.transpose(2, 3))
+            if mask is not None:
+                logits = logits + mask
+            probs = F.softmax(logits.float(), dim=-1).type_as(logits)
+            attn = torch.matmul(F.dropout(probs, self.dropout, self.training), v)
+            weights = probs[..., n_prefix:].mean(dim=1)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
+                                                  dropout_p=self.dropout if self.training else 0.0)
+            weights = None
+
+        if self.c_attn is not None:
+            attn = attn * self.c_attn[None, :, None, None]
+        attn = attn.transpose(1, 2).reshape(bsz, tgt_len, self.embed_dim)
+        return self.out_proj(attn), weights
+
+    @staticmethod
+    def _logit_mask(bias, key_padding_mask, n_prefix: int, dtype) -> Optional[Tensor]:
+        """Additive [B|1, H|1, T|1, P+S] mask from the bias and the padding mask; zeros on the prefix."""
+        mask = bias
+        if key_padding_mask is not None:
+            pad = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+            mask = pad if mask is None else mask + pad
+        if mask is not None and n_prefix:
+            mask = F.pad(mask, (n_prefix, 0))
+        return mask
+
+    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
+        cache = self.get_incremental_state(incremental_state, "cache")
+        if cache:
+            cache = {name: t.index_select(0, new_order) for name, t in cache.items()}
+            self.set_incremental_state(incremental_state, "cache", cache)
+        return incremental_state

@@ -1,0 +1,120 @@
+"""OFA's decoder: text (and location-bin) tokens, positions as self- and cross-attention biases."""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from fairseq.models import FairseqIncrementalDecoder
+from torch import Tensor
+
+from .encoder import PositionBias, build_prompt_encoder
+from .layers import TransformerLayer
+
+
+class OFADecoder(FairseqIncrementalDecoder, PositionBias):
+    def __init__(self, cfg, dictionary, embed_tokens):
+        super().__init__(dictionary)
+        dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
+        self.register_buffer("version", torch.Tensor([3]))
+        self.decoder_prompt_encoder = build_prompt_encoder(cfg, "decoder", dim, heads, cfg.decoder_layers)
+        self.padding_idx = embed_tokens.padding_idx
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else dim ** 0.5
+        self.layernorm_embedding = nn.LayerNorm(dim) if cfg.layernorm_embedding else None
+        self.init_positions(cfg, dim, heads, cfg.decoder_layers, cfg.max_target_positions)
+        self.self_pos_q_linear = nn.Linear(dim, dim)
+        self.self_pos_k_linear = nn.Linear(dim, dim)
+        self.cross_pos_q_linear = nn.Linear(dim, dim)
+        self.cross_pos_k_linear = nn.Linear(dim, dim)
+        # only used for image-code generation (OFA pretraining); kept so that checkpoints load strictly
+        self.code_layernorm_embedding = nn.LayerNorm(dim) if cfg.code_layernorm_embedding else None
+        self.entangle = cfg.entangle_position_embedding and not cfg.disable_entangle
+        self.dropout = nn.Dropout(cfg.dropout)
+        rates = torch.linspace(0, cfg.decoder_drop_path_rate, cfg.decoder_layers).tolist()
+        self.layers = nn.ModuleList(TransformerLayer(cfg, decoder=True, drop_path=r) for r in rates)
+        self.layer_norm = nn.LayerNorm(dim)
+        self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+        if cfg.share_decoder_input_output_embed:
+            self.output_projection.weight = self.embed_tokens.weight
+        else:
+            nn.init.normal_(self.output_projection.weight, std=dim ** -0.5)
+        self.max_target_positions = cfg.max_target_positions
+        self.register_buffer("_causal", torch.empty(0), persistent=False)
+
+    def causal_mask(self, n: int, like: Tensor) -> Tensor:
+        if self._causal.size(0) < n or self._causal.dtype != like.dtype:
+            self._causal = torch.full((n, n), float("-inf"), dtype=like.dtype, device=like.device).triu(1)
+        return self._causal[:n, :n]
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[Dict[str, List[Tensor]]] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        features_only: bool = False,
+        alignment_layer: Optional[int] = None,
+        return_all_hiddens: bool = False,
+        **unused,
+    ):
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state, alignment_layer)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
+                         alignment_layer: Optional[int] = None, **unused):
+        """Incremental decoding passes all tokens so far and computes the last position only."""
+        bsz, tgt_len = prev_output_tokens.shape
+        device = prev_output_tokens.device
+        alignment_layer = len(self.layers) - 1 if alignment_layer is None else alignment_layer
+        all_pos = torch.arange(tgt_len, device=device)
+        q_pos = all_pos[-1:] if incremental_state is not None else all_pos
+        tokens = prev_output_tokens[:, q_pos]
+
+        tgt_pos_raw = self.embed_positions(all_pos)
+        tgt_pos = self.pos_ln(tgt_pos_raw)[None]
+        self_bias = self.pos_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos[:, q_pos], tgt_pos)
+        src_pos = encoder_out["position_embeddings"][0]
+        cross_bias = self.pos_bias(self.cross_pos_q_linear, self.cross_pos_k_linear,
+                                   tgt_pos[:, q_pos].expand(src_pos.size(0), -1, -1), src_pos)
+        if incremental_state is None:
+            self_bias = self_bias + self.causal_mask(tgt_len, self_bias)
+
+        x = self.embed_tokens(tokens) * self.embed_scale
+        if self.entangle:
+            x = x + tgt_pos_raw[q_pos]
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        x = self.dropout(x)
+
+        padding_mask = prev_output_tokens.eq(self.padding_idx)
+        padding_mask = padding_mask if bool(padding_mask.any()) else None
+        enc = encoder_out["encoder_out"][0].transpose(0, 1)
+        enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else None
+        prompts = self.decoder_prompt_encoder_output(bsz, incremental_state)
+
+        attn, inner_states = None, [x]
+        for idx, layer in enumerate(self.layers):
+            bias = self_bias + self.token_rel_bias(idx, q_pos, all_pos)
+            x, layer_attn = layer(x, bias, padding_mask, prefix=prompts.get(idx), encoder_out=enc,
+                                  encoder_padding_mask=enc_mask, cross_bias=cross_bias,
+                                  incremental_state=incremental_state, need_attn=idx == alignment_layer)
+            inner_states.append(x)
+            if layer_attn is not None:
+                attn = layer_attn
+        x = self.layer_norm(x)
+        return x, {"attn": [attn], "inner_states": [s.transpose(0, 1) for s in inner_states]}
+
+    def decoder_prompt_encoder_output(self, bsz, incremental_state):
+        """Prompt keys/values for this call. During incremental decoding they are only needed on the
+        first step: the self-attention caches keep them in front of the real keys."""
+        if self.decoder_prompt_encoder is None:
+            return {}
+        if incremental_state is not None and self.layers[0].self_attn.get_incremental_state(incremental_state, "cache"):
+            return {}
+        return self.decoder_prompt_encoder(bsz)
+
+    def output_layer(self, features):
+        return self.output_projection(features)
+
+    def max_positions(self):
+        return self.max_target_positions

@@ -1,0 +1,64 @@
+"""Deep prefix prompts: trainable per-layer key/value prefixes for self-attention.
+
+One table holds every prompted layer's keys and values (OFA's layout, so official prompt checkpoints
+load): column ((2*i + s) * heads + h) * head_dim + d is slot s (0 key, 1 value) of the i-th prompted
+layer, head h. With reparameterization the table is produced by an MLP from a smaller embedding.
+"""
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+
+from .attention import Prefix
+
+
+def parse_prompt_layers(spec: str, num_layers: int, option: str) -> List[int]:
+    """Which layers get prompts: 'all', 'bottom-K', 'top-K' or a comma list of layer indices."""
+    spec = str(spec).strip().lower()
+    if spec == "all":
+        return list(range(num_layers))
+    kind, _, count = spec.partition("-")
+    if kind in ("bottom", "top") and count.isdigit():
+        k = int(count)
+        if not 1 <= k <= num_layers:
+            raise ValueError(f"--{option}={spec}: K must be between 1 and the {num_layers} layers")
+        return list(range(k)) if kind == "bottom" else list(range(num_layers - k, num_layers))
+    try:
+        layers = sorted({int(tok) for tok in spec.split(",")})
+    except ValueError:
+        raise ValueError(f"--{option}={spec!r}: expected 'all', 'bottom-K', 'top-K' or layer indices like '0,2,5'")
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"--{option}={spec}: layer(s) {bad} do not exist (the stack has layers 0..{num_layers - 1})")
+    return layers
+
+
+class PromptEncoder(nn.Module):
+    def __init__(self, length: int, embed_dim: int, num_heads: int, layers: Sequence[int],
+                 projection: bool = False, prompt_dim: int = 0, dropout: float = 0.2):
+        super().__init__()
+        self.length, self.num_heads, self.head_dim = length, num_heads, embed_dim // num_heads
+        self.layers = list(layers)
+        width = len(self.layers) * 2 * embed_dim
+        if projection:  # reparameterization: embedding -> Linear -> ReLU -> Linear
+            self.embedding = nn.Embedding(length, embed_dim)
+            self.trans = nn.Sequential(nn.Linear(embed_dim, prompt_dim), nn.ReLU(), nn.Linear(prompt_dim, width))
+        else:
+            self.embedding = nn.Embedding(length, width)
+            self.trans = None
+        self.dropout = nn.Dropout(dropout)
+
+    def table(self) -> torch.Tensor:
+        """[P, prompted_layers * 2 * embed_dim]: the reparameterized prompt table."""
+        x = self.embedding.weight
+        return x if self.trans is None else self.trans(x)
+
+    def forward(self, batch_size: int = 1) -> Dict[int, Prefix]:
+        """Per-layer (keys, values), each [B or 1, heads, P, head_dim]. The batch dimension is 1 in
+        eval mode (prompts do not depend on the sample); in training each sample gets its own
+        dropout mask, as in OFA."""
+        x = self.table().view(1, self.length, len(self.layers), 2, self.num_heads, self.head_dim)
+        if self.training and self.dropout.p > 0:
+            x = self.dropout(x.expand(batch_size, -1, -1, -1, -1, -1))
+        kv = x.permute(2, 3, 0, 4, 1, 5)  # [layers, 2, B, H, P, hd]
+        return {layer: (kv[i, 0], kv[i, 1]) for i, layer in enumerate(self.layers)}
