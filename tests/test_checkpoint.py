@@ -1,0 +1,83 @@
+"""Loading official checkpoints: a prompt-less backbone into a prompted model, and clear errors when a
+checkpoint does not fit."""
+import argparse
+
+import pytest
+import torch
+
+from ofa_prompt import load_model
+from ofa_prompt.checkpoint import CheckpointMismatchError
+from ofa_prompt.hub import model_args, read_checkpoint
+
+from conftest import build_micro
+
+
+def reference_args(reference, **changes):
+    args = model_args(read_checkpoint(str(reference / "plain.pt")))
+    for k, v in changes.items():
+        setattr(args, k, v)
+    return args
+
+
+def build_like(reference, **changes):
+    from types import SimpleNamespace
+
+    from ofa_prompt.data.dictionary import build_ofa_dictionary
+    from ofa_prompt.models.ofa import OFAModel
+
+    d = build_ofa_dictionary(str(reference / "dict.txt"))
+    return OFAModel.build_model(reference_args(reference, **changes), SimpleNamespace(source_dictionary=d, target_dictionary=d))
+
+
+def test_load_model_builds_real_dictionary_and_eval_mode(reference):
+    model = load_model(str(reference / "prompt.pt"), {"bpe_dir": str(reference)})
+    assert not model.training
+    assert len(model.encoder.dictionary) == 9397
+    assert model.encoder.dictionary.index("<bin_0>") == 8397
+    assert model.tuning == "prompt"
+
+
+def test_prompt_less_backbone_restores_into_prompted_model(reference):
+    torch.manual_seed(0)
+    model = build_like(reference, encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=16,
+                       decoder_prompt_length=16)
+    fresh_prompt = model.encoder.encoder_prompt_encoder.embedding.weight.detach().clone()
+    state = read_checkpoint(str(reference / "plain.pt"))["model"]
+    model.load_state_dict(dict(state), strict=True)
+    ours = model.state_dict()
+    for key, value in state.items():
+        if key in ours:
+            assert torch.equal(ours[key], value.to(ours[key].dtype)), key
+    assert torch.equal(model.encoder.encoder_prompt_encoder.embedding.weight, fresh_prompt)
+    assert model.encoder.encoder_prompt_encoder.embedding.weight.requires_grad
+    assert not model.encoder.layers[0].fc1.weight.requires_grad
+
+
+def test_missing_backbone_key_is_an_error_not_a_reinit(reference):
+    model = build_like(reference, encoder_prompt=True)
+    state = dict(read_checkpoint(str(reference / "plain.pt"))["model"])
+    del state["encoder.layers.1.fc1.weight"]
+    with pytest.raises(CheckpointMismatchError, match="encoder.layers.1.fc1.weight"):
+        model.load_state_dict(state, strict=True)
+
+
+def test_other_architecture_names_the_keys(reference):
+    model = build_like(reference, encoder_layers=3)
+    with pytest.raises(CheckpointMismatchError, match="encoder.layers.2"):
+        model.load_state_dict(dict(read_checkpoint(str(reference / "plain.pt"))["model"]), strict=True)
+
+
+def test_other_dictionary_size_is_explained(reference):
+    model = build_micro()  # 300-entry dictionary, same micro sizes as the fixtures
+    state = dict(read_checkpoint(str(reference / "plain.pt"))["model"])
+    with pytest.raises(CheckpointMismatchError, match="dictionary has 9397 entries"):
+        model.load_state_dict(state, strict=True)
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path, reference):
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes((reference / "plain.pt").read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated.pt"):
+        load_model(str(bad))
+    with pytest.raises(FileNotFoundError, match="nothere.pt"):
+        load_model(str(tmp_path / "nothere.pt"))
