@@ -4,26 +4,12 @@ import os
 from types import SimpleNamespace
 from typing import Optional
 
-import torch
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
+from .checkpoint import read_checkpoint
 from .data.dictionary import build_ofa_dictionary
 from .models.ofa import OFAModel
-
-
-def read_checkpoint(path: str) -> dict:
-    """torch.load a fairseq checkpoint without running pickled code beyond argparse.Namespace."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupted, or not a checkpoint at all
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
-    return state
 
 
 def model_args(state: dict, path: str = "checkpoint"):

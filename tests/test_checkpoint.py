@@ -1,13 +1,13 @@
 """Loading official checkpoints: a prompt-less backbone into a prompted model, and clear errors when a
 checkpoint does not fit."""
-import argparse
 
 import pytest
 import torch
 
 from ofa_prompt import load_model
 from ofa_prompt.checkpoint import CheckpointMismatchError
-from ofa_prompt.hub import model_args, read_checkpoint
+from ofa_prompt.checkpoint import read_checkpoint
+from ofa_prompt.hub import model_args
 
 from conftest import build_micro
 

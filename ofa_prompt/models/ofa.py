@@ -9,13 +9,14 @@ Two registrations share one implementation:
 """
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.models import BaseFairseqModel, FairseqEncoderDecoderModel, register_model, register_model_architecture
+from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 
+from ..checkpoint import tuned_state_dict, upgrade_state_dict
 from .decoder import OFADecoder
 from .encoder import OFAEncoder, embedding
 from .resnet import RESNET_BLOCKS
@@ -98,6 +99,14 @@ class OFAConfig(FairseqDataclass):
     bitfit: bool = field(default=False, metadata={"help": "train only the bias terms (BitFit)"})
     freeze_encoder_embedding: bool = field(default=False, metadata={"help": "freeze the encoder token embedding"})
     freeze_decoder_embedding: bool = field(default=False, metadata={"help": "freeze the decoder token embedding"})
+    # prompt-only checkpoints
+    backbone: Optional[str] = field(
+        default=None, metadata={"help": "checkpoint holding the frozen backbone (default: --finetune-from-model or "
+                                        "--restore-file); prompt-only checkpoints record its path and hash"})
+    save_full_checkpoint: bool = field(
+        default=False, metadata={"help": "write the whole model into checkpoints even when the backbone is frozen"})
+    force_backbone: bool = field(
+        default=False, metadata={"help": "load a prompt-only checkpoint onto a backbone whose hash differs from the recorded one"})
 
 
 def config_from(args) -> OFAConfig:
@@ -151,6 +160,10 @@ class OFAModel(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, args, task):
         cfg = config_from(args)
+        if cfg.backbone is None:  # fairseq's own ways of starting from a pretrained checkpoint
+            restore = getattr(args, "restore_file", None)
+            cfg.backbone = getattr(args, "finetune_from_model", None) or (
+                restore if restore and os.path.basename(restore) != "checkpoint_last.pt" else None)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         enc_emb = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
         if cfg.share_all_embeddings:
@@ -180,9 +193,25 @@ class OFAModel(FairseqEncoderDecoderModel):
     def max_positions(self):
         return self.encoder.max_positions(), self.decoder.max_positions()
 
-    def upgrade_state_dict_named(self, state_dict, name):
-        from ..checkpoint import upgrade_state_dict
+    def state_dict(self, *args, **kwargs):
+        """With a frozen backbone, the top-level state dict (what fairseq writes into checkpoints) holds
+        only the tuned tensors and a fingerprint of the backbone file; `full_state_dict()` has everything."""
+        state = super().state_dict(*args, **kwargs)
+        if args or kwargs.get("prefix") or kwargs.get("destination") is not None:
+            return state  # called as a submodule (DDP, EMA): leave it alone
+        return tuned_state_dict(self, state)
 
+    def full_state_dict(self):
+        return super().state_dict()
+
+    def set_prompts(self, prompts, force_backbone: bool = False):
+        """Swap in other prompts (a prompt file path or {"encoder": kv, "decoder": kv}) without reloading
+        the backbone; see ofa_prompt.prompt_file."""
+        from ..prompt_file import attach_prompts  # prompt_file builds on this module
+
+        attach_prompts(self, prompts, force_backbone)
+
+    def upgrade_state_dict_named(self, state_dict, name):
         upgrade_state_dict(self, state_dict, name)
 
 

@@ -62,3 +62,29 @@ class PromptEncoder(nn.Module):
             x = self.dropout(x.expand(batch_size, -1, -1, -1, -1, -1))
         kv = x.permute(2, 3, 0, 4, 1, 5)  # [layers, 2, B, H, P, hd]
         return {layer: (kv[i, 0], kv[i, 1]) for i, layer in enumerate(self.layers)}
+
+
+class StaticPrompt(nn.Module):
+    """Fixed per-layer prefixes (an exported prompt file): the same interface as PromptEncoder, no training."""
+
+    def __init__(self, kv: Dict[int, Prefix]):
+        super().__init__()
+        self.layers = sorted(kv)
+        for layer in self.layers:
+            self.register_buffer(f"key_{layer}", kv[layer][0].detach().reshape(1, *kv[layer][0].shape[-3:]))
+            self.register_buffer(f"value_{layer}", kv[layer][1].detach().reshape(1, *kv[layer][1].shape[-3:]))
+        first = kv[self.layers[0]][0]
+        self.num_heads, self.length, self.head_dim = first.shape[-3:]
+
+    def forward(self, batch_size: int = 1) -> Dict[int, Prefix]:
+        return {layer: (getattr(self, f"key_{layer}"), getattr(self, f"value_{layer}")) for layer in self.layers}
+
+
+@torch.no_grad()
+def fold(prompt: nn.Module) -> Dict[int, Prefix]:
+    """The per-layer keys/values a prompt module produces in eval mode ([heads, P, head_dim] each): the
+    reparameterization MLP, if any, is applied once and disappears."""
+    was_training = prompt.training
+    kv = prompt.eval()(batch_size=1)
+    prompt.train(was_training)
+    return {layer: (k[0].clone(), v[0].clone()) for layer, (k, v) in kv.items()}

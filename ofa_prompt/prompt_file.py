@@ -1,0 +1,169 @@
+"""Prompt files: the tuned prompts of a checkpoint as a small safetensors file, one per task.
+
+A prompt file holds, for each prompted side and layer, the key and value prefixes `{side}.{layer}.key` /
+`{side}.{layer}.value` ([heads, P, head_dim]); a reparameterization MLP is folded away. Its metadata
+records the shapes it fits. safetensors runs no code on load, so files from strangers are safe to open.
+
+    python -m ofa_prompt.prompt_file export CHECKPOINT OUT.safetensors
+    python -m ofa_prompt.prompt_file merge --backbone ofa_base.pt --prompts OUT.safetensors --out merged.pt
+
+and in Python, several prompt files on one loaded backbone: `model.set_prompts("caption.safetensors")`.
+"""
+import argparse
+import json
+import os
+import tempfile
+from typing import Dict
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import BACKBONE_KEY, file_fingerprint, read_checkpoint
+from .hub import model_args
+from .models.encoder import build_prompt_encoder
+from .models.ofa import config_from
+from .models.prompt import StaticPrompt, fold
+
+FORMAT = "ofa_prompt.prompts/1"
+SIDES = ("encoder", "decoder")
+
+
+def _side_shape(cfg, side):
+    return {"embed_dim": getattr(cfg, f"{side}_embed_dim"), "heads": getattr(cfg, f"{side}_attention_heads"),
+            "num_layers": getattr(cfg, f"{side}_layers")}
+
+
+def export_prompts(checkpoint: str, out: str) -> dict:
+    """Write the folded prompts of `checkpoint` (full or prompt-only; no backbone needed) to `out`."""
+    state = read_checkpoint(checkpoint)
+    cfg = config_from(model_args(state, checkpoint))
+    tensors, meta = {}, {"format": FORMAT, "source": os.path.abspath(checkpoint), "sides": {}}
+    for side in SIDES:
+        module = build_prompt_encoder(cfg, side, getattr(cfg, f"{side}_embed_dim"),
+                                      getattr(cfg, f"{side}_attention_heads"), getattr(cfg, f"{side}_layers"))
+        if module is None:
+            continue
+        prefix = f"{side}.{side}_prompt_encoder."
+        weights = {k[len(prefix):]: v.float() for k, v in state["model"].items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{checkpoint}: the {side} prompt tensors do not fit its recorded configuration: {e}")
+        for layer, (k, v) in fold(module).items():
+            tensors[f"{side}.{layer}.key"], tensors[f"{side}.{layer}.value"] = k.contiguous(), v.contiguous()
+        meta["sides"][side] = {**_side_shape(cfg, side), "length": module.length, "layers": module.layers}
+    if not meta["sides"]:
+        raise ValueError(f"{checkpoint} has no prompts (neither --encoder-prompt nor --decoder-prompt)")
+    if BACKBONE_KEY in state["model"]:
+        meta["backbone"] = state["model"][BACKBONE_KEY]
+    _atomic(out, lambda tmp: save_file(tensors, tmp, metadata={"ofa_prompt": json.dumps(meta)}))
+    return meta
+
+
+def read_prompts(path: str):
+    """(per-side {layer: (key, value)}, metadata) of a prompt file, validated."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("ofa_prompt", "null"))
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read prompt file {path}: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an ofa_prompt prompt file (metadata 'ofa_prompt' with format {FORMAT})")
+    kv = {}
+    for side, info in meta["sides"].items():
+        try:
+            kv[side] = {layer: (tensors[f"{side}.{layer}.key"], tensors[f"{side}.{layer}.value"])
+                        for layer in info["layers"]}
+        except KeyError as e:
+            raise ValueError(f"{path}: tensor {e} listed in its metadata is missing")
+        shape = (info["heads"], info["length"], info["embed_dim"] // info["heads"])
+        bad = [layer for layer, (k, v) in kv[side].items() if tuple(k.shape) != shape or tuple(v.shape) != shape]
+        if bad:
+            raise ValueError(f"{path}: {side} layer(s) {bad} are not of shape {list(shape)}")
+    return kv, meta
+
+
+def _check_fits(path: str, side: str, info: dict, cfg, target: str = "the model"):
+    have = _side_shape(cfg, side)
+    diff = [f"{k} {info[k]} in the file vs {have[k]} in {target}" for k in have if info[k] != have[k]]
+    if diff:
+        raise ValueError(f"{path} was made for another architecture ({side}: {', '.join(diff)})")
+
+
+def attach_prompts(model, prompts, force_backbone: bool = False):
+    """Use the prompts of a file on `model`'s backbone; sides the file lacks lose their prompts."""
+    path = prompts if isinstance(prompts, str) else "<prompts>"
+    kv, meta = read_prompts(prompts) if isinstance(prompts, str) else (prompts, None)
+    if meta is not None:
+        for side in kv:
+            _check_fits(path, side, meta["sides"][side], model.cfg)
+        trained_on, ours = meta.get("backbone"), model.cfg.backbone
+        if trained_on and ours and os.path.isfile(ours) and not force_backbone \
+                and file_fingerprint(ours)["sha256"] != trained_on["sha256"]:
+            raise ValueError(f"{path} was tuned on backbone {trained_on['path']}, not on this model's {ours} "
+                             "(hashes differ); pass force_backbone=True to use it anyway")
+    for side in SIDES:
+        module = StaticPrompt(kv[side]) if side in kv else None
+        owner = getattr(model, side)
+        setattr(owner, f"{side}_prompt_encoder", module.to(owner.layer_norm.weight) if module else None)
+
+
+def merge_prompts(backbone: str, prompts: str, out: str):
+    """One checkpoint with backbone and prompts (OFA's table layout), for tools that want a single file."""
+    kv, meta = read_prompts(prompts)
+    state = read_checkpoint(backbone)
+    if BACKBONE_KEY in state["model"]:
+        raise ValueError(f"{backbone} is a prompt-only checkpoint, not a backbone")
+    args = model_args(state, backbone)
+    for side, info in meta["sides"].items():
+        _check_fits(prompts, side, info, config_from(args), backbone)
+        # back to OFA's table: column ((2 * i + s) * heads + h) * head_dim + d
+        table = torch.stack([torch.stack(kv[side][layer]) for layer in info["layers"]])  # [L, 2, H, P, hd]
+        table = table.permute(3, 0, 1, 2, 4).reshape(info["length"], -1)
+        # kept in float32 even in an fp16 checkpoint: folded prompts lose ~1e-3 in half precision
+        state["model"][f"{side}.{side}_prompt_encoder.embedding.weight"] = table.float()
+        for name, value in (("prompt", True), ("prompt_type", "prefix"), ("prompt_length", info["length"]),
+                            ("prompt_projection", False), ("prompt_layers", ",".join(map(str, info["layers"])))):
+            setattr(args, f"{side}_{name}", value)
+    _atomic(out, lambda tmp: torch.save(state, tmp))
+
+
+def _atomic(out: str, write):
+    """Write through a temporary file in the same folder, so a failure never leaves a partial `out`."""
+    folder = os.path.dirname(os.path.abspath(out))
+    fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix="-" + os.path.basename(out), dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ofa_prompt.prompt_file", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="checkpoint -> prompt file (.safetensors)")
+    ex.add_argument("checkpoint")
+    ex.add_argument("out")
+    mg = sub.add_parser("merge", help="backbone checkpoint + prompt file -> one full checkpoint")
+    mg.add_argument("--backbone", required=True)
+    mg.add_argument("--prompts", required=True)
+    mg.add_argument("--out", required=True)
+    a = parser.parse_args(argv)
+    if a.command == "export":
+        meta = export_prompts(a.checkpoint, a.out)
+        print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes): " + ", ".join(
+            f"{side} length {s['length']} on layers {s['layers']}" for side, s in meta["sides"].items()))
+    else:
+        merge_prompts(a.backbone, a.prompts, a.out)
+        print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes)")
+
+
+if __name__ == "__main__":
+    main()

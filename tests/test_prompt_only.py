@@ -1,0 +1,144 @@
+"""Prompt-only checkpoints, prompt files (export / merge / switch) and their failure modes."""
+import argparse
+import shutil
+
+import pytest
+import torch
+
+from ofa_prompt import load_model
+from ofa_prompt.checkpoint import BACKBONE_KEY, CheckpointMismatchError, read_checkpoint
+from ofa_prompt.hub import model_args
+from ofa_prompt.prompt_file import export_prompts, main as prompt_file_cli, merge_prompts, read_prompts
+
+TOL = 1e-4
+
+
+def io(reference, name):
+    return torch.load(reference / f"io_{name}.pt")
+
+
+def logits_of(model, case):
+    with torch.no_grad():
+        return model(**case["inputs"])[0]
+
+
+def write_prompt_checkpoint(reference, backbone, out, **changes):
+    """What fairseq-train writes for a prompt-tuned model: cfg + model.state_dict()."""
+    state = read_checkpoint(str(reference / "plain.pt"))
+    args = model_args(state)
+    vars(args).update(dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=8, decoder_prompt_length=8,
+                           backbone=str(backbone), bpe_dir=str(reference)), **changes)
+    model = load_model(str(reference / "plain.pt"), vars(args))  # backbone weights + fresh prompts
+    torch.manual_seed(0)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_()
+    state["cfg"]["model"] = args
+    state["model"] = model.state_dict()
+    torch.save(state, out)
+    return model
+
+
+@pytest.fixture
+def backbone(tmp_path, reference):
+    path = tmp_path / "backbone.pt"
+    shutil.copy(reference / "plain.pt", path)
+    return path
+
+
+def test_prompt_only_checkpoint_is_small_and_reloads_exactly(tmp_path, reference, backbone):
+    ckpt = tmp_path / "checkpoint_best.pt"
+    trained = write_prompt_checkpoint(reference, backbone, ckpt).eval()
+    saved = read_checkpoint(str(ckpt))["model"]
+    assert set(saved) == {BACKBONE_KEY, "encoder.encoder_prompt_encoder.embedding.weight",
+                          "decoder.decoder_prompt_encoder.embedding.weight"}
+    assert saved[BACKBONE_KEY]["path"] == str(backbone) and len(saved[BACKBONE_KEY]["sha256"]) == 64
+    assert ckpt.stat().st_size * 20 < backbone.stat().st_size
+    reloaded = load_model(str(ckpt))
+    case = io(reference, "plain")
+    assert torch.equal(logits_of(reloaded, case), logits_of(trained, case))
+    assert len(reloaded.full_state_dict()) > 100  # the backbone came back from backbone.pt
+
+
+def test_prompt_only_checkpoint_backbone_moved_or_changed(tmp_path, reference, backbone):
+    ckpt = tmp_path / "checkpoint_last.pt"
+    write_prompt_checkpoint(reference, backbone, ckpt)
+    moved = tmp_path / "elsewhere.pt"
+    backbone.rename(moved)
+    with pytest.raises(FileNotFoundError, match="backbone.pt.*--model-overrides"):
+        load_model(str(ckpt))
+    load_model(str(ckpt), {"backbone": str(moved)})  # found again by an override
+    other = tmp_path / "other.pt"
+    state = read_checkpoint(str(moved))
+    state["model"]["encoder.layer_norm.bias"] = state["model"]["encoder.layer_norm.bias"] + 1
+    torch.save(state, other)
+    with pytest.raises(CheckpointMismatchError, match="not the one the prompts were trained on"):
+        load_model(str(ckpt), {"backbone": str(other)})
+    forced = load_model(str(ckpt), {"backbone": str(other), "force_backbone": True})
+    assert torch.allclose(forced.encoder.layer_norm.bias, state["model"]["encoder.layer_norm.bias"].float())
+
+
+@pytest.mark.parametrize("name", ["prompt", "prompt_proj"])
+def test_exported_prompts_give_the_checkpoint_outputs(tmp_path, reference, name):
+    out = tmp_path / f"{name}.safetensors"
+    meta = export_prompts(str(reference / f"{name}.pt"), str(out))
+    assert meta["sides"]["encoder"] == {"embed_dim": 64, "heads": 4, "num_layers": 2, "length": 8, "layers": [0, 1]}
+    kv, _ = read_prompts(str(out))
+    assert set(kv) == {"encoder", "decoder"}  # the MLP of prompt_proj is folded into plain tensors
+    model = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
+    model.set_prompts(str(out))
+    case = io(reference, name)
+    assert (logits_of(model, case) - case["outputs"]["logits"]).abs().max() < TOL
+
+
+def test_switching_prompts_on_one_backbone_equals_separate_loads(tmp_path, reference):
+    files = {}
+    for name in ("prompt", "prompt_proj"):
+        files[name] = tmp_path / f"{name}.safetensors"
+        export_prompts(str(reference / f"{name}.pt"), str(files[name]))
+    shared = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
+    case = io(reference, "plain")
+    for name in ("prompt", "prompt_proj", "prompt"):
+        shared.set_prompts(str(files[name]))
+        separate = load_model(str(reference / f"{name}.pt"), {"bpe_dir": str(reference)})
+        assert (logits_of(shared, case) - logits_of(separate, case)).abs().max() < TOL
+
+
+def test_merge_makes_one_full_checkpoint(tmp_path, reference):
+    prompts = tmp_path / "p.safetensors"
+    prompt_file_cli(["export", str(reference / "prompt_proj.pt"), str(prompts)])
+    merged = tmp_path / "merged.pt"
+    prompt_file_cli(["merge", "--backbone", str(reference / "plain.pt"), "--prompts", str(prompts), "--out", str(merged)])
+    model = load_model(str(merged), {"bpe_dir": str(reference)})
+    assert model.encoder.encoder_prompt_encoder.trans is None  # folded table, OFA layout
+    case = io(reference, "prompt_proj")
+    assert (logits_of(model, case) - case["outputs"]["logits"]).abs().max() < TOL
+
+
+def test_bad_prompt_files(tmp_path, reference):
+    good = tmp_path / "good.safetensors"
+    export_prompts(str(reference / "prompt.pt"), str(good))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="truncated.safetensors"):
+        read_prompts(str(truncated))
+    pickle = tmp_path / "evil.safetensors"
+    pickle.write_bytes(b"\x80\x04K\x01.")  # a pickle, not a safetensors file: never unpickled
+    with pytest.raises(ValueError, match="evil.safetensors"):
+        read_prompts(str(pickle))
+    wider = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
+    wider.cfg.encoder_attention_heads = 8  # stands for a model of another architecture
+    with pytest.raises(ValueError, match="another architecture .*heads 4 in the file vs 8"):
+        wider.set_prompts(str(good))
+
+
+def test_failed_export_or_merge_leaves_existing_files(tmp_path, reference):
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"precious")
+    with pytest.raises(ValueError, match="has no prompts"):
+        export_prompts(str(reference / "plain.pt"), str(out))
+    assert out.read_bytes() == b"precious"
+    with pytest.raises(FileNotFoundError):
+        merge_prompts(str(reference / "plain.pt"), str(tmp_path / "missing.safetensors"), str(out))
+    assert out.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]  # no temporary files left behind
