@@ -7,7 +7,7 @@ from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor
 
 from .encoder import PositionBias, build_prompt_encoder
-from .layers import TransformerLayer
+from .layers import TransformerLayer, drop_path_rates
 
 
 class OFADecoder(FairseqIncrementalDecoder, PositionBias):
@@ -29,7 +29,7 @@ class OFADecoder(FairseqIncrementalDecoder, PositionBias):
         self.code_layernorm_embedding = nn.LayerNorm(dim) if cfg.code_layernorm_embedding else None
         self.entangle = cfg.entangle_position_embedding and not cfg.disable_entangle
         self.dropout = nn.Dropout(cfg.dropout)
-        rates = torch.linspace(0, cfg.decoder_drop_path_rate, cfg.decoder_layers).tolist()
+        rates = drop_path_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
         self.layers = nn.ModuleList(TransformerLayer(cfg, decoder=True, drop_path=r) for r in rates)
         self.layer_norm = nn.LayerNorm(dim)
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)

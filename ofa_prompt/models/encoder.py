@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from fairseq.models import FairseqEncoder
 from torch import Tensor
 
-from .layers import TransformerLayer
+from .layers import TransformerLayer, drop_path_rates
 from .position import (image_bucket_matrix, image_position_ids, num_image_buckets, token_bucket_matrix)
 from .prompt import PromptEncoder, parse_prompt_layers
 from .resnet import RESNET_BLOCKS, ResNet
@@ -90,7 +90,7 @@ class OFAEncoder(FairseqEncoder, PositionBias):
         self.pos_k_linear = nn.Linear(dim, dim)
         self.image_bucket_size = cfg.image_bucket_size
         self.dropout = nn.Dropout(cfg.dropout)
-        rates = torch.linspace(0, cfg.encoder_drop_path_rate, cfg.encoder_layers).tolist()
+        rates = drop_path_rates(cfg.encoder_drop_path_rate, cfg.encoder_layers)
         self.layers = nn.ModuleList(TransformerLayer(cfg, decoder=False, drop_path=r) for r in rates)
         self.layer_norm = nn.LayerNorm(dim)
         self.max_source_positions = cfg.max_source_positions

@@ -10,6 +10,11 @@ from torch import Tensor
 from .attention import MultiheadAttention, Prefix
 
 
+def drop_path_rates(max_rate: float, n: int):
+    """Stochastic depth growing linearly from 0 at the first layer to max_rate at the last."""
+    return [max_rate * i / max(n - 1, 1) for i in range(n)]
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch of a sample with probability p."""
 

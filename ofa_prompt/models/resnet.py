@@ -6,7 +6,7 @@ official checkpoints load as they are.
 import torch
 import torch.nn as nn
 
-from .layers import DropPath
+from .layers import DropPath, drop_path_rates
 
 # OFA's "resnet18" is not torchvision's: it also uses bottleneck blocks.
 RESNET_BLOCKS = {
@@ -79,7 +79,7 @@ class ResNet(nn.Module):
         self.bn1 = norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        rates = torch.linspace(0, drop_path_rate, sum(layers)).tolist()
+        rates = drop_path_rates(drop_path_rate, sum(layers))
         stages = []
         for i, (planes, blocks, stride) in enumerate(zip((64, 128, 256), layers, (1, 2, 2))):
             first = sum(layers[:i])
