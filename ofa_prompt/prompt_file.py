@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import tempfile
-from typing import Dict
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import BACKBONE_KEY, file_fingerprint, read_checkpoint
 from .hub import model_args
-from .models.encoder import build_prompt_encoder
+from .models.stack import build_prompt_encoder
 from .models.ofa import config_from
 from .models.prompt import StaticPrompt, fold
 

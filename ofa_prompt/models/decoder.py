@@ -6,21 +6,14 @@ import torch.nn as nn
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor
 
-from .encoder import PositionBias, build_prompt_encoder
-from .layers import TransformerLayer, drop_path_rates
+from .stack import TransformerStack
 
 
-class OFADecoder(FairseqIncrementalDecoder, PositionBias):
+class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
     def __init__(self, cfg, dictionary, embed_tokens):
         super().__init__(dictionary)
-        dim, heads = cfg.decoder_embed_dim, cfg.decoder_attention_heads
-        self.register_buffer("version", torch.Tensor([3]))
-        self.decoder_prompt_encoder = build_prompt_encoder(cfg, "decoder", dim, heads, cfg.decoder_layers)
-        self.padding_idx = embed_tokens.padding_idx
-        self.embed_tokens = embed_tokens
-        self.embed_scale = 1.0 if cfg.no_scale_embedding else dim ** 0.5
-        self.layernorm_embedding = nn.LayerNorm(dim) if cfg.layernorm_embedding else None
-        self.init_positions(cfg, dim, heads, cfg.decoder_layers, cfg.max_target_positions)
+        dim = cfg.decoder_embed_dim
+        self.init_stack(cfg, "decoder", embed_tokens, cfg.max_target_positions)
         self.self_pos_q_linear = nn.Linear(dim, dim)
         self.self_pos_k_linear = nn.Linear(dim, dim)
         self.cross_pos_q_linear = nn.Linear(dim, dim)
@@ -28,10 +21,6 @@ class OFADecoder(FairseqIncrementalDecoder, PositionBias):
         # only used for image-code generation (OFA pretraining); kept so that checkpoints load strictly
         self.code_layernorm_embedding = nn.LayerNorm(dim) if cfg.code_layernorm_embedding else None
         self.entangle = cfg.entangle_position_embedding and not cfg.disable_entangle
-        self.dropout = nn.Dropout(cfg.dropout)
-        rates = drop_path_rates(cfg.decoder_drop_path_rate, cfg.decoder_layers)
-        self.layers = nn.ModuleList(TransformerLayer(cfg, decoder=True, drop_path=r) for r in rates)
-        self.layer_norm = nn.LayerNorm(dim)
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
         if cfg.share_decoder_input_output_embed:
             self.output_projection.weight = self.embed_tokens.weight

@@ -18,7 +18,8 @@ from fairseq.models import FairseqEncoderDecoderModel, register_model, register_
 
 from ..checkpoint import tuned_state_dict, upgrade_state_dict
 from .decoder import OFADecoder
-from .encoder import OFAEncoder, embedding
+from .encoder import OFAEncoder
+from .stack import embedding
 from .resnet import RESNET_BLOCKS
 from .tuning import TUNING_METHODS, apply_tuning, resolve_tuning
 

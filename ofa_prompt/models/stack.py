@@ -1,0 +1,79 @@
+"""Parts shared by OFA's encoder and decoder."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .layers import TransformerLayer, drop_path_rates
+from .position import image_bucket_matrix, num_image_buckets, token_bucket_matrix
+from .prompt import PromptEncoder, parse_prompt_layers
+
+
+def embedding(num, dim, padding_idx=None, zero=False):
+    emb = nn.Embedding(num, dim, padding_idx=padding_idx)
+    nn.init.normal_(emb.weight, std=0.0 if zero else dim ** -0.5)
+    if padding_idx is not None:
+        nn.init.zeros_(emb.weight[padding_idx])
+    return emb
+
+
+class TransformerStack:
+    """What encoder and decoder share (a mix-in for their fairseq base classes): token embedding,
+    prompts, layers, absolute position tables with their LayerNorms, per-layer relative-position tables
+    and the bucket index buffers. Attribute names are OFA's, so checkpoints load as they are."""
+
+    def init_stack(self, cfg, side: str, embed_tokens, max_positions: int):
+        dim, heads = getattr(cfg, f"{side}_embed_dim"), getattr(cfg, f"{side}_attention_heads")
+        num_layers = getattr(cfg, f"{side}_layers")
+        self.register_buffer("version", torch.Tensor([3]))
+        setattr(self, f"{side}_prompt_encoder", build_prompt_encoder(cfg, side, dim, heads, num_layers))
+        self.padding_idx = embed_tokens.padding_idx
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if cfg.no_scale_embedding else dim ** 0.5
+        self.layernorm_embedding = nn.LayerNorm(dim) if cfg.layernorm_embedding else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        rates = drop_path_rates(getattr(cfg, f"{side}_drop_path_rate"), num_layers)
+        self.layers = nn.ModuleList(TransformerLayer(cfg, decoder=side == "decoder", drop_path=r) for r in rates)
+        self.layer_norm = nn.LayerNorm(dim)
+        self.num_heads = heads
+        self.embed_positions = embedding(max_positions + 2, dim)
+        self.embed_image_positions = embedding(cfg.image_bucket_size ** 2 + 1, dim)
+        self.pos_ln = nn.LayerNorm(dim)
+        self.image_pos_ln = nn.LayerNorm(dim)
+        self.pos_scaling = float(dim / heads * cfg.attn_scale_factor) ** -0.5
+        self.token_rel_pos_table_list = nn.ModuleList(
+            embedding(2 * cfg.token_bucket_size - 1, heads, zero=True) for _ in range(num_layers))
+        self.image_rel_pos_table_list = nn.ModuleList(
+            embedding(num_image_buckets(cfg.image_bucket_size), heads, zero=True) for _ in range(num_layers))
+        # Pure functions of the config: recomputed on load whether or not a checkpoint carries them.
+        self.register_buffer("token_rp_bucket", token_bucket_matrix(cfg.token_bucket_size), persistent=False)
+        self.register_buffer("image_rp_bucket", image_bucket_matrix(cfg.image_bucket_size), persistent=False)
+
+    def pos_bias(self, q_linear, k_linear, q_pos, k_pos):
+        """(q_linear(q_pos) . k_linear(k_pos)) * scaling, per head: [B, H, Tq, Tk]."""
+        q = q_linear(q_pos).unflatten(-1, (self.num_heads, -1)).transpose(1, 2) * self.pos_scaling
+        k = k_linear(k_pos).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        return torch.matmul(q, k.transpose(2, 3))
+
+    def token_rel_bias(self, layer: int, q_idx: Tensor, k_idx: Tensor) -> Tensor:
+        """[H, len(q_idx), len(k_idx)] relative bias between text positions."""
+        buckets = self.token_rp_bucket[q_idx][:, k_idx]
+        return F.embedding(buckets, self.token_rel_pos_table_list[layer].weight).permute(2, 0, 1)
+
+    def image_rel_bias(self, layer: int, ids: Tensor) -> Tensor:
+        """[H, N, N] relative bias between image patches with position ids `ids`."""
+        buckets = self.image_rp_bucket[ids][:, ids]
+        return F.embedding(buckets, self.image_rel_pos_table_list[layer].weight).permute(2, 0, 1)
+
+
+def build_prompt_encoder(cfg, side: str, dim: int, heads: int, num_layers: int) -> Optional[PromptEncoder]:
+    if not getattr(cfg, f"{side}_prompt"):
+        return None
+    length = getattr(cfg, f"{side}_prompt_length")
+    if length < 1:
+        raise ValueError(f"--{side}-prompt-length must be at least 1, got {length}")
+    layers = parse_prompt_layers(getattr(cfg, f"{side}_prompt_layers"), num_layers, f"{side}-prompt-layers")
+    return PromptEncoder(length, dim, heads, layers, getattr(cfg, f"{side}_prompt_projection"),
+                         getattr(cfg, f"{side}_prompt_dim"), cfg.prompt_dropout)
