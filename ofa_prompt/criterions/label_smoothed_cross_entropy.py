@@ -31,6 +31,8 @@ class LabelSmoothedCrossEntropyConfig(FairseqDataclass):
     reg_alpha: float = field(default=1.0, metadata={"help": "weight of the R-Drop KL term"})
     constraint_range: Optional[str] = field(
         default=None, metadata={"help": "'start,end': only special tokens 0-3 and this id range are allowed"})
+    max_nonfinite_losses: int = field(
+        default=5, metadata={"help": "a NaN/inf training loss skips its batch with a warning; this many in a row stop the run"})
 
 
 def label_smoothed_nll_loss(lprobs, target, epsilon, allowed=None):
@@ -65,7 +67,7 @@ def _repeat_twice(x):
 class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, ignore_eos=False,
                  report_accuracy=False, drop_worst_ratio=0.0, drop_worst_after=0, use_rdrop=False,
-                 reg_alpha=1.0, constraint_range=None):
+                 reg_alpha=1.0, constraint_range=None, max_nonfinite_losses=5):
         super().__init__(task)
         self.sentence_avg = sentence_avg
         self.eps = label_smoothing
@@ -82,6 +84,7 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
                 raise ValueError(f"--constraint-range={constraint_range!r}: expected 'start,end'")
             self.constraint = (start, end)
         self._checked_freeze = False
+        self.max_nonfinite, self._nonfinite_run = max_nonfinite_losses, 0
 
     def check_freeze(self, model):
         """Enforce the tuning method's freeze once, when training starts, and report its size."""
@@ -114,6 +117,8 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
                 keep = self._constraint_ids(lprobs.device)
                 p, q = p[:, keep], q[:, keep]
             loss = loss + self.reg_alpha * symmetric_kl(p, q)
+        if model.training:
+            loss = self.guard_nonfinite(model, loss, sample)
         sample_size = sample["target"].size(0) if self.sentence_avg else ntokens
         logging_output = {
             "loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
@@ -124,6 +129,21 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
             logging_output["n_correct"] = utils.item(lprobs.argmax(-1)[mask].eq(target[mask]).sum())
             logging_output["total"] = utils.item(mask.sum())
         return loss, sample_size, logging_output
+
+    def guard_nonfinite(self, model, loss, sample):
+        """Skip a batch whose loss is NaN/inf (zero loss, zero gradients) and stop after too many in a row."""
+        if torch.isfinite(loss):
+            self._nonfinite_run = 0
+            return loss
+        self._nonfinite_run += 1
+        ids = sample["id"].tolist()[:8] if "id" in sample else "?"
+        if self._nonfinite_run >= self.max_nonfinite:
+            raise FloatingPointError(
+                f"the training loss was NaN/inf in {self._nonfinite_run} consecutive batches (last sample ids {ids}); "
+                "lower --lr, check the data, or raise --max-nonfinite-losses")
+        logger.warning("non-finite loss (%s) on sample ids %s: batch skipped (%d in a row)", loss.item(), ids,
+                       self._nonfinite_run)
+        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
     def _constraint_ids(self, device):
         start, end = self.constraint
