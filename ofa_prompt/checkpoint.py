@@ -135,6 +135,7 @@ def upgrade_state_dict(model, state_dict, name=""):
         raise CheckpointMismatchError(
             "the checkpoint does not fit this model's architecture (check --arch and the size, prompt "
             "and adapter options):\n  " + "\n  ".join(problems))
+    model.fresh_prompts = not any("_prompt_encoder." in k for k in own if k not in fresh)
     if fresh:
         logger.info("initialized %d tensors that the checkpoint lacks (tuning parameters): %s",
                     len(fresh), _few(fresh))

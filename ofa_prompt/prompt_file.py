@@ -22,7 +22,7 @@ from .checkpoint import BACKBONE_KEY, file_fingerprint, read_checkpoint
 from .hub import model_args
 from .models.stack import build_prompt_encoder
 from .models.ofa import config_from
-from .models.prompt import StaticPrompt, fold
+from .models.prompt import StaticPrompt, fold, unfold
 
 FORMAT = "ofa_prompt.prompts/1"
 SIDES = ("encoder", "decoder")
@@ -120,11 +120,8 @@ def merge_prompts(backbone: str, prompts: str, out: str):
     args = model_args(state, backbone)
     for side, info in meta["sides"].items():
         _check_fits(prompts, side, info, config_from(args), backbone)
-        # back to OFA's table: column ((2 * i + s) * heads + h) * head_dim + d
-        table = torch.stack([torch.stack(kv[side][layer]) for layer in info["layers"]])  # [L, 2, H, P, hd]
-        table = table.permute(3, 0, 1, 2, 4).reshape(info["length"], -1)
         # kept in float32 even in an fp16 checkpoint: folded prompts lose ~1e-3 in half precision
-        state["model"][f"{side}.{side}_prompt_encoder.embedding.weight"] = table.float()
+        state["model"][f"{side}.{side}_prompt_encoder.embedding.weight"] = unfold(kv[side], info["layers"]).float()
         for name, value in (("prompt", True), ("prompt_type", "prefix"), ("prompt_length", info["length"]),
                             ("prompt_projection", False), ("prompt_layers", ",".join(map(str, info["layers"])))):
             setattr(args, f"{side}_{name}", value)

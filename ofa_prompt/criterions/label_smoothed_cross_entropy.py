@@ -13,6 +13,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from ..models.prompt_init import init_prompts
 from ..models.tuning import apply_tuning, count_trainable, is_trainable
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
             logger.warning("%d parameters had the wrong requires_grad for --tuning-method %s (e.g. %s); "
                            "re-applying the freeze", len(wrong), method, wrong[0])
             apply_tuning(model, method, model.cfg)
+        if model.fresh_prompts and model.cfg.prompt_init != "random":
+            init_prompts(model, model.cfg.prompt_init, model.cfg.prompt_init_seed)
+            logger.info("prompts initialized with --prompt-init=%s", model.cfg.prompt_init)
+        model.fresh_prompts = False
         trainable, total = count_trainable(model)
         logger.info("tuning method %s: %d of %d parameters trainable (%.3f%%)", method, trainable, total,
                     100.0 * trainable / max(total, 1))

@@ -19,6 +19,7 @@ from fairseq.models import FairseqEncoderDecoderModel, register_model, register_
 from ..checkpoint import tuned_state_dict, upgrade_state_dict
 from .decoder import OFADecoder
 from .encoder import OFAEncoder
+from .prompt_init import PROMPT_INITS
 from .stack import embedding
 from .resnet import RESNET_BLOCKS
 from .tuning import TUNING_METHODS, apply_tuning, resolve_tuning
@@ -91,6 +92,10 @@ class OFAConfig(FairseqDataclass):
     decoder_prompt_layers: str = field(
         default="all", metadata={"help": "decoder layers with prompts: all, bottom-K, top-K or indices like 0,2,5"})
     prompt_dropout: float = field(default=0.2, metadata={"help": "dropout on the prompt keys/values in training (OFA: 0.2)"})
+    prompt_init: ChoiceEnum(PROMPT_INITS) = field(
+        default="random", metadata={"help": "initialization of new prompts: random (OFA), vocab (projections of token "
+                                            "embeddings), activations (the backbone's keys/values of real tokens)"})
+    prompt_init_seed: int = field(default=1, metadata={"help": "seed of the tokens that vocab/activations start from"})
     # baselines of the paper
     tuning_method: ChoiceEnum(TUNING_METHODS) = field(
         default="auto", metadata={"help": "what is trained: auto (prompt if a prompt flag is set, else adapter if "
@@ -157,6 +162,8 @@ class OFAModel(FairseqEncoderDecoderModel):
         self.cfg = cfg
         self.tuning = resolve_tuning(cfg)
         apply_tuning(self, self.tuning, cfg)
+        # True until prompts are loaded from a checkpoint: only fresh prompts get --prompt-init
+        self.fresh_prompts = True
 
     @classmethod
     def build_model(cls, args, task):

@@ -88,3 +88,9 @@ def fold(prompt: nn.Module) -> Dict[int, Prefix]:
     kv = prompt.eval()(batch_size=1)
     prompt.train(was_training)
     return {layer: (k[0].clone(), v[0].clone()) for layer, (k, v) in kv.items()}
+
+
+def unfold(kv: Dict[int, Prefix], layers: Sequence[int]) -> torch.Tensor:
+    """Per-layer keys/values ([heads, P, head_dim] each) back to OFA's table [P, layers * 2 * dim]."""
+    table = torch.stack([torch.stack(kv[layer]) for layer in layers])  # [L, 2, H, P, hd]
+    return table.permute(3, 0, 1, 2, 4).reshape(table.size(3), -1)

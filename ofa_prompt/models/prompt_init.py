@@ -1,0 +1,87 @@
+"""Prompt initializations beyond OFA's random one (the paper names slow convergence as prompt
+tuning's main limitation).
+
+* `random`: OFA's (standard normal table).
+* `vocab`: every prompt position stands for a vocabulary token t; its key/value in layer l are that
+  layer's own projections of t's embedding, k_proj(LN_l(e_t)) and v_proj(LN_l(e_t)). With
+  reparameterization the MLP input embedding starts as e_t instead.
+* `activations`: the keys/values the frozen model itself computes for a sequence of P real tokens in
+  every layer (prefix-tuning's "real word activations"); needs a plain table (no reparameterization).
+
+They run once, on the loaded backbone, when training starts (see the criterion), and only on prompts
+that did not come from a checkpoint.
+"""
+from typing import Dict
+
+import torch
+
+from .prompt import unfold
+
+PROMPT_INITS = ["random", "vocab", "activations"]
+
+
+def sample_tokens(dictionary, n: int, seed: int) -> torch.Tensor:
+    """n ordinary vocabulary ids (no specials, no <mask>/<code_*>/<bin_*>), reproducibly."""
+    first = dictionary.nspecial
+    last = dictionary.index("<mask>") if "<mask>" in dictionary.indices else len(dictionary)
+    if last - first < 1:
+        raise ValueError("the dictionary has no ordinary tokens to initialize prompts from")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(first, last, (n,), generator=g)
+
+
+def _kv_from_inputs(layers, inputs: Dict[int, torch.Tensor]):
+    """{layer: (keys, values)} of each layer's self-attention for the given layer inputs [1, P, C]."""
+    kv = {}
+    for idx, x in inputs.items():
+        attn = layers[idx].self_attn
+        h = layers[idx].self_attn_layer_norm(x)
+        kv[idx] = (attn._heads(attn.k_proj(h))[0], attn._heads(attn.v_proj(h))[0])
+    return kv
+
+
+def backbone_states(model, side: str, tokens: torch.Tensor):
+    """Inputs [1, T, C] of every `side` layer for `tokens`, with all prompts switched off."""
+    prompts = {s: getattr(getattr(model, s), f"{s}_prompt_encoder") for s in ("encoder", "decoder")}
+    was_training = model.training
+    model.eval()
+    try:
+        for s in prompts:
+            setattr(getattr(model, s), f"{s}_prompt_encoder", None)
+        enc = model.encoder(tokens, src_lengths=torch.tensor([tokens.size(1)], device=tokens.device),
+                            return_all_hiddens=True)
+        states = enc["encoder_states"] if side == "encoder" else \
+            model.decoder(tokens, encoder_out=enc, features_only=True)[1]["inner_states"]
+    finally:
+        for s, module in prompts.items():
+            setattr(getattr(model, s), f"{s}_prompt_encoder", module)
+        model.train(was_training)
+    return [state.transpose(0, 1) for state in states]
+
+
+@torch.no_grad()
+def init_prompts(model, method: str, seed: int = 0):
+    if method == "random":
+        return
+    if method not in PROMPT_INITS:
+        raise ValueError(f"--prompt-init={method}: choose one of {PROMPT_INITS}")
+    for side in ("encoder", "decoder"):
+        stack = getattr(model, side)
+        prompt = getattr(stack, f"{side}_prompt_encoder")
+        if prompt is None:
+            continue
+        device = prompt.embedding.weight.device
+        tokens = sample_tokens(stack.dictionary, prompt.length, seed).to(device)
+        if prompt.trans is not None:
+            if method == "activations":
+                raise ValueError("--prompt-init=activations needs prompts without --*-prompt-projection")
+            prompt.embedding.weight.copy_(stack.embed_tokens.weight[tokens])
+            continue
+        if method == "vocab":
+            emb = stack.embed_tokens(tokens)[None] * stack.embed_scale
+            inputs = {idx: emb for idx in prompt.layers}
+        else:  # activations: what every layer of the backbone alone sees for this token sequence
+            states = backbone_states(model, side, tokens[None])
+            inputs = {idx: states[idx] for idx in prompt.layers}
+        kv = _kv_from_inputs(stack.layers, inputs)
+        prompt.embedding.weight.copy_(unfold(kv, prompt.layers))
