@@ -1,0 +1,246 @@
+"""YAML run configurations -> stock fairseq command lines.
+
+A configuration names the task, data, backbone, architecture and tuning method at the top level, and
+passes every other fairseq option through one of three mappings, each `key: value` becoming `--key value`:
+
+    base: [../tasks/caption.yaml, ../methods/prompt.yaml]   # optional: configurations this one extends
+    task: caption                      # --task
+    data: train.tsv,valid.tsv          # fairseq's positional data argument (OFA-style comma-separated TSVs)
+    test_data: test.tsv                # what evaluation reads (default: data)
+    arch: ofa_prompt_base              # --arch
+    restore_file: ofa_base.pt          # --finetune-from-model (a restarted run resumes from checkpoint_last.pt)
+    tuning: prompt                     # --tuning-method
+    task_options: {bpe-dir: BPE, selected-cols: 0,4,2}   # given to both fairseq-train and fairseq-generate
+    train: {lr: 0.03, encoder-prompt: true}              # fairseq-train only
+    generate: {beam: 5, scoring: ofa_caption}            # fairseq-generate only
+
+Values: true -> a bare flag, false or null -> left out, a list -> comma-separated, a mapping -> JSON
+(for options such as --eval-args). Keys may use `_` or `-`. Relative paths inside the values are
+relative to the working directory; `base` paths are relative to the file that names them.
+
+    python -m ofa_prompt.yaml_config CONFIG.yaml [key=value ...]                   # fairseq-train command
+    python -m ofa_prompt.yaml_config --generate CHECKPOINT CONFIG.yaml [key=value ...]
+
+An override `key=value` (value read as YAML) sets a top-level key, `section.key=value` an option of
+that section, and a bare option goes where the configuration already has it, else to `train`
+(`generate` with --generate).
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import sys
+from typing import Dict, List, Optional
+
+import yaml
+
+TUNING_METHODS = ("auto", "prompt", "adapter", "bitfit", "finetune")
+SECTIONS = ("task_options", "train", "generate")
+SCALARS = {  # top-level key -> (allowed types, meaning)
+    "description": (str, "free text"),
+    "task": (str, "--task"),
+    "data": (str, "fairseq's data argument"),
+    "test_data": (str, "the data fairseq-generate reads"),
+    "arch": (str, "--arch"),
+    "restore_file": ((str, type(None)), "--finetune-from-model"),
+    "tuning": (str, "--tuning-method"),
+    "user_dir": (str, "--user-dir (default: the installed ofa_prompt package)"),
+}
+# Options the top-level keys own; setting them in a section would give fairseq two conflicting values.
+OWNED = {"task": "task", "arch": "arch", "user-dir": "user_dir", "finetune-from-model": "restore_file",
+         "restore-file": "restore_file", "tuning-method": "tuning", "path": "the CHECKPOINT argument"}
+OPTION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def option_name(key, where: str) -> str:
+    if not isinstance(key, str):
+        raise ConfigError(f"{where}: option names must be strings, got {key!r}")
+    name = key.replace("_", "-")
+    if not OPTION_NAME.match(name):
+        raise ConfigError(f"{where}.{key}: not a valid option name (letters, digits, '-' or '_')")
+    if name in OWNED:
+        raise ConfigError(f"{where}.{key}: set it with the top-level key '{OWNED[name]}'")
+    return name
+
+
+def check_value(value, where: str):
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
+        return
+    if isinstance(value, dict):
+        json.dumps(value)  # anything YAML's safe loader makes from a mapping is JSON-serializable
+        return
+    raise ConfigError(f"{where}: unsupported value {value!r} (use a scalar, a list of scalars or a mapping)")
+
+
+def validate(raw: dict, source: str) -> dict:
+    """Checks keys and types; returns the configuration with option names normalized to dashes."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a configuration must be a mapping, got {type(raw).__name__}")
+    out = {}
+    for key, value in raw.items():
+        if key == "base":
+            continue
+        if key in SCALARS:
+            types = SCALARS[key][0]
+            if not isinstance(value, types):
+                raise ConfigError(f"{source}: '{key}' must be {_type_name(types)}, got {value!r}")
+            if key == "tuning" and value not in TUNING_METHODS:
+                raise ConfigError(f"{source}: 'tuning' must be one of {', '.join(TUNING_METHODS)}, got {value!r}")
+            out[key] = value
+        elif key in SECTIONS:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{key}' must be a mapping of options, got {value!r}")
+            section = {}
+            for option, v in value.items():
+                name = option_name(option, f"{source}: {key}")
+                check_value(v, f"{source}: {key}.{option}")
+                section[name] = v
+            out[key] = section
+        else:
+            known = ", ".join(["base", *SCALARS, *SECTIONS])
+            raise ConfigError(f"{source}: unknown key '{key}' (known keys: {known})")
+    return out
+
+
+def merge(parent: dict, child: dict) -> dict:
+    merged = dict(parent)
+    for key, value in child.items():
+        merged[key] = {**parent.get(key, {}), **value} if key in SECTIONS else value
+    return merged
+
+
+def load(path: str, _seen: Optional[List[str]] = None) -> dict:
+    """A configuration with its `base` files merged in (later bases and the file itself win)."""
+    path = os.path.abspath(path)
+    seen = (_seen or []) + [path]
+    if path in (_seen or []):
+        raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join(seen)}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"configuration file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a configuration must be a mapping, got {type(raw).__name__}")
+    bases = raw.get("base", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: 'base' must be a file name or a list of file names, got {bases!r}")
+    cfg = {}
+    for base in bases:
+        cfg = merge(cfg, load(os.path.join(os.path.dirname(path), base), seen))
+    return merge(cfg, validate(raw, path))
+
+
+def apply_overrides(cfg: dict, overrides: List[str], default_section: str) -> dict:
+    cfg = {**cfg, **{s: dict(cfg.get(s, {})) for s in SECTIONS}}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        if key in SCALARS or key in SECTIONS or key == "base":
+            if key in SECTIONS or key == "base":
+                raise ConfigError(f"override {item!r}: '{key}' cannot be overridden as a whole; use {key}.OPTION=VALUE")
+            cfg.update(validate({key: value}, f"override {item!r}"))
+            continue
+        section, _, option = key.rpartition(".")
+        if section and section not in SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section '{section}' (sections: {', '.join(SECTIONS)})")
+        name = option_name(option, f"override {item!r}")
+        check_value(value, f"override {item!r}")
+        if not section:
+            section = "task_options" if name in cfg["task_options"] else default_section
+        cfg[section][name] = value
+    return cfg
+
+
+def option_args(options: Dict[str, object]) -> List[str]:
+    args = []
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(f"--{name}")
+        elif isinstance(value, list):
+            args += [f"--{name}", ",".join(str(v) for v in value)]
+        elif isinstance(value, dict):
+            args += [f"--{name}", json.dumps(value, separators=(",", ":"))]
+        else:
+            args += [f"--{name}", str(value)]
+    return args
+
+
+def default_user_dir() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _require(cfg: dict, keys, source: str):
+    missing = [k for k in keys if not cfg.get(k)]
+    if missing:
+        raise ConfigError(f"{source}: missing required key(s): {', '.join(missing)}")
+
+
+def train_command(cfg: dict, source: str = "configuration") -> List[str]:
+    _require(cfg, ("task", "data", "arch"), source)
+    args = ["fairseq-train", cfg["data"], "--user-dir", cfg.get("user_dir") or default_user_dir(),
+            "--task", cfg["task"], "--arch", cfg["arch"]]
+    if cfg.get("restore_file"):
+        args += ["--finetune-from-model", cfg["restore_file"]]
+    if cfg.get("tuning"):
+        args += ["--tuning-method", cfg["tuning"]]
+    return args + option_args(cfg.get("task_options", {})) + option_args(cfg.get("train", {}))
+
+
+def generate_command(cfg: dict, checkpoint: str, source: str = "configuration") -> List[str]:
+    _require(cfg, ("task", "data"), source)
+    args = ["fairseq-generate", cfg.get("test_data") or cfg["data"], "--user-dir",
+            cfg.get("user_dir") or default_user_dir(), "--task", cfg["task"], "--path", checkpoint]
+    return args + option_args(cfg.get("task_options", {})) + option_args(cfg.get("generate", {}))
+
+
+def build_command(config_path: str, overrides: List[str] = (), checkpoint: Optional[str] = None) -> List[str]:
+    mode = "train" if checkpoint is None else "generate"
+    cfg = apply_overrides(load(config_path), list(overrides), mode)
+    if checkpoint is None:
+        return train_command(cfg, config_path)
+    return generate_command(cfg, checkpoint, config_path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ofa_prompt.yaml_config", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML configuration")
+    parser.add_argument("overrides", nargs="*", help="key=value, section.key=value")
+    parser.add_argument("--generate", metavar="CHECKPOINT", help="print the fairseq-generate command for CHECKPOINT")
+    args = parser.parse_args(argv)
+    try:
+        command = build_command(args.config, args.overrides, args.generate)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(shlex.join(command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Train with stock fairseq-train from a YAML configuration; key=value arguments override it.
+#   bash scripts/train.sh configs/ofa_base/caption_prompt.yaml [lr=0.01 max-epoch=5 ...]
+set -euo pipefail
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 CONFIG.yaml [key=value ...]" >&2
+  exit 2
+fi
+# The converter imports fairseq, which is noisy on stderr: show that only when it fails.
+errors=$(mktemp)
+command=$(python3 -m ofa_prompt.yaml_config "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
+rm -f "$errors"
+echo "+ $command"
+eval "$command"
