@@ -15,8 +15,9 @@ passes every other fairseq option through one of three mappings, each `key: valu
     generate: {beam: 5, scoring: ofa_caption}            # fairseq-generate only
 
 Values: true -> a bare flag, false or null -> left out, a list -> comma-separated, a mapping -> JSON
-(for options such as --eval-args). Keys may use `_` or `-`. Relative paths inside the values are
-relative to the working directory; `base` paths are relative to the file that names them.
+(for options such as --eval-args). Keys may use `_` or `-`. `$NAME` or `${NAME}` in a value is the
+environment variable NAME (unset is an error). Relative paths inside the values are relative to the
+working directory; `base` paths are relative to the file that names them.
 
     python -m ofa_prompt.yaml_config CONFIG.yaml [key=value ...]                   # fairseq-train command
     python -m ofa_prompt.yaml_config --generate CHECKPOINT CONFIG.yaml [key=value ...]
@@ -51,6 +52,7 @@ SCALARS = {  # top-level key -> (allowed types, meaning)
 OWNED = {"task": "task", "arch": "arch", "user-dir": "user_dir", "finetune-from-model": "restore_file",
          "restore-file": "restore_file", "tuning-method": "tuning", "path": "the CHECKPOINT argument"}
 OPTION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
 
 class ConfigError(ValueError):
@@ -175,24 +177,44 @@ def apply_overrides(cfg: dict, overrides: List[str], default_section: str) -> di
     return cfg
 
 
-def option_args(options: Dict[str, object]) -> List[str]:
+def expand(text: str, where: str) -> str:
+    def variable(match):
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise ConfigError(f"{where}: uses ${name}, which is not set in the environment")
+        return os.environ[name]
+
+    return VARIABLE.sub(variable, text)
+
+
+def option_args(options: Dict[str, object], where: str) -> List[str]:
     args = []
     for name, value in options.items():
         if value is None or value is False:
             continue
         if value is True:
             args.append(f"--{name}")
-        elif isinstance(value, list):
-            args += [f"--{name}", ",".join(str(v) for v in value)]
+            continue
+        if isinstance(value, list):
+            text = ",".join(str(v) for v in value)
         elif isinstance(value, dict):
-            args += [f"--{name}", json.dumps(value, separators=(",", ":"))]
+            text = json.dumps(value, separators=(",", ":"))
         else:
-            args += [f"--{name}", str(value)]
+            text = str(value)
+        args += [f"--{name}", expand(text, f"{where}: {name}")]
     return args
 
 
 def default_user_dir() -> str:
     return os.path.dirname(os.path.abspath(__file__))
+
+
+def _value(cfg: dict, key: str, source: str) -> str:
+    return expand(cfg[key], f"{source}: {key}")
+
+
+def _user_dir(cfg: dict, source: str) -> str:
+    return _value(cfg, "user_dir", source) if cfg.get("user_dir") else default_user_dir()
 
 
 def _require(cfg: dict, keys, source: str):
@@ -203,20 +225,22 @@ def _require(cfg: dict, keys, source: str):
 
 def train_command(cfg: dict, source: str = "configuration") -> List[str]:
     _require(cfg, ("task", "data", "arch"), source)
-    args = ["fairseq-train", cfg["data"], "--user-dir", cfg.get("user_dir") or default_user_dir(),
+    args = ["fairseq-train", _value(cfg, "data", source), "--user-dir", _user_dir(cfg, source),
             "--task", cfg["task"], "--arch", cfg["arch"]]
     if cfg.get("restore_file"):
-        args += ["--finetune-from-model", cfg["restore_file"]]
+        args += ["--finetune-from-model", _value(cfg, "restore_file", source)]
     if cfg.get("tuning"):
         args += ["--tuning-method", cfg["tuning"]]
-    return args + option_args(cfg.get("task_options", {})) + option_args(cfg.get("train", {}))
+    return (args + option_args(cfg.get("task_options", {}), f"{source}: task_options")
+            + option_args(cfg.get("train", {}), f"{source}: train"))
 
 
 def generate_command(cfg: dict, checkpoint: str, source: str = "configuration") -> List[str]:
     _require(cfg, ("task", "data"), source)
-    args = ["fairseq-generate", cfg.get("test_data") or cfg["data"], "--user-dir",
-            cfg.get("user_dir") or default_user_dir(), "--task", cfg["task"], "--path", checkpoint]
-    return args + option_args(cfg.get("task_options", {})) + option_args(cfg.get("generate", {}))
+    data = _value(cfg, "test_data" if cfg.get("test_data") else "data", source)
+    args = ["fairseq-generate", data, "--user-dir", _user_dir(cfg, source), "--task", cfg["task"], "--path", checkpoint]
+    return (args + option_args(cfg.get("task_options", {}), f"{source}: task_options")
+            + option_args(cfg.get("generate", {}), f"{source}: generate"))
 
 
 def build_command(config_path: str, overrides: List[str] = (), checkpoint: Optional[str] = None) -> List[str]:
