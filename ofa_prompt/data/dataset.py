@@ -1,0 +1,70 @@
+"""A fairseq dataset over an OFA TSV file; the task turns each row into a sample."""
+import numpy as np
+import torch
+from fairseq.data import FairseqDataset, data_utils
+
+
+class OFADataset(FairseqDataset):
+    def __init__(self, reader, task, train: bool):
+        self.reader, self.task, self.train = reader, task, train
+        self.pad, self.eos = task.dictionary.pad(), task.dictionary.eos()
+
+    def __len__(self):
+        return len(self.reader)
+
+    def __getitem__(self, index):
+        try:
+            sample = self.task.build_sample(self.reader[index], self.train)
+        except ValueError as e:  # content that passed the start-up check but fails on full decoding
+            raise ValueError(f"{self.reader.where(index)}: {e}") from e
+        sample["id"] = index
+        return sample
+
+    def num_tokens(self, index):  # an upper bound: rows are only read when batched
+        return self.task.cfg.max_src_length
+
+    def num_tokens_vec(self, indices):
+        return np.full(len(indices), self.task.cfg.max_src_length, dtype=np.int64)
+
+    def size(self, index):
+        return self.task.cfg.max_src_length, self.task.cfg.max_tgt_length
+
+    def ordered_indices(self):
+        return np.arange(len(self))
+
+    def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        """Fixed-size batches of every row (OFA batches by --batch-size). fairseq's own batch_by_size
+        drops a final batch smaller than --required-batch-size-multiple, i.e. rows would go unseen."""
+        per = max_sentences or (max_tokens // self.task.cfg.max_src_length if max_tokens else 0)
+        if per < 1:
+            raise ValueError("set --batch-size (or a --max-tokens of at least --max-src-length)")
+        return [indices[i:i + per] for i in range(0, len(indices), per)]
+
+    def collater(self, samples):
+        if not samples:
+            return {}
+
+        def pad(key):
+            return data_utils.collate_tokens([s[key] for s in samples], self.pad)
+
+        src = pad("source")
+        target = pad("target")
+        batch = {
+            "id": torch.tensor([s["id"] for s in samples]),
+            "nsentences": len(samples),
+            "ntokens": int(target.ne(self.pad).sum()),
+            "net_input": {
+                "src_tokens": src,
+                "src_lengths": src.ne(self.pad).sum(1),
+                "patch_images": torch.stack([s["patch_image"] for s in samples]),
+                "patch_masks": torch.tensor([s.get("patch_mask", True) for s in samples]),
+                "prev_output_tokens": pad("prev_output_tokens"),
+            },
+            "target": target,
+            "uniq_ids": [s["uniq_id"] for s in samples],
+            "refs": [s.get("ref") for s in samples],
+            "metas": [s.get("meta", {}) for s in samples],
+        }
+        if "conf" in samples[0]:
+            batch["conf"] = torch.tensor([s["conf"] for s in samples], dtype=torch.float)
+        return batch

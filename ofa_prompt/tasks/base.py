@@ -1,0 +1,271 @@
+"""What OFA's downstream tasks share: dictionary, text and image processing, TSV datasets, validation
+by generation, and the per-sample records the `ofa_*` scorers read in fairseq-generate."""
+import json
+import logging
+import math
+import os
+from argparse import Namespace
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from fairseq import metrics
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.sequence_generator import EnsembleModel
+from fairseq.tasks import FairseqTask
+from omegaconf import DictConfig, open_dict
+
+from ..data.dataset import OFADataset
+from ..data.dictionary import build_ofa_dictionary
+from ..data.image import decode_image, image_size_of, to_tensor
+from ..data.tokenize import TOKENIZERS, build_tokenizer
+from ..data.tsv import TSVReader
+from ..metrics.records import RECORDER
+
+logger = logging.getLogger(__name__)
+
+# OFA's --prompt-type: also feed the source to the decoder (src: with eos, prev_output: without)
+DECODER_PROMPT_TYPES = ChoiceEnum(["none", "src", "prev_output"])
+
+
+@dataclass
+class OFATaskConfig(FairseqDataclass):
+    data: Optional[str] = field(default=None, metadata={
+        "help": "comma-separated TSV files: training epochs cycle through all but the last, other splits read the last"})
+    selected_cols: Optional[str] = field(default=None, metadata={"help": "TSV columns to read, in the task's order"})
+    bpe_dir: Optional[str] = field(default=None, metadata={"help": "folder with dict.txt (and encoder.json, vocab.bpe for gpt2)"})
+    text_tokenizer: ChoiceEnum(TOKENIZERS) = field(default="gpt2", metadata={
+        "help": "gpt2: OFA's BPE; word: whitespace words listed in <bpe-dir>/dict.txt"})
+    max_src_length: int = field(default=128, metadata={"help": "maximum source tokens"})
+    max_tgt_length: int = field(default=30, metadata={"help": "maximum target tokens"})
+    code_dict_size: int = field(default=8192, metadata={"help": "number of <code_i> image-code tokens"})
+    num_bins: int = field(default=1000, metadata={"help": "number of <bin_i> location tokens"})
+    patch_image_size: int = field(default=480, metadata={"help": "images are resized to this square size"})
+    max_image_size: int = field(default=512, metadata={"help": "coordinate range the location bins cover"})
+    imagenet_default_mean_and_std: bool = field(default=False, metadata={"help": "ImageNet normalization instead of 0.5/0.5"})
+    skip_bad_rows: bool = field(default=False, metadata={"help": "skip (and count) bad TSV rows instead of stopping"})
+    eval_args: str = field(default="{}", metadata={"help": 'generation options for validation, e.g. \'{"beam":5}\''})
+    eval_print_samples: bool = field(default=False, metadata={"help": "log hypotheses and references in validation"})
+    uses_ema: bool = field(default=False, metadata={"help": "accepted for OFA's scripts; validation uses the live model"})
+    valid_batch_size: Optional[int] = field(default=None, metadata={"help": "batch size of validation (OFA's option)"})
+
+
+class OFATask(FairseqTask):
+    """Subclasses define: default_cols, instruction/sample building (`build_sample`), `check_row`,
+    `sample_score` and, where OFA constrains generation, `generate`."""
+
+    default_cols = "0,1,2"
+    metric = "score"  # the name --best-checkpoint-metric uses
+    eval_flag = "eval_acc"
+
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.tokenizer = build_tokenizer(cfg.text_tokenizer, cfg.bpe_dir)
+        self.bos, self.eos = torch.tensor([dictionary.bos()]), torch.tensor([dictionary.eos()])
+        self.valid_generator = None
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        if not cfg.bpe_dir:
+            raise ValueError(f"--bpe-dir is required by --task {cls.__name__}: the folder holding OFA's dict.txt")
+        dictionary = build_ofa_dictionary(os.path.join(cfg.bpe_dir, "dict.txt"), cfg.code_dict_size, cfg.num_bins)
+        logger.info("dictionary: %d types", len(dictionary))
+        _skip_valid_folder_check(cfg)
+        return cls(cfg, dictionary)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def max_positions(self):
+        return 1024, 1024
+
+    # --- data -------------------------------------------------------------------------------------
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        if not self.cfg.data:
+            raise ValueError("--data (or the positional data argument) must name the TSV file(s)")
+        paths = self.cfg.data.split(",")
+        path = paths[(epoch - 1) % max(len(paths) - 1, 1)] if split == "train" else paths[-1]
+        cols = [int(c) for c in (self.cfg.selected_cols or self.default_cols).split(",")]
+        if len(cols) != len(self.default_cols.split(",")):
+            raise ValueError(f"--selected-cols={self.cfg.selected_cols}: {type(self).__name__} reads "
+                             f"{len(self.default_cols.split(','))} columns ({self.column_names})")
+        reader = TSVReader(path, cols, self.check_row, self.cfg.skip_bad_rows)
+        logger.info("%s: %d rows from %s", split, len(reader), path)
+        self.datasets[split] = OFADataset(reader, self, train=split == "train")
+
+    def encode(self, text: str, max_tokens: Optional[int] = None) -> torch.Tensor:
+        ids = self.dictionary.encode_line(self.tokenizer.encode(text), add_if_not_exist=False, append_eos=False).long()
+        return ids[:max_tokens] if max_tokens else ids
+
+    def source(self, instruction: str) -> torch.Tensor:
+        return torch.cat([self.bos, self.encode(instruction, self.cfg.max_src_length), self.eos])
+
+    def image(self, b64: str):
+        """(tensor, original width, original height)."""
+        img = decode_image(b64)
+        return to_tensor(img, self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std), img.width, img.height
+
+    @staticmethod
+    def check_image(b64: str):
+        return image_size_of(b64)
+
+    @staticmethod
+    def check_text(text: str, what: str):
+        if not text.strip():
+            raise ValueError(f"empty {what}")
+
+    def decoder_io(self, answer: torch.Tensor, prefix: Optional[torch.Tensor] = None):
+        """(prev_output_tokens, target) for an answer, with an optional decoder prefix (OFA's
+        --prompt-type prev_output) whose positions are not scored."""
+        prefix = self.bos if prefix is None else prefix
+        prev = torch.cat([prefix, answer])
+        target = torch.cat([torch.full((len(prefix) - 1,), self.dictionary.pad()), answer, self.eos])
+        return prev, target
+
+    def decoder_prefix(self, source: torch.Tensor):
+        kind = getattr(self.cfg, "prompt_type", "none")
+        return {"none": None, "src": source, "prev_output": source[:-1]}[kind]
+
+    # --- generation and scoring -------------------------------------------------------------------
+    def build_bpe(self, args):
+        return self.tokenizer  # fairseq-generate decodes hypotheses with it
+
+    def build_tokenizer(self, args):
+        return None
+
+    def decode(self, tokens: torch.Tensor) -> str:
+        tokens = tokens[(tokens != self.dictionary.eos()) & (tokens != self.dictionary.pad())]
+        return self.tokenizer.decode(self.dictionary.string(tokens.int().cpu())).strip()
+
+    def generate(self, generator, models, sample):
+        """Hypotheses in fairseq's format (lists of dicts with tokens, score, ...)."""
+        return generator.generate(models, sample)
+
+    @staticmethod
+    def restrict(models, allowed: torch.Tensor):
+        """`models` for fairseq's SequenceGenerator, generating only `allowed` tokens (a bool mask)."""
+        return models if isinstance(models, EnsembleModel) else AllowedTokens(models, allowed)
+
+    def choose_candidate(self, models, sample, candidates):
+        """All-candidate inference (OFA's allcand): the most likely of `candidates` for every sample."""
+        prefixes = None
+        if getattr(self.cfg, "prompt_type", "none") != "none":
+            pad = self.dictionary.pad()
+            prefixes = [self.decoder_prefix(s[s.ne(pad)]) for s in sample["net_input"]["src_tokens"]]
+        scores = score_candidates(models[0], sample, candidates, self, prefixes)
+        return as_hypotheses(scores.argmax(1), scores, candidates, self.dictionary.eos())
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        hypos = self.generate(generator, models, sample)
+        for uid, ref, meta in zip(sample["uniq_ids"], sample["refs"], sample["metas"]):
+            RECORDER.push(uid, ref, meta)
+        return hypos
+
+    def sample_score(self, hypothesis: str, reference, meta) -> float:
+        raise NotImplementedError
+
+    def batch_scores(self, hyps: List[str], sample) -> List[float]:
+        return [self.sample_score(h, r, m) for h, r, m in zip(hyps, sample["refs"], sample["metas"])]
+
+    # --- training and validation ------------------------------------------------------------------
+    def eval_enabled(self) -> bool:
+        return getattr(self.cfg, self.eval_flag, False)
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.eval_enabled():
+            try:
+                gen_args = json.loads(self.cfg.eval_args)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--eval-args={self.cfg.eval_args!r} is not JSON: {e}")
+            self.valid_generator = self.build_generator([model], Namespace(**gen_args))
+        return model
+
+    def valid_step(self, sample, model, criterion):
+        loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        if self.eval_enabled():
+            with torch.no_grad():
+                hypos = self.generate(self.valid_generator, [model], sample)
+            hyps = [self.decode(h[0]["tokens"]) for h in hypos]
+            scores = self.batch_scores(hyps, sample)
+            logging_output["_score_sum"] = sum(scores)
+            logging_output["_score_cnt"] = len(scores)
+            if self.cfg.eval_print_samples:
+                logger.info("example hypothesis: %s | reference: %s", hyps[0], sample["refs"][0])
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        count = sum(log.get("_score_cnt", 0) for log in logging_outputs)
+        if count > 0:
+            metrics.log_scalar("_score_sum", sum(log.get("_score_sum", 0) for log in logging_outputs))
+            metrics.log_scalar("_score_cnt", count)
+            metrics.log_derived(self.metric, lambda m: round(m["_score_sum"].sum / m["_score_cnt"].sum, 4))
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, *args, **kwargs):
+        if self.cfg.valid_batch_size and isinstance(dataset, OFADataset) and not dataset.train:
+            max_sentences = self.cfg.valid_batch_size
+        return super().get_batch_iterator(dataset, max_tokens, max_sentences, *args, **kwargs)
+
+
+class AllowedTokens(EnsembleModel):
+    """An ensemble whose next-token distribution is restricted to a fixed set of tokens."""
+
+    def __init__(self, models, allowed: torch.Tensor):
+        super().__init__(models)
+        self.register_buffer("blocked", ~allowed)
+
+    def forward_decoder(self, *args, **kwargs):
+        lprobs, attn = super().forward_decoder(*args, **kwargs)
+        return lprobs.masked_fill(self.blocked.to(lprobs.device), -float("inf")), attn
+
+
+def _skip_valid_folder_check(task_cfg):
+    """--data names TSV files, not a folder of binarized splits: fairseq-train's check for unused
+    valid* files in that folder (which lists it as a directory) does not apply."""
+    if not isinstance(task_cfg, DictConfig):
+        return
+    root = task_cfg._get_root()
+    if "dataset" in root and root.dataset is not None:
+        with open_dict(root):
+            root.dataset.ignore_unused_valid_subsets = True
+
+
+def score_candidates(model, sample, candidates: List[torch.Tensor], task, prefixes=None, chunk: int = 64):
+    """OFA's all-candidate inference: the log-likelihood of every candidate answer for every sample
+    (teacher-forced, one encoder pass). Returns [B, C] summed log-probabilities."""
+    net = sample["net_input"]
+    enc = model.encoder(net["src_tokens"], net["src_lengths"], patch_images=net["patch_images"],
+                        patch_masks=net["patch_masks"])
+    bsz, pad = net["src_tokens"].size(0), task.dictionary.pad()
+    out = torch.full((bsz, len(candidates)), -math.inf)
+    pairs = [(b, c) for b in range(bsz) for c in range(len(candidates))]
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start:start + chunk]
+        ios = [task.decoder_io(candidates[c], None if prefixes is None else prefixes[b]) for b, c in part]
+        prev = torch.nn.utils.rnn.pad_sequence([p for p, _ in ios], batch_first=True, padding_value=pad)
+        target = torch.nn.utils.rnn.pad_sequence([t for _, t in ios], batch_first=True, padding_value=pad)
+        rows = torch.tensor([b for b, _ in part], device=prev.device)
+        logits, _ = model.decoder(prev.to(rows.device), encoder_out=model.encoder.reorder_encoder_out(enc, rows))
+        lprobs = torch.log_softmax(logits.float(), -1)
+        mask = target.ne(pad)
+        picked = lprobs.gather(-1, target.clamp(min=0)[..., None]).squeeze(-1) * mask
+        for (b, c), s in zip(part, picked.sum(1).tolist()):
+            out[b, c] = s
+    return out
+
+
+def as_hypotheses(best: torch.Tensor, scores: torch.Tensor, candidates: List[torch.Tensor], eos: int):
+    """fairseq-generate's hypothesis format for a chosen candidate per sample."""
+    hypos = []
+    for b, c in enumerate(best.tolist()):
+        tokens = torch.cat([candidates[c], torch.tensor([eos])])
+        hypos.append([{"tokens": tokens, "score": scores[b, c], "alignment": None,
+                       "positional_scores": torch.full((len(tokens),), float(scores[b, c]) / len(tokens))}])
+    return hypos

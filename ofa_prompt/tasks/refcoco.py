@@ -1,0 +1,73 @@
+"""Visual grounding (`--task refcoco`): the region is generated as four `<bin_i>` location tokens
+(x1, y1, x2, y2), generation restricted to them; scored with Acc@0.5."""
+from dataclasses import dataclass, field
+
+import torch
+from fairseq.tasks import register_task
+
+from ..data.tokenize import clean_text
+from ..metrics.grounding import acc_at_iou, bins_to_box, quantize_box
+from .base import OFATask, OFATaskConfig
+
+
+@dataclass
+class RefcocoConfig(OFATaskConfig):
+    eval_acc: bool = field(default=False, metadata={"help": "validate by Acc@0.5"})
+
+
+def parse_box(text: str):
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"region {text!r} is not 'x1,y1,x2,y2'")
+    if len(box) != 4:
+        raise ValueError(f"region {text!r} is not 'x1,y1,x2,y2'")
+    return box
+
+
+@register_task("refcoco", dataclass=RefcocoConfig)
+class RefcocoTask(OFATask):
+    default_cols = "0,4,2,3"
+    column_names = "uniq_id, image, text, region x1,y1,x2,y2"
+
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg, dictionary)
+        self.bin0 = dictionary.index("<bin_0>")
+        allowed = torch.zeros(len(dictionary), dtype=torch.bool)
+        allowed[self.bin0:self.bin0 + cfg.num_bins] = True
+        allowed[dictionary.eos()] = True
+        self.allowed = allowed
+
+    def check_row(self, cols):
+        _, image, text, region = cols
+        w, h = self.check_image(image)
+        self.check_text(clean_text(text), "referring expression")
+        x1, y1, x2, y2 = parse_box(region)
+        if not (0 <= x1 < x2 <= w + 1 and 0 <= y1 < y2 <= h + 1):
+            raise ValueError(f"region {region} is not a box inside the {w}x{h} image")
+
+    def build_sample(self, cols, train):
+        uniq_id, image, text, region = cols
+        patch, w, h = self.image(image)
+        size = self.cfg.patch_image_size
+        w_ratio, h_ratio = size / w, size / h
+        box = parse_box(region)
+        resized = [box[0] * w_ratio, box[1] * h_ratio, box[2] * w_ratio, box[3] * h_ratio]
+        bins = torch.tensor(quantize_box(resized, self.cfg.num_bins, self.cfg.max_image_size)) + self.bin0
+        prev, tgt = self.decoder_io(bins)
+        instruction = ' which region does the text " {} " describe?'.format(clean_text(text, self.cfg.max_src_length))
+        meta = {"w_resize_ratio": w_ratio, "h_resize_ratio": h_ratio, "num_bins": self.cfg.num_bins,
+                "max_image_size": self.cfg.max_image_size}
+        return {"uniq_id": uniq_id, "source": self.source(instruction), "target": tgt, "prev_output_tokens": prev,
+                "patch_image": patch, "ref": box, "meta": meta}
+
+    def build_generator(self, models, args, **kwargs):
+        # exactly four location tokens, then eos
+        for name, value in (("max_len_a", 0), ("max_len_b", 4), ("min_len", 4)):
+            setattr(args, name, value)
+        return super().build_generator(self.restrict(models, self.allowed), args, **kwargs)
+
+    def sample_score(self, hypothesis, reference, meta):
+        box = bins_to_box(hypothesis, meta["num_bins"], meta["max_image_size"], meta["w_resize_ratio"],
+                          meta["h_resize_ratio"])
+        return acc_at_iou(box, reference)
