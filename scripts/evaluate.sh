@@ -8,9 +8,9 @@ if [[ $# -lt 2 ]]; then
 fi
 config=$1 checkpoint=$2
 shift 2
-# The converter imports fairseq, which is noisy on stderr: show that only when it fails.
+# Run as a file, not through the package, so that fairseq is not imported just to build the command.
 errors=$(mktemp)
-command=$(python3 -m ofa_prompt.yaml_config --generate "$checkpoint" "$config" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
+command=$(python3 "$(dirname "$0")/../ofa_prompt/yaml_config.py" --generate "$checkpoint" "$config" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
 rm -f "$errors"
 echo "+ $command"
 log=$(mktemp)

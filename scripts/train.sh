@@ -6,9 +6,9 @@ if [[ $# -lt 1 ]]; then
   echo "usage: $0 CONFIG.yaml [key=value ...]" >&2
   exit 2
 fi
-# The converter imports fairseq, which is noisy on stderr: show that only when it fails.
+# Run as a file, not through the package, so that fairseq is not imported just to build the command.
 errors=$(mktemp)
-command=$(python3 -m ofa_prompt.yaml_config "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
+command=$(python3 "$(dirname "$0")/../ofa_prompt/yaml_config.py" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
 rm -f "$errors"
 echo "+ $command"
 eval "$command"

@@ -192,3 +192,35 @@ def test_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ofa_prompt.synthetic", "--out", str(out), "--scale", "0"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--scale" in bad.stderr
+
+
+TASK_FILES = {"caption": "caption", "vqa_gen": "vqa", "refcoco": "refcoco", "snli_ve": "snli_ve"}
+
+
+@pytest.mark.parametrize("task_name", sorted(TASK_FILES))
+def test_task_readers_load_every_row_without_unknown_words(data, task_name):
+    import ofa_prompt  # noqa: F401  (registers the tasks)
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+
+    out, files = data
+    extra = {"ans2label_file": files["vqa_answers.txt"]} if task_name == "vqa_gen" else {}
+    for stage in ("pretrain", "downstream"):
+        paths = ",".join(files[f"{stage}_{TASK_FILES[task_name]}_{split}.tsv"] for split in ("train", "test"))
+        cfg = TASK_DATACLASS_REGISTRY[task_name](data=paths, bpe_dir=str(out), text_tokenizer="word",
+                                                 patch_image_size=IMAGE_SIZE, **extra)
+        task = TASK_REGISTRY[task_name].setup_task(cfg)
+        unk = task.dictionary.unk()
+        for split in ("train", "test"):
+            task.load_dataset(split)
+            dataset = task.datasets[split]
+            samples = [dataset[i] for i in range(len(dataset))]
+            assert len(samples) == len(rows(files, f"{stage}_{TASK_FILES[task_name]}_{split}.tsv"))
+            for s in samples:
+                assert unk not in s["source"].tolist() and unk not in s["target"].tolist(), (stage, split, s["uniq_id"])
+            batch = dataset.collater(samples[:8])
+            assert batch["net_input"]["patch_images"].shape[1:] == (3, IMAGE_SIZE, IMAGE_SIZE)
+    if task_name == "vqa_gen":  # every reference answer is a candidate of the answer set
+        answers = set(open(files["vqa_answers.txt"]).read().split("\n")) - {""}
+        for stage in ("pretrain", "downstream"):
+            for r in rows(files, f"{stage}_vqa_test.tsv"):
+                assert {a.split("|!+")[1] for a in r[3].split("&&")} <= answers

@@ -3,7 +3,8 @@ pretraining mix and a downstream stage, plus the word dictionary (`dict.txt`, fa
 
 Files, all in one folder (pass it as --bpe-dir with --text-tokenizer word):
   {stage}_{task}_{split}.tsv   stage: pretrain | downstream, split: train | valid | test
-  dict.txt
+  dict.txt                     every word, fairseq's "word count" format
+  vqa_answers.txt              every VQA answer, one per line (vqa_gen's --ans2label-file)
 
 The stages differ in phrasing (see language.py) and in attribute combinations: the combinations in
 HELD_OUT never appear in pretraining images. Same seed, same bytes.
@@ -26,9 +27,14 @@ DEFAULT_IMAGES = {
     "downstream": {"train": 400, "valid": 100, "test": 200},
 }
 SNLI_LABELS = ("entailment", "neutral", "contradiction")
-# The tasks' own instructions go through the same word tokenizer, so their words must be in dict.txt.
-INSTRUCTION_WORDS = "what does the image describe ? which region does the text \" describe can image and text1 " \
-                    "imply text2 does the image describe"
+# The tasks' instructions (OFA's wording) go through the same word tokenizer: their words must be in dict.txt.
+INSTRUCTIONS = (
+    " what does the image describe?",
+    ' which region does the text " x " describe?',
+    ' does the image describe " x "?',
+    ' can image and text1 " x " imply text2 " x "?',
+    " object: x",  # vqa_gen --add-object
+)
 
 
 def tsv_line(columns) -> str:
@@ -96,7 +102,8 @@ def write_dictionary(path: str, counts: collections.Counter):
 def generate(out_dir: str, seed: int = 0, scale: float = 1.0) -> Dict[str, str]:
     """Writes every file; returns {file name: path}. `scale` multiplies the image counts."""
     os.makedirs(out_dir, exist_ok=True)
-    counts = collections.Counter(words(INSTRUCTION_WORDS))
+    counts = collections.Counter(w for text in INSTRUCTIONS for w in words(text) if w != "x")
+    answers = set()
     written = {}
     for stage, sizes in DEFAULT_IMAGES.items():
         for split, n in sizes.items():
@@ -109,8 +116,13 @@ def generate(out_dir: str, seed: int = 0, scale: float = 1.0) -> Dict[str, str]:
                 for line in lines:
                     for text in text_columns(task, line):
                         counts.update(words(text))
+                    if task == "vqa":
+                        answers.update(a.split("|!+", 1)[1] for a in line.split("\t")[3].split("&&"))
     written["dict.txt"] = os.path.join(out_dir, "dict.txt")
     write_dictionary(written["dict.txt"], counts)
+    written["vqa_answers.txt"] = os.path.join(out_dir, "vqa_answers.txt")
+    with open(written["vqa_answers.txt"], "w", encoding="utf-8") as f:
+        f.writelines(f"{a}\n" for a in sorted(answers))
     return written
 
 
