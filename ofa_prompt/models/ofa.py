@@ -15,6 +15,7 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
+from omegaconf import DictConfig
 
 from ..checkpoint import tuned_state_dict, upgrade_state_dict
 from .decoder import OFADecoder
@@ -155,6 +156,19 @@ def validate(cfg: OFAConfig):
         raise ValueError("--tuning-method=adapter needs --adapter")
 
 
+def pretrained_checkpoint(args) -> Optional[str]:
+    """The file fairseq-train starts from (--finetune-from-model, or --restore-file unless it is the
+    default checkpoint_last.pt); fairseq-train hands the model only its own config node, so look at
+    the whole config it belongs to."""
+    ckpt = args
+    if isinstance(args, DictConfig):
+        root = args._get_root()
+        ckpt = root.get("checkpoint") if "checkpoint" in root else None
+    restore = getattr(ckpt, "restore_file", None)
+    return getattr(ckpt, "finetune_from_model", None) or (
+        restore if restore and os.path.basename(restore) != "checkpoint_last.pt" else None)
+
+
 @register_model("ofa_prompt", dataclass=OFAConfig)
 class OFAModel(FairseqEncoderDecoderModel):
     def __init__(self, cfg: OFAConfig, encoder, decoder):
@@ -168,10 +182,8 @@ class OFAModel(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, args, task):
         cfg = config_from(args)
-        if cfg.backbone is None:  # fairseq's own ways of starting from a pretrained checkpoint
-            restore = getattr(args, "restore_file", None)
-            cfg.backbone = getattr(args, "finetune_from_model", None) or (
-                restore if restore and os.path.basename(restore) != "checkpoint_last.pt" else None)
+        if cfg.backbone is None:
+            cfg.backbone = pretrained_checkpoint(args)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         enc_emb = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
         if cfg.share_all_embeddings:

@@ -1,0 +1,103 @@
+"""The four tasks: loading and collating OFA TSVs, stock fairseq-train and fairseq-generate runs, and
+clear errors for bad rows."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from fairseq import tasks
+
+import tiny_data
+from conftest import REPO
+
+MICRO_CLI = ("--arch ofa_prompt_tiny --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64 "
+             "--encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128 --encoder-attention-heads 4 "
+             "--decoder-attention-heads 4 --resnet-type resnet18").split()
+TASKS = ["caption", "vqa_gen", "refcoco", "snli_ve"]
+SCORER = {"caption": ("ofa_caption", "CIDEr"), "vqa_gen": ("ofa_vqa", "accuracy"),
+          "refcoco": ("ofa_refcoco", "Acc@0.5"), "snli_ve": ("ofa_snli_ve", "accuracy")}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_data.write_dict(folder)
+    for task in TASKS:
+        tiny_data.write(folder / f"{task}_train.tsv", tiny_data.rows(task, 12, seed=1))
+        tiny_data.write(folder / f"{task}_test.tsv", tiny_data.rows(task, 6, seed=2))
+    return folder
+
+
+def common(task, data):
+    extra = ["--ans2label-file", f"{data}/answers.json"] if task == "vqa_gen" else []
+    return ["--user-dir", str(REPO / "ofa_prompt"), "--task", task, "--bpe-dir", str(data), "--text-tokenizer", "word",
+            "--patch-image-size", "64", "--max-image-size", "64", "--num-bins", "100", *extra]
+
+
+def setup(task, data, split="train"):
+    from fairseq import options
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [f"{data}/{task}_{split}.tsv,{data}/{task}_test.tsv", *common(task, data),
+                                                *MICRO_CLI])
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    t = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    t.load_dataset("train")
+    return t
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_load_and_collate(task, data):
+    t = setup(task, data)
+    ds = t.datasets["train"]
+    assert len(ds) == 12
+    batch = ds.collater([ds[i] for i in range(4)])
+    net = batch["net_input"]
+    assert net["patch_images"].shape == (4, 3, 64, 64) and net["patch_images"].abs().max() <= 1.0
+    assert net["src_tokens"][:, 0].eq(t.dictionary.bos()).all()
+    assert net["prev_output_tokens"].shape == batch["target"].shape
+    unk = t.dictionary.unk()
+    assert not net["src_tokens"].eq(unk).any() and not batch["target"].eq(unk).any()
+    assert batch["ntokens"] == int(batch["target"].ne(t.dictionary.pad()).sum())
+    if task == "refcoco":  # 4 location tokens then eos, the box recovered from them within a bin
+        target = batch["target"][0]
+        bins = target[:4] - t.dictionary.index("<bin_0>")
+        assert ((bins >= 0) & (bins < 100)).all() and target[4] == t.dictionary.eos()
+        from ofa_prompt.metrics.grounding import bins_to_box, box_iou
+        meta = batch["metas"][0]
+        text = " ".join(f"<bin_{b}>" for b in bins.tolist())
+        box = bins_to_box(text, 100, 64, meta["w_resize_ratio"], meta["h_resize_ratio"])
+        assert box_iou(box, batch["refs"][0]) > 0.9
+    if task == "vqa_gen":
+        assert batch["conf"].tolist() == [1.0] * 4
+    if task == "snli_ve":
+        assert t.decode(batch["target"][0]) in {"yes", "no", "maybe"}
+
+
+def run(cmd, timeout=300):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_fairseq_train_then_generate(task, data, tmp_path):
+    bin_dir = f"{sys.prefix}/bin"
+    train = [f"{bin_dir}/fairseq-train", f"{data}/{task}_train.tsv,{data}/{task}_test.tsv", *common(task, data),
+             *MICRO_CLI, "--encoder-prompt", "--decoder-prompt", "--encoder-prompt-length", "4",
+             "--decoder-prompt-length", "4", "--criterion", "adjust_label_smoothed_cross_entropy",
+             "--optimizer", "adam", "--lr", "0.03", "--batch-size", "6", "--max-update", "2", "--save-dir", str(tmp_path),
+             "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
+             "--eval-acc" if task != "caption" else "--eval-cider", "--eval-args", '{"beam": 2, "max_len_b": 6}',
+             "--validate-interval-updates", "2", "--disable-validation" if task == "caption" else "--seed=1"]
+    log = run(train)
+    assert "num_updates=2" in log and "tuning method prompt" in log
+    assert (tmp_path / "checkpoint_last.pt").is_file()
+    gen = [f"{bin_dir}/fairseq-generate", f"{data}/{task}_test.tsv", *common(task, data), "--path",
+           str(tmp_path / "checkpoint_last.pt"), "--gen-subset", "test", "--beam", "5", "--max-len-b", "6",
+           "--batch-size", "4", "--scoring", SCORER[task][0], "--ofa-results-file", str(tmp_path / "results.jsonl")]
+    out = run(gen)
+    line = [l for l in out.splitlines() if l.startswith("Generate test with beam=5:")]
+    assert line and f"{SCORER[task][1]}: " in line[0] and "(6 samples)" in line[0], out[-2000:]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 6

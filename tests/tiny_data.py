@@ -1,0 +1,56 @@
+"""Tiny OFA-format TSVs drawn with Pillow, for the task tests: one coloured square per image."""
+import base64
+import io
+import random
+
+from PIL import Image, ImageDraw
+
+COLORS = ["red", "green", "blue"]
+WORDS = "a red green blue square on white what color is the".split()
+
+
+def encode(image, fmt="PNG"):
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def scene(rng):
+    color = rng.choice(COLORS)
+    x, y = rng.randrange(0, 40), rng.randrange(0, 30)
+    image = Image.new("RGB", (72, 56), "white")
+    ImageDraw.Draw(image).rectangle([x, y, x + 24, y + 20], fill=color)
+    return color, (x, y, x + 24, y + 20), encode(image)
+
+
+def rows(task, n, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        color, box, image = scene(rng)
+        other = rng.choice([c for c in COLORS if c != color])
+        if task == "caption":
+            out.append([i, i, f"a {color} square&&a {color} square on white", "square", image])
+        elif task == "vqa_gen":
+            out.append([i, i, "what color is the square?", f"1.0|!+{color}&&0.3333|!+{other}", "square", image])
+        elif task == "refcoco":
+            out.append([i, i, f"the {color} square", ",".join(map(str, box)), image])
+        elif task == "snli_ve":
+            hyp, label = rng.choice([(f"a {color} square", "entailment"), (f"a {other} square", "contradiction"),
+                                     ("a square", "neutral")])
+            out.append([i, i, image, hyp, "a square on white", label])
+    return out
+
+
+def write(path, table):
+    with open(path, "w") as f:
+        for r in table:
+            f.write("\t".join(map(str, r)) + "\n")
+
+
+def write_dict(folder):
+    with open(folder / "dict.txt", "w") as f:
+        for w in WORDS + ["yes", "no", "maybe", "which", "region", "does", "text", '"', "describe?", "describe",
+                          "can", "image", "and", "text1", "imply", "text2", "?", "square?", "\"?", "object:"]:
+            f.write(f"{w} 1\n")
+    (folder / "answers.json").write_text('["red", "green", "blue"]')
