@@ -1,5 +1,4 @@
 """Prompt-only checkpoints, prompt files (export / merge / switch) and their failure modes."""
-import argparse
 import shutil
 
 import pytest

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from fairseq import tasks
 
 import tiny_data

@@ -1,0 +1,125 @@
+"""Hostile and malformed input: a clear error naming file and line (or option), or a counted skip."""
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tiny_data
+from ofa_prompt.data.image import BadImage, decode_image
+from ofa_prompt.data.tsv import BadRow
+from test_tasks import setup
+
+
+@pytest.fixture
+def folder(tmp_path):
+    tiny_data.write_dict(tmp_path)
+    return tmp_path
+
+
+def write_with(folder, task, bad_row, line=3):
+    table = tiny_data.rows(task, 5)
+    table.insert(line - 1, bad_row)
+    tiny_data.write(folder / f"{task}_train.tsv", table)
+    tiny_data.write(folder / f"{task}_test.tsv", tiny_data.rows(task, 2))
+
+
+def good(task):
+    return list(tiny_data.rows(task, 1, seed=9)[0])
+
+
+def with_col(task, col, value):
+    row = good(task)
+    row[col] = value
+    return row
+
+
+CASES = [
+    ("caption", good("caption")[:4], "line 3: 4 columns, expected 5"),
+    ("caption", with_col("caption", 4, "not base64 at all!"), "line 3: not base64"),
+    ("caption", with_col("caption", 4, base64.b64encode(b"\x89PNG garbage").decode()), "line 3: not a readable image"),
+    ("caption", with_col("caption", 2, " && "), "line 3: empty caption"),
+    ("vqa_gen", with_col("vqa_gen", 2, "   "), "line 3: empty question"),
+    ("vqa_gen", with_col("vqa_gen", 3, "red"), "not of the form 'confidence|!+answer'"),
+    ("refcoco", with_col("refcoco", 3, "10,10,500,20"), "line 3: region 10,10,500,20 is not a box inside the 72x56 image"),
+    ("refcoco", with_col("refcoco", 3, "30,10,5,20"), "is not a box inside"),
+    ("refcoco", with_col("refcoco", 3, "-3,1,5,20"), "is not a box inside"),
+    ("snli_ve", with_col("snli_ve", 5, "maybe"), "label 'maybe' is not one of"),
+]
+
+
+@pytest.mark.parametrize("task, row, words", CASES)
+def test_bad_rows_are_named_at_load_time(folder, task, row, words):
+    write_with(folder, task, row)
+    with pytest.raises(BadRow) as e:
+        setup(task, folder)
+    assert f"{task}_train.tsv" in str(e.value) and words in str(e.value)
+
+
+def test_skip_bad_rows_counts_them(folder):
+    table = tiny_data.rows("caption", 5)
+    table[1] = table[1][:3]
+    table[3][4] = "%%%"
+    tiny_data.write(folder / "caption_train.tsv", table)
+    tiny_data.write(folder / "caption_test.tsv", tiny_data.rows("caption", 2))
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq import tasks
+
+    from test_tasks import MICRO_CLI, common
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [f"{folder}/caption_train.tsv,{folder}/caption_test.tsv",
+                                                *common("caption", folder), "--skip-bad-rows", *MICRO_CLI])
+    t = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    t.load_dataset("train")
+    reader = t.datasets["train"].reader
+    assert len(reader) == 3 and reader.skipped == 2
+    assert [reader.lines[i] for i in range(3)] == [1, 3, 5]
+
+
+def test_missing_bpe_files_name_the_option(tmp_path):
+    from ofa_prompt.data.tokenize import build_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="--bpe-dir .*encoder.json"):
+        build_tokenizer("gpt2", str(tmp_path))
+    from ofa_prompt.data.dictionary import build_ofa_dictionary
+
+    with pytest.raises(FileNotFoundError, match="dict.txt"):
+        build_ofa_dictionary(str(tmp_path / "dict.txt"))
+
+
+def b64(image, fmt="PNG"):
+    return tiny_data.encode(image, fmt)
+
+
+@pytest.mark.parametrize("image, fmt", [
+    (Image.new("CMYK", (8, 8), (0, 255, 0, 0)), "JPEG"),
+    (Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)), "PNG"),
+    (Image.new("P", (8, 8), 3), "PNG"),
+    (Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "PNG"),
+    (Image.new("LA", (8, 8), (10, 255)), "PNG"),
+])
+def test_unusual_image_modes_become_rgb(image, fmt):
+    out = decode_image(b64(image, fmt))
+    assert out.mode == "RGB" and out.size == (8, 8)
+
+
+def test_transparent_pixels_become_white_and_16bit_is_scaled():
+    assert decode_image(b64(Image.new("RGBA", (4, 4), (255, 0, 0, 0)))).getpixel((0, 0)) == (255, 255, 255)
+    grey = decode_image(b64(Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))))
+    assert grey.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decompression_bomb_and_random_bytes_are_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadImage, match="decompression bomb"):
+        decode_image(b64(Image.new("RGB", (100, 100))))
+    rng = np.random.default_rng(0)
+    with pytest.raises(BadImage, match="not a readable image"):
+        decode_image(base64.b64encode(rng.bytes(500)).decode())
+
+
+def test_truncated_image_is_refused():
+    raw = base64.b64decode(b64(Image.new("RGB", (64, 64), "red"), "JPEG"))
+    with pytest.raises(BadImage):
+        decode_image(base64.b64encode(raw[: len(raw) // 3]).decode())
