@@ -62,7 +62,8 @@ def tuned_state_dict(model, state: dict) -> dict:
         return state
     tuned = {name for name, p in model.named_parameters() if p.requires_grad}
     out = {k: v for k, v in state.items() if k in tuned}
-    out[BACKBONE_KEY] = file_fingerprint(model.cfg.backbone)
+    # the vocabulary size lets a loader build the model without reading the backbone file first
+    out[BACKBONE_KEY] = {**file_fingerprint(model.cfg.backbone), "vocab": len(model.encoder.dictionary)}
     return out
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
-from .checkpoint import read_checkpoint
+from .checkpoint import BACKBONE_KEY, read_checkpoint
 from .data.dictionary import build_ofa_dictionary
 from .models.ofa import OFAModel
 
@@ -47,13 +47,18 @@ def load_model(path: str, overrides: Optional[dict] = None) -> OFAModel:
     """
     state = read_checkpoint(path)
     args = model_args(state, path)
+    cfg = state.get("cfg")
+    task_cfg = cfg.get("task") if isinstance(cfg, dict) else None
+    for key in ("bpe_dir", "code_dict_size", "num_bins"):  # fairseq-train keeps task options apart
+        if task_cfg and key in task_cfg and getattr(args, key, None) is None:
+            setattr(args, key, task_cfg[key])
     for key, value in (overrides or {}).items():
         setattr(args, key, value)
     arch = getattr(args, "arch", None) or getattr(args, "_name", None)
     if arch in ARCH_CONFIG_REGISTRY:
         ARCH_CONFIG_REGISTRY[arch](args)
     weights = state["model"]
-    rows = weights["encoder.embed_tokens.weight"].size(0) if "encoder.embed_tokens.weight" in weights else 0
+    rows = weights[BACKBONE_KEY]["vocab"] if BACKBONE_KEY in weights else weights["encoder.embed_tokens.weight"].size(0)
     dictionary = _dictionary(args, rows)
     task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
     model = OFAModel.build_model(args, task)

@@ -1,0 +1,127 @@
+"""Stock fairseq-train and fairseq-generate from an official checkpoint (../shared/ofa_reference):
+restoring a prompt-less backbone, prompt-only checkpoints, exact resumption after SIGKILL, and
+data-parallel training with gloo on CPU."""
+import base64
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from ofa_prompt import load_model
+from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint
+
+from conftest import REPO
+
+BIN = f"{sys.prefix}/bin"
+WORDS = "10 11 12 13 14 15".split()  # symbols of the fixtures' 200-entry dictionary
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refdata")
+    rng = random.Random(0)
+    with open(folder / "caption.tsv", "w") as f:
+        for i in range(10):
+            image = Image.new("RGB", (64, 48), "white")
+            ImageDraw.Draw(image).rectangle([rng.randrange(30), 10, 40, 30], fill=rng.choice(["red", "blue"]))
+            buf = io.BytesIO()
+            image.save(buf, "PNG")
+            f.write(f"{i}\t{i}\t{' '.join(rng.sample(WORDS, 3))}&&{' '.join(rng.sample(WORDS, 3))}\tx\t"
+                    f"{base64.b64encode(buf.getvalue()).decode()}\n")
+    return folder / "caption.tsv"
+
+
+def task_args(reference):
+    return ["--user-dir", str(REPO / "ofa_prompt"), "--task", "caption", "--bpe-dir", str(reference),
+            "--text-tokenizer", "word", "--patch-image-size", "64"]
+
+
+def train_args(data, reference, save_dir, *extra):
+    return [f"{BIN}/fairseq-train", f"{data},{data}", *task_args(reference),
+            "--arch", "ofa_prompt_base", "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64",
+            "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
+            "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--resnet-type", "resnet18",
+            "--encoder-prompt", "--decoder-prompt", "--encoder-prompt-length", "8", "--decoder-prompt-length", "8",
+            "--criterion", "adjust_label_smoothed_cross_entropy", "--optimizer", "adam", "--lr", "0.03",
+            "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
+            "--disable-validation", "--seed", "3", "--save-dir", str(save_dir), *extra]
+
+
+def run(cmd, timeout=300):
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout + p.stderr
+
+
+def prompts(path):
+    return {k: v for k, v in read_checkpoint(str(path))["model"].items() if k != BACKBONE_KEY}
+
+
+def test_restore_prompt_less_backbone_and_generate(data, reference, tmp_path):
+    log = run(train_args(data, reference, tmp_path, "--restore-file", str(reference / "plain.pt"), "--reset-optimizer",
+                         "--reset-dataloader", "--reset-meters", "--batch-size", "4", "--max-update", "3"))
+    assert "initialized 2 tensors that the checkpoint lacks" in log and "tuning method prompt: 4096 of" in log
+    ckpt = tmp_path / "checkpoint_last.pt"
+    saved = read_checkpoint(str(ckpt))
+    assert set(saved["model"]) == {BACKBONE_KEY, "encoder.encoder_prompt_encoder.embedding.weight",
+                                   "decoder.decoder_prompt_encoder.embedding.weight"}
+    assert set(saved["last_optimizer_state"]["state"]) == {0, 1}  # Adam state of the two prompt tensors only
+    model, backbone = load_model(str(ckpt)), read_checkpoint(str(reference / "plain.pt"))["model"]
+    ours = model.full_state_dict()
+    assert all(torch.equal(ours[k], v.float()) for k, v in backbone.items() if k in ours)  # the backbone never moved
+    out = run([f"{BIN}/fairseq-generate", str(data), *task_args(reference), "--path", str(ckpt), "--gen-subset", "test",
+               "--beam", "5", "--max-len-b", "5", "--batch-size", "4", "--scoring", "ofa_caption"])
+    assert "Generate test with beam=5: CIDEr:" in out and "(10 samples)" in out
+
+
+def test_official_finetuned_style_checkpoint_generates(data, reference):
+    out = run([f"{BIN}/fairseq-generate", str(data), *task_args(reference), "--path", str(reference / "prompt.pt"),
+               "--gen-subset", "test", "--beam", "5", "--max-len-b", "5", "--batch-size", "4", "--scoring", "ofa_caption"])
+    assert "Generate test with beam=5: CIDEr:" in out
+
+
+def test_sigkill_then_resume_is_bit_identical(data, reference, tmp_path):
+    start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4", "--max-update", "8",
+             "--save-interval-updates", "1", "--keep-interval-updates", "1"]
+    run(train_args(data, reference, tmp_path / "straight", *start))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_args(data, reference, killed, *start), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint_last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(random.Random().uniform(0, 3))  # some random moment after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # fairseq writes checkpoint_last.pt.tmp and renames it: whatever the moment, the file reads back whole
+    resumed = read_checkpoint(str(killed / "checkpoint_last.pt"))["optimizer_history"][-1]["num_updates"]
+    assert resumed < 8, "the run finished before it was killed; nothing was resumed"
+    log = run(train_args(data, reference, killed, *start))
+    assert f"@ {resumed} updates" in log
+    a, b = prompts(tmp_path / "straight" / "checkpoint_last.pt"), prompts(killed / "checkpoint_last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_gloo_processes_equal_one_with_double_update_freq(data, reference, tmp_path):
+    common = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "2", "--max-update", "2",
+              "--dropout", "0", "--prompt-dropout", "0"]
+    port = str(29500 + os.getpid() % 1000)
+    procs = [subprocess.Popen(train_args(data, reference, tmp_path / "dist", *common, "--distributed-backend", "gloo",
+                                         "--distributed-world-size", "2", "--distributed-rank", str(rank),
+                                         "--distributed-init-method", f"tcp://127.0.0.1:{port}",
+                                         "--distributed-no-spawn", "--ddp-backend", "legacy_ddp",
+                                         "--load-checkpoint-on-all-dp-ranks"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs[0][-2000:] + logs[1][-2000:]
+    run(train_args(data, reference, tmp_path / "single", *common, "--update-freq", "2"))
+    a, b = prompts(tmp_path / "dist" / "checkpoint_last.pt"), prompts(tmp_path / "single" / "checkpoint_last.pt")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert "bsz=4" in logs[0]  # each update saw both ranks' 2 rows
