@@ -5,6 +5,7 @@ import base64
 import io
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -125,3 +126,11 @@ def test_two_gloo_processes_equal_one_with_double_update_freq(data, reference, t
     a, b = prompts(tmp_path / "dist" / "checkpoint_last.pt"), prompts(tmp_path / "single" / "checkpoint_last.pt")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert "bsz=4" in logs[0]  # each update saw both ranks' 2 rows
+
+
+def test_bf16_autocast_training_through_fairseq_train(data, reference, tmp_path):
+    log = run(train_args(data, reference, tmp_path, "--finetune-from-model", str(reference / "plain.pt"),
+                         "--batch-size", "4", "--max-update", "2", "--autocast", "bf16"))
+    losses = [float(x) for x in re.findall(r"train_inner .* loss=([\d.]+)", log)]
+    assert len(losses) == 2 and all(0 < x < 100 for x in losses)
+    assert all(v.dtype == torch.float32 for v in prompts(tmp_path / "checkpoint_last.pt").values())

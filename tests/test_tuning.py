@@ -89,3 +89,19 @@ def test_batchnorm_statistics_update_when_finetuning():
 def test_impossible_configs_are_clear_errors(options, words):
     with pytest.raises(ValueError, match=words.replace("-", r"\-").replace("=", r"\=")):
         build_micro(**options)
+
+
+def test_bf16_autocast_keeps_float32_parameters_and_close_outputs():
+    torch.manual_seed(0)
+    model = build_micro(**METHODS["prompt"]).eval()
+    batch = micro_batch(model)
+    with torch.no_grad():
+        full, _ = model(**batch)
+        model.cfg.autocast = "bf16"
+        half, _ = model(**batch)
+    assert half.dtype == torch.float32 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(full, half)  # really computed in bfloat16 ...
+    assert (full - half).abs().max() < 0.05 * full.abs().max()  # ... and still the same model
+    model.train()
+    one_step(model)  # gradients flow to the float32 prompts
+    assert model.encoder.encoder_prompt_encoder.embedding.weight.grad.dtype == torch.float32

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from omegaconf import DictConfig
@@ -28,6 +29,7 @@ from .tuning import TUNING_METHODS, apply_tuning, resolve_tuning
 logger = logging.getLogger(__name__)
 
 PROMPT_TYPES = ChoiceEnum(["prefix"])
+AUTOCAST = ChoiceEnum(["none", "bf16"])
 
 
 @dataclass
@@ -106,6 +108,9 @@ class OFAConfig(FairseqDataclass):
     bitfit: bool = field(default=False, metadata={"help": "train only the bias terms (BitFit)"})
     freeze_encoder_embedding: bool = field(default=False, metadata={"help": "freeze the encoder token embedding"})
     freeze_decoder_embedding: bool = field(default=False, metadata={"help": "freeze the decoder token embedding"})
+    autocast: AUTOCAST = field(
+        default="none", metadata={"help": "compute the forward pass in bfloat16 (torch.autocast, CPU or GPU) while parameters, "
+                                          "gradients and optimizer state stay float32; fairseq's own --bf16 means TPU"})
     # prompt-only checkpoints
     backbone: Optional[str] = field(
         default=None, metadata={"help": "checkpoint holding the frozen backbone (default: --finetune-from-model or "
@@ -198,10 +203,12 @@ class OFAModel(FairseqEncoderDecoderModel):
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, patch_images=None, patch_masks=None,
                 features_only=False, alignment_layer=None, return_all_hiddens=False, **kwargs):
-        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, patch_images=patch_images,
-                                   patch_masks=patch_masks, return_all_hiddens=return_all_hiddens)
-        return self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
-                            alignment_layer=alignment_layer, return_all_hiddens=return_all_hiddens)
+        with torch.autocast(src_tokens.device.type, torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
+            encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, patch_images=patch_images,
+                                       patch_masks=patch_masks, return_all_hiddens=return_all_hiddens)
+            out, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
+                                      alignment_layer=alignment_layer, return_all_hiddens=return_all_hiddens)
+        return out.float(), extra  # the loss (log-softmax over the vocabulary) in float32
 
     def train(self, mode: bool = True):
         super().train(mode)
