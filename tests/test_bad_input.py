@@ -123,3 +123,10 @@ def test_truncated_image_is_refused():
     raw = base64.b64decode(b64(Image.new("RGB", (64, 64), "red"), "JPEG"))
     with pytest.raises(BadImage):
         decode_image(base64.b64encode(raw[: len(raw) // 3]).decode())
+
+
+def test_unicode_text_loads(folder):
+    write_with(folder, "caption", with_col("caption", 2, "ünïcödé ✓ square&&日本語"))
+    t = setup("caption", folder)
+    sample = t.datasets["train"][2]  # the unicode row: words outside the dictionary become <unk>
+    assert sample["target"].eq(t.dictionary.unk()).any()
