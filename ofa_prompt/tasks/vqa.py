@@ -45,6 +45,8 @@ class VqaGenTask(OFATask):
 
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
+        if cfg.eval_acc and not cfg.ans2label_file:  # fail now, not at the first validation hours later
+            raise ValueError("--eval-acc for vqa_gen chooses among candidate answers: pass --ans2label-file")
         self.answers = read_answer_set(cfg.ans2label_file) if cfg.ans2label_file else None
         self.candidates = [self.encode(" " + a) for a in self.answers] if self.answers else None
 
