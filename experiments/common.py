@@ -1,0 +1,147 @@
+"""Shared machinery of the experiment scripts: the synthetic benchmark and its cached micro backbone
+(the demo's), training and evaluation through stock fairseq-train / fairseq-generate (commands built
+from configs/demo/caption_prompt.yaml with overrides), and result tables and plots."""
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from ofa_prompt.yaml_config import build_command  # noqa: E402
+
+BASE_CONFIG = os.path.join(REPO, "configs", "demo", "caption_prompt.yaml")
+TASKS = {
+    "caption": dict(task="caption", file="caption", cols="0,4,2", scoring="ofa_caption", metric="CIDEr", extra=[]),
+    "vqa": dict(task="vqa_gen", file="vqa", cols="0,5,2,3,4", scoring="ofa_vqa", metric="accuracy",
+                extra=["task_options.ans2label-file=$DEMO_DATA/vqa_answers.txt"]),
+    "refcoco": dict(task="refcoco", file="refcoco", cols="0,4,2,3", scoring="ofa_refcoco", metric="Acc@0.5",
+                    extra=["task_options.max-image-size=64"]),
+    "snli_ve": dict(task="snli_ve", file="snli_ve", cols="0,2,3,4,5", scoring="ofa_snli_ve", metric="accuracy", extra=[]),
+}
+# learning rates per method for the micro backbone (prompts need a large one, as in the paper)
+METHODS = {
+    "finetune": ["tuning=finetune", "train.encoder-prompt=false", "train.decoder-prompt=false", "train.lr=5e-4"],
+    "prompt": ["tuning=prompt", "train.lr=0.1"],
+    "adapter": ["tuning=adapter", "train.encoder-prompt=false", "train.decoder-prompt=false", "train.adapter=true",
+                "train.adapter-dim=32", "train.lr=1e-3"],
+    "bitfit": ["tuning=bitfit", "train.encoder-prompt=false", "train.decoder-prompt=false", "train.bitfit=true",
+               "train.lr=1e-2"],
+}
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def ensure_backbone(quick: bool) -> str:
+    """The demo's synthetic data and micro backbone (made once by scripts/demo.sh, then cached)."""
+    demo = os.path.join(REPO, ".cache", "demo-quick" if quick else "demo")
+    os.environ["DEMO_DIR"], os.environ["DEMO_DATA"] = demo, os.path.join(demo, "data")
+    os.environ["DEMO_RUNS"] = os.path.join(demo, "runs")
+    backbone = os.path.join(demo, "runs", "backbone.pt")
+    if not os.path.isfile(backbone):
+        log(f"no cached backbone in {demo}: running scripts/demo.sh once")
+        env = {**os.environ, "DEMO_QUICK": "1" if quick else "0"}
+        subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh")], cwd=REPO, env=env, check=True)
+    return backbone
+
+
+def task_overrides(task: str, split_data=True):
+    t = TASKS[task]
+    data = f"$DEMO_DATA/downstream_{t['file']}"
+    return [f"task={t['task']}", f"data={data}_train.tsv,{data}_valid.tsv", f"test_data={data}_test.tsv",
+            f"task_options.selected-cols={t['cols']}", f"generate.scoring={t['scoring']}", *t["extra"]]
+
+
+def run(cmd, log_path):
+    with open(log_path, "w") as f:
+        p = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if p.returncode:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f"command failed ({log_path}):\n{' '.join(cmd)}\n{tail}")
+    with open(log_path) as f:
+        return f.read()
+
+
+def train(name: str, out: str, task: str, overrides, updates: int):
+    """Train with stock fairseq-train; returns (checkpoint, seconds, log text)."""
+    save = os.path.join(out, "runs", name)
+    os.makedirs(save, exist_ok=True)
+    cmd = build_command(BASE_CONFIG, [*task_overrides(task), *overrides, f"train.save-dir={save}",
+                                      f"train.max-update={updates}", f"train.total-num-update={max(updates, 1)}",
+                                      f"train.warmup-updates={min(50, max(updates // 4, 1))}", "train.log-interval=10"])
+    log(f"train {name}: {' '.join(cmd[:3])} ... ({updates} updates)")
+    start = time.time()
+    text = run(cmd, os.path.join(out, "runs", f"{name}.train.log"))
+    return os.path.join(save, "checkpoint_last.pt"), time.time() - start, text
+
+
+def evaluate(name: str, out: str, task: str, checkpoint: str, overrides=()) -> float:
+    """The task's metric from stock fairseq-generate on the test split."""
+    cmd = build_command(BASE_CONFIG, [*task_overrides(task), *overrides], checkpoint=checkpoint)
+    text = run(cmd, os.path.join(out, "runs", f"{name}.generate.log"))
+    metric = TASKS[task]["metric"]
+    found = re.findall(rf"Generate test with beam=\d+: .*?{re.escape(metric)}: ([\d.]+)", text)
+    if not found:
+        raise RuntimeError(f"no {metric} in {name}'s fairseq-generate output")
+    log(f"  {name}: {metric} {float(found[-1]):.4f}")
+    return float(found[-1])
+
+
+def trainable(text: str):
+    total, trained = re.findall(r"num\. shared model params: ([\d,]+) \(num\. trained: ([\d,]+)\)", text)[-1]
+    return int(trained.replace(",", "")), int(total.replace(",", ""))
+
+
+def save_results(out: str, name: str, rows, header, note: str, command: str):
+    """results.md (table + how it was made), results.json."""
+    os.makedirs(out, exist_ok=True)
+    lines = [f"# {name}", "", note, "", f"Made with `{command}`.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"header": header, "rows": rows}, f, indent=1)
+    print("\n".join(lines[6:]))
+
+
+def plot(path, title, series, xlabel, ylabel, kind="line", xticks=None):
+    """series: {label: (xs, ys)}; kind 'bar' draws grouped bars over xticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if kind == "bar":
+        width = 0.8 / max(len(series), 1)
+        for i, (label, (xs, ys)) in enumerate(series.items()):
+            ax.bar([x + i * width for x in range(len(ys))], ys, width, label=label)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(xticks))], xticks)
+    else:
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cli(description):
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help="a few updates on the quick demo data (for tests)")
+    ap.add_argument("--out", help="output folder (default docs/<experiment>, quick: .cache/experiments/<experiment>)")
+    ap.add_argument("--updates", type=int, help="training updates per run (default 200, quick 3)")
+    return ap
