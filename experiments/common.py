@@ -116,7 +116,8 @@ def plot(path, title, series, xlabel, ylabel, kind="line", xticks=None):
     import matplotlib
 
     matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    for noisy in ("matplotlib", "PIL"):  # their DEBUG lines would bury the progress lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
