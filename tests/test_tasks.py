@@ -100,3 +100,21 @@ def test_fairseq_train_then_generate(task, data, tmp_path):
     line = [l for l in out.splitlines() if l.startswith("Generate test with beam=5:")]
     assert line and f"{SCORER[task][1]}: " in line[0] and "(6 samples)" in line[0], out[-2000:]
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 6
+
+
+def test_candidate_scoring_reads_given_token_embeddings(data):
+    """Text-side attacks hand perturbed embeddings to inference: all-candidate scoring must use them."""
+    import torch
+
+    from conftest import build_micro
+    from ofa_prompt.tasks.base import score_candidates
+
+    t = setup("snli_ve", data)
+    model = build_micro(dictionary=t.dictionary).eval()
+    ds = t.datasets["train"]
+    sample = ds.collater([ds[i] for i in range(3)])
+    with torch.no_grad():
+        clean = score_candidates(model, sample, t.candidates, t)
+        net = {**sample["net_input"], "token_embeddings": torch.zeros(*sample["net_input"]["src_tokens"].shape, 64)}
+        moved = score_candidates(model, {**sample, "net_input": net}, t.candidates, t)
+    assert not torch.allclose(clean, moved)

@@ -242,7 +242,7 @@ def score_candidates(model, sample, candidates: List[torch.Tensor], task, prefix
     (teacher-forced, one encoder pass). Returns [B, C] summed log-probabilities."""
     net = sample["net_input"]
     enc = model.encoder(net["src_tokens"], net["src_lengths"], patch_images=net["patch_images"],
-                        patch_masks=net["patch_masks"])
+                        patch_masks=net["patch_masks"], token_embeddings=net.get("token_embeddings"))
     bsz, pad = net["src_tokens"].size(0), task.dictionary.pad()
     out = torch.full((bsz, len(candidates)), -math.inf)
     pairs = [(b, c) for b in range(bsz) for c in range(len(candidates))]
