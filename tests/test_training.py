@@ -89,21 +89,25 @@ def test_official_finetuned_style_checkpoint_generates(data, reference):
 
 
 def test_sigkill_then_resume_is_bit_identical(data, reference, tmp_path):
-    start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4", "--max-update", "8",
+    start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4", "--max-update", "12",
              "--save-interval-updates", "1", "--keep-interval-updates", "1"]
     run(train_args(data, reference, tmp_path / "straight", *start))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_args(data, reference, killed, *start), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoint_last.pt").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(random.Random().uniform(0, 3))  # some random moment after the first checkpoint
+    # A random moment well inside the run: after a random update's log line plus a random delay, at
+    # least 5 updates (each with a checkpoint write) before the end; a fixed sleep could outlast a fast run.
+    rng = random.Random()
+    kill_after = rng.randint(2, 7)  # checkpoint kill_after - 1 is on disk by then
+    proc = subprocess.Popen(train_args(data, reference, killed, *start), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if re.search(rf"train_inner .*num_updates={kill_after}\b", line):
+            time.sleep(rng.uniform(0, 0.05))
+            break
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     # fairseq writes checkpoint_last.pt.tmp and renames it: whatever the moment, the file reads back whole
     resumed = read_checkpoint(str(killed / "checkpoint_last.pt"))["optimizer_history"][-1]["num_updates"]
-    assert resumed < 8, "the run finished before it was killed; nothing was resumed"
+    assert kill_after - 1 <= resumed < 12, f"killed after update {kill_after}, checkpoint at {resumed}"
     log = run(train_args(data, reference, killed, *start))
     assert f"@ {resumed} updates" in log
     a, b = prompts(tmp_path / "straight" / "checkpoint_last.pt"), prompts(killed / "checkpoint_last.pt")
