@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -91,6 +92,31 @@ def evaluate(name: str, out: str, task: str, checkpoint: str, overrides=()) -> f
         raise RuntimeError(f"no {metric} in {name}'s fairseq-generate output")
     log(f"  {name}: {metric} {float(found[-1]):.4f}")
     return float(found[-1])
+
+
+def validation(task: str, every: int, beam: int = 1):
+    """fairseq-train options for OFA's validation by generation every `every` updates, keeping
+    checkpoint_best.pt by the task's score (and only the newest interval checkpoint)."""
+    metric = "cider" if task == "caption" else "score"
+    return ["train.disable-validation=false", f"train.eval-{'cider' if task == 'caption' else 'acc'}=true",
+            f"train.eval-args={{beam: {beam}, max_len_b: 40}}", f"train.validate-interval-updates={every}",
+            "train.validate-interval=1000000", f"train.save-interval-updates={every}", "train.keep-interval-updates=1",
+            f"train.best-checkpoint-metric={metric}", "train.maximize-best-checkpoint-metric=true"]
+
+
+_STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| "
+_VALID = re.compile(_STAMP + r".*valid on 'valid' subset \|.*?\| (?:cider|score) ([\d.]+) \|.*?num_updates (\d+)", re.M)
+_BEGIN = re.compile(_STAMP + r".*begin training epoch 1\b", re.M)
+_EPOCH = re.compile(r"epoch \d+:\s+\d+ / (\d+) ")
+
+
+def validation_curve(text: str):
+    """[(updates, validation score, seconds since training began)] from a fairseq-train log, and the
+    updates per epoch (the progress bar's total)."""
+    began = datetime.fromisoformat(_BEGIN.search(text).group(1))
+    points = {int(u): (float(s), (datetime.fromisoformat(t) - began).total_seconds()) for t, s, u in _VALID.findall(text)}
+    per_epoch = _EPOCH.search(text)
+    return [(u, s, t) for u, (s, t) in sorted(points.items())], int(per_epoch.group(1)) if per_epoch else None
 
 
 def trainable(text: str):

@@ -5,11 +5,11 @@ the updates (and epochs) each needs to reach 95% of finetuning's best score.
     python experiments/convergence.py [--task caption] [--updates 300] [--every 50] [--quick]
 """
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import METHODS, REPO, TASKS, cli, ensure_backbone, log, plot, save_results, train  # noqa: E402
+from common import (METHODS, REPO, TASKS, cli, ensure_backbone, log, plot, save_results, train,  # noqa: E402
+                    validation, validation_curve)
 
 RUNS = {
     "finetune": METHODS["finetune"],
@@ -18,7 +18,6 @@ RUNS = {
     "prompt, activations init": METHODS["prompt"] + ["train.prompt-init=activations"],
     "prompt, random init, lr x3": METHODS["prompt"] + ["train.lr=0.3"],
 }
-VALID = re.compile(r"valid on 'valid' subset \|.*?\| (?:cider|score) ([\d.]+) \|.*?num_updates (\d+)")
 
 
 def main(argv=None):
@@ -29,21 +28,16 @@ def main(argv=None):
     updates, every = a.updates or (3 if a.quick else 300), a.every or (1 if a.quick else 25)
     out = a.out or os.path.join(REPO, ".cache/experiments/convergence" if a.quick else "docs/convergence")
     ensure_backbone(a.quick)
-    metric_flag = "eval-cider" if a.task == "caption" else "eval-acc"
-    validation = ["train.disable-validation=false", f"train.{metric_flag}=true", "train.eval-args={beam: 1, max_len_b: 40}",
-                  f"train.validate-interval-updates={every}", "train.validate-interval=1000000"]
     curves = {}
     for label, options in RUNS.items():
         name = f"{a.task}_{label.replace(', ', '_').replace(' ', '_')}"
-        _, _, text = train(name, out, a.task, options + validation, updates)
-        points = sorted({int(u): float(s) for s, u in VALID.findall(text)}.items())
+        _, _, text = train(name, out, a.task, options + validation(a.task, every), updates)
+        points, updates_per_epoch = validation_curve(text)
         if not points:
             raise SystemExit(f"no validation scores in {name}'s log")
-        curves[label] = ([u for u, _ in points], [s for _, s in points])
+        curves[label] = ([u for u, _, _ in points], [s for _, s, _ in points])
         log(f"{label}: best {max(curves[label][1]):.4f}")
     target = 0.95 * max(curves["finetune"][1])
-    rows_per_epoch = sum(1 for _ in open(os.path.join(os.environ["DEMO_DATA"], f"downstream_{TASKS[a.task]['file']}_train.tsv")))
-    updates_per_epoch = max(rows_per_epoch // 32, 1)
     rows = []
     for label, (us, ss) in curves.items():
         reached = next((u for u, s in zip(us, ss) if s >= target), None)

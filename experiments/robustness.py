@@ -80,7 +80,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     series, rows = {}, []
     for method in METHODS:
-        ckpt = os.path.join(source, "runs", f"{a.task}_{method}", "checkpoint_last.pt")
+        ckpt = os.path.join(source, "runs", f"{a.task}_{method}", "checkpoint_best.pt")
         if not os.path.isfile(ckpt):
             log(f"skipping {method}: no {ckpt} (run compare_methods.py first)")
             continue

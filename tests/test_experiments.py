@@ -31,7 +31,9 @@ def test_compare_methods(compared):
     assert [r[1] for r in rows] == ["finetune", "prompt", "adapter", "bitfit"]
     share = {r[1]: float(r[4].split("(")[1].rstrip("%)")) for r in rows}
     assert share["finetune"] == 100.0 and 0 < share["bitfit"] < share["prompt"] < 1.0
-    assert all(0.0 <= float(r[2]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r[2]) <= 1.0 and 0.0 <= float(r[5]) <= 1.0 for r in rows)
+    # validated every update: the best validation score is reached at one of the 3 updates, within the run's time
+    assert all(1 <= r[6] <= 3 and float(r[7]) > 0 and 0 <= float(r[8]) <= float(r[9]) for r in rows)
     assert (compared / "methods.png").stat().st_size > 1000
 
 
