@@ -28,6 +28,13 @@ def good(task):
     return list(tiny_data.rows(task, 1, seed=9)[0])
 
 
+def truncated(fmt, keep=0.8):
+    """A noisy image (so its body is most of the file) cut to `keep` of its bytes, as base64."""
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (56, 72, 3), dtype=np.uint8))
+    raw = base64.b64decode(tiny_data.encode(noise, fmt))
+    return base64.b64encode(raw[:int(len(raw) * keep)]).decode()
+
+
 def with_col(task, col, value):
     row = good(task)
     row[col] = value
@@ -35,7 +42,11 @@ def with_col(task, col, value):
 
 
 CASES = [
-    ("caption", good("caption")[:4], "line 3: 4 columns, expected 5"),
+    ("caption", good("caption")[:4], "line 3: 4 columns, expected 5 or more"),
+    ("caption", with_col("caption", 4, truncated("JPEG")), "line 3: truncated or corrupt image: JPEG"),
+    ("caption", with_col("caption", 4, truncated("PNG")), "line 3: truncated or corrupt image: PNG"),
+    ("caption", with_col("caption", 4, truncated("GIF")), "line 3: truncated or corrupt image: GIF"),
+    ("caption", [""] * 5, "line 3: not a readable image"),  # tabs only: empty columns, not a blank line
     ("caption", with_col("caption", 4, "not base64 at all!"), "line 3: not base64"),
     ("caption", with_col("caption", 4, base64.b64encode(b"\x89PNG garbage").decode()), "line 3: not a readable image"),
     ("caption", with_col("caption", 2, " && "), "line 3: empty caption"),
@@ -56,10 +67,8 @@ def test_bad_rows_are_named_at_load_time(folder, task, row, words):
     assert f"{task}_train.tsv" in str(e.value) and words in str(e.value)
 
 
-def test_skip_bad_rows_counts_them(folder):
-    table = tiny_data.rows("caption", 5)
-    table[1] = table[1][:3]
-    table[3][4] = "%%%"
+def skipping_reader(folder, table):
+    """The training reader of the caption task run with --skip-bad-rows over `table`."""
     tiny_data.write(folder / "caption_train.tsv", table)
     tiny_data.write(folder / "caption_test.tsv", tiny_data.rows("caption", 2))
     from fairseq import options
@@ -72,9 +81,61 @@ def test_skip_bad_rows_counts_them(folder):
                                                 *common("caption", folder), "--skip-bad-rows", *MICRO_CLI])
     t = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
     t.load_dataset("train")
-    reader = t.datasets["train"].reader
+    return t.datasets["train"].reader
+
+
+def test_skip_bad_rows_counts_them(folder):
+    table = tiny_data.rows("caption", 5)
+    table[1] = table[1][:3]
+    table[3][4] = "%%%"
+    reader = skipping_reader(folder, table)
     assert len(reader) == 3 and reader.skipped == 2
     assert [reader.lines[i] for i in range(3)] == [1, 3, 5]
+
+
+def test_truncated_images_are_skipped_and_counted(folder):
+    table = tiny_data.rows("caption", 5)
+    table[0][4], table[2][4] = truncated("JPEG"), truncated("PNG", keep=0.99)
+    reader = skipping_reader(folder, table)
+    assert reader.skipped == 2 and reader.lines == [2, 4, 5]
+
+
+def test_a_bad_first_row_fails_alone(folder):
+    table = tiny_data.rows("caption", 5)
+    table[0] = table[0][:2]
+    table[1] = table[1] + ["an unread extra column"]
+    reader = skipping_reader(folder, table)
+    assert reader.skipped == 1 and reader.lines == [2, 3, 4, 5]
+
+
+def cut_character(path, line):
+    """Line `line` of `path` with a two-byte character cut after its first byte, as a truncated copy has."""
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = lines[line - 1].replace(b"square", "squä".encode()[:-1] + b"re", 1)
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_text_cut_inside_a_character_is_a_row_error(folder):
+    from ofa_prompt.data.tsv import TSVReader
+
+    write_with(folder, "caption", good("caption"))
+    cut_character(folder / "caption_train.tsv", 3)
+    with pytest.raises(BadRow, match=r"caption_train.tsv, line 3: not UTF-8 text"):
+        setup("caption", folder)
+    reader = TSVReader(str(folder / "caption_train.tsv"), [0, 4, 2], skip_bad_rows=True)
+    assert reader.skipped == 1 and reader.lines == [1, 2, 4, 5, 6]
+
+
+def test_blank_lines_are_passed_over_and_counted(folder, caplog):
+    from ofa_prompt.data.tsv import TSVReader
+
+    path = folder / "t.tsv"
+    tiny_data.write(path, tiny_data.rows("caption", 3))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "", lines[1], "   \r", lines[2], ""]) + "\n")
+    reader = TSVReader(str(path), [0, 4, 2])
+    assert reader.lines == [1, 3, 5] and reader.blank == 3 and reader.skipped == 0
+    assert "skipped 0 bad rows and 3 blank lines" in caplog.text
 
 
 def test_missing_bpe_files_name_the_option(tmp_path):

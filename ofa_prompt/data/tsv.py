@@ -14,8 +14,10 @@ class BadRow(ValueError):
 class TSVReader:
     """Rows of `path` as lists of the `selected_cols` columns, in that order.
 
-    `check(columns, where)` validates a row's content (raise ValueError with the reason); a bad row is an
-    error naming file and line, or, with skip_bad_rows, skipped and counted (`self.skipped`)."""
+    `check(columns)` validates a row's content (raise ValueError with the reason); a bad row is an
+    error naming file and line, or, with skip_bad_rows, skipped and counted (`self.skipped`). Blank lines
+    (an empty line, or spaces only) hold no row, so nothing is lost by passing over them: they are never an
+    error, only counted (`self.blank`) and reported, as an editor's stray empty line should not stop a run."""
 
     def __init__(self, path: str, selected_cols: Sequence[int], check: Optional[Callable] = None,
                  skip_bad_rows: bool = False):
@@ -24,26 +26,21 @@ class TSVReader:
         self.path, self.cols = path, list(selected_cols)
         self.offsets: List[int] = []
         self.lines: List[int] = []
-        self.skipped = 0
+        self.skipped = self.blank = 0
         self._file, self._pid = None, None
-        need = max(self.cols) + 1
-        n_columns = None
         with open(path, "rb") as f:
             offset = 0
             for line_no, raw in enumerate(f, 1):
                 start, offset = offset, offset + len(raw)
-                if not raw.strip():
+                if not raw.strip(b" \r\n"):
+                    self.blank += 1
                     continue
-                parts = raw.decode("utf-8").rstrip("\r\n").split("\t")
-                n_columns = n_columns or len(parts)
-                where = f"{path}, line {line_no}"
                 try:
-                    if len(parts) != n_columns or len(parts) < need:
-                        raise BadRow(f"{len(parts)} columns, expected {max(n_columns, need)} "
-                                     f"(--selected-cols {','.join(map(str, self.cols))})")
+                    columns = self.columns_of(raw)
                     if check is not None:
-                        check([parts[c] for c in self.cols])
+                        check(columns)
                 except ValueError as e:
+                    where = f"{path}, line {line_no}"
                     if not skip_bad_rows:
                         raise BadRow(f"{where}: {e} (pass --skip-bad-rows to skip such rows)") from None
                     self.skipped += 1
@@ -51,10 +48,26 @@ class TSVReader:
                     continue
                 self.offsets.append(start)
                 self.lines.append(line_no)
-        if self.skipped:
-            logger.warning("%s: skipped %d bad rows of %d", path, self.skipped, self.skipped + len(self.offsets))
+        if self.skipped or self.blank:
+            logger.warning("%s: %d rows read; skipped %d bad rows and %d blank lines", path, len(self.offsets),
+                           self.skipped, self.blank)
         if not self.offsets:
             raise BadRow(f"{path}: no usable rows")
+
+    def columns_of(self, raw: bytes) -> List[str]:
+        """The selected columns of a line. A row needs only the columns the task reads: counting from the
+        file's first row would let one bad first row fail every good one; a stray tab inside a read column
+        shifts the others, which the task's content check then mostly refuses."""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:  # e.g. a file cut in the middle of a multi-byte character
+            raise ValueError(f"not UTF-8 text (byte {e.start} of the line: {e.reason})") from None
+        parts = text.rstrip("\r\n").split("\t")
+        need = max(self.cols) + 1
+        if len(parts) < need:
+            raise BadRow(f"{len(parts)} columns, expected {need} or more "
+                         f"(--selected-cols {','.join(map(str, self.cols))})")
+        return [parts[c] for c in self.cols]
 
     def __len__(self):
         return len(self.offsets)
@@ -66,8 +79,7 @@ class TSVReader:
         if self._file is None or self._pid != os.getpid():  # dataloader workers fork: own handle each
             self._file, self._pid = open(self.path, "rb"), os.getpid()
         self._file.seek(self.offsets[index])
-        parts = self._file.readline().decode("utf-8").rstrip("\r\n").split("\t")
-        return [parts[c] for c in self.cols]
+        return self.columns_of(self._file.readline())
 
     def __getstate__(self):
         return {**self.__dict__, "_file": None, "_pid": None}
