@@ -6,13 +6,24 @@ those are initialized fresh. Everything else must match exactly.
 
 With a frozen backbone the plugin writes only the tuned tensors plus a record of the backbone file
 (path, size, sha256) under BACKBONE_KEY; loading such a state dict reads the backbone back from that file.
+
+fairseq-train's own checkpoint files are made safe here too: the copies it makes (checkpoint_last.pt,
+checkpoint_best.pt) are written atomically, and a damaged file it would resume from is reported before
+training starts, with the newest readable checkpoint to resume from instead.
 """
 import argparse
+import glob
 import hashlib
 import logging
 import os
+import re
+import shutil
+import zipfile
+from typing import Optional
 
 import torch
+from fairseq.file_io import PathManager
+from omegaconf import DictConfig
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +161,103 @@ def _few(keys, n=6):
     keys = sorted(keys)
     more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
+
+
+# --- fairseq-train's checkpoint files -------------------------------------------------------------
+
+def _atomic_copy(original):
+    """PathManager.copy that writes local copies through a temporary file and a rename.
+
+    fairseq writes the first checkpoint of a save atomically (.tmp + rename) but makes checkpoint_last.pt
+    and checkpoint_best.pt with a plain copy: a run killed during that copy would leave a truncated
+    checkpoint_last.pt, which the next run resumes from. With a rename the old file stays whole until
+    the new one is complete."""
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if "://" in src_path or "://" in dst_path or not overwrite:
+            return original(src_path, dst_path, overwrite)  # remote storage or no-overwrite semantics
+        tmp = dst_path + ".tmp"
+        try:
+            shutil.copyfile(src_path, tmp)
+            os.replace(tmp, dst_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return True
+
+    copy.atomic = True
+    return copy
+
+
+def make_checkpoint_copies_atomic():
+    """Patch fairseq's PathManager (a class fairseq.checkpoint_utils shares) once per process."""
+    if not getattr(PathManager.copy, "atomic", False):
+        PathManager.copy = staticmethod(_atomic_copy(PathManager.copy))
+
+
+make_checkpoint_copies_atomic()  # on import of the plugin, before fairseq-train saves anything
+
+
+def unreadable(path: str) -> Optional[str]:
+    """Why torch.load would fail on checkpoint `path`, or None if it looks whole. Checks the CRCs of a
+    zip checkpoint (what torch.save writes) without unpickling; a legacy pickle file is not checked."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"\x80"):
+            return None
+        if head != b"PK\x03\x04":
+            return "empty file" if not head else "not a torch checkpoint (neither a zip archive nor a pickle)"
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        return f"entry {bad} fails its CRC check" if bad else None
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
+        return f"truncated or corrupted: {type(e).__name__}: {e}"
+
+
+def resume_file(ckpt) -> Optional[str]:
+    """The file fairseq-train's checkpoint_utils.load_checkpoint will read, by its own rules."""
+    suffix = ckpt.checkpoint_suffix or ""
+    if ckpt.restore_file != "checkpoint_last.pt":
+        return ckpt.restore_file.replace(".pt", suffix + ".pt")
+    last = os.path.join(ckpt.save_dir, f"checkpoint_last{suffix}.pt")
+    if os.path.exists(last):
+        return last
+    return getattr(ckpt, "continue_once", None) or ckpt.finetune_from_model
+
+
+def newest_readable(save_dir: str, exclude: str) -> Optional[str]:
+    """The most recently written readable checkpoint*.pt in `save_dir` other than `exclude` (ties: the
+    higher update count of fairseq's checkpoint_EPOCH_UPDATES.pt names)."""
+    def age(path):
+        updates = re.search(r"checkpoint_\d+_(\d+)", os.path.basename(path))
+        return os.stat(path).st_mtime_ns, int(updates.group(1)) if updates else -1
+
+    candidates = [p for p in glob.glob(os.path.join(save_dir, "checkpoint*.pt"))
+                  if not os.path.samefile(p, exclude)]
+    return next((p for p in sorted(candidates, key=age, reverse=True) if unreadable(p) is None), None)
+
+
+def check_resume_file(model_cfg):
+    """In fairseq-train, before the Trainer loads: a damaged file to resume from is an error naming it
+    and the checkpoint to resume from instead (fairseq would fail later with a bare zip error).
+    `model_cfg` is fairseq-train's cfg.model; its root holds the checkpoint options."""
+    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
+    ckpt = root.get("checkpoint") if root is not None and "checkpoint" in root else None
+    path = resume_file(ckpt) if ckpt is not None else None
+    if not path or not os.path.isfile(path):
+        return
+    why = unreadable(path)
+    if why is None:
+        return
+    message = f"{path} cannot be read ({why}); it is the checkpoint fairseq-train would resume from. "
+    good = newest_readable(ckpt.save_dir, path) if os.path.isdir(ckpt.save_dir) else None
+    if good is None:
+        raise ValueError(message + f"No readable checkpoint*.pt is left in {ckpt.save_dir}: move {path} away to "
+                                   "start again from the beginning")
+    option = f"--restore-file {good}"
+    if ckpt.finetune_from_model:
+        # fairseq refuses both options together; the pretrained file stays the backbone of prompt-only checkpoints
+        backbone = "" if getattr(model_cfg, "backbone", None) else f" --backbone {ckpt.finetune_from_model}"
+        option += f"{backbone} in place of --finetune-from-model {ckpt.finetune_from_model}"
+    raise ValueError(message + f"The newest readable checkpoint in {ckpt.save_dir} is {good}: resume from it "
+                               f"with {option}")

@@ -58,9 +58,13 @@ def load_model(path: str, overrides: Optional[dict] = None) -> OFAModel:
     if arch in ARCH_CONFIG_REGISTRY:
         ARCH_CONFIG_REGISTRY[arch](args)
     weights = state["model"]
-    rows = weights[BACKBONE_KEY]["vocab"] if BACKBONE_KEY in weights else weights["encoder.embed_tokens.weight"].size(0)
+    prompt_only = BACKBONE_KEY in weights
+    rows = weights[BACKBONE_KEY]["vocab"] if prompt_only else weights["encoder.embed_tokens.weight"].size(0)
     dictionary = _dictionary(args, rows)
     task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
     model = OFAModel.build_model(args, task)
     model.load_state_dict(weights, strict=True)
+    # the file the backbone weights were read from (loading a prompt-only checkpoint set cfg.backbone to
+    # it): set_prompts checks prompt files against it
+    model.backbone_file = model.cfg.backbone if prompt_only else os.path.abspath(path)
     return model.eval()

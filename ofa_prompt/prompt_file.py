@@ -11,8 +11,10 @@ and in Python, several prompt files on one loaded backbone: `model.set_prompts("
 """
 import argparse
 import json
+import logging
 import os
 import tempfile
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,8 +26,11 @@ from .models.stack import build_prompt_encoder
 from .models.ofa import config_from
 from .models.prompt import StaticPrompt, fold, unfold
 
+logger = logging.getLogger(__name__)
+
 FORMAT = "ofa_prompt.prompts/1"
 SIDES = ("encoder", "decoder")
+SIZES = ("embed_dim", "heads", "num_layers", "length")
 
 
 def _side_shape(cfg, side):
@@ -72,6 +77,7 @@ def read_prompts(path: str):
         raise ValueError(f"cannot read prompt file {path}: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not an ofa_prompt prompt file (metadata 'ofa_prompt' with format {FORMAT})")
+    _check_metadata(path, meta)
     kv = {}
     for side, info in meta["sides"].items():
         try:
@@ -84,6 +90,56 @@ def read_prompts(path: str):
         if bad:
             raise ValueError(f"{path}: {side} layer(s) {bad} are not of shape {list(shape)}")
     return kv, meta
+
+
+def _check_metadata(path: str, meta: dict):
+    """The record export_prompts writes, or a ValueError naming the file (not a KeyError further on)."""
+    def bad(what):
+        return ValueError(f"{path}: malformed prompt file metadata: {what}")
+
+    def count(value, least):
+        return type(value) is int and value >= least
+
+    sides = meta.get("sides")
+    if not isinstance(sides, dict) or not sides:
+        raise bad(f"'sides' must map {' and/or '.join(SIDES)} to their shapes, got {sides!r}")
+    for side, info in sides.items():
+        if side not in SIDES or not isinstance(info, dict):
+            raise bad(f"side {side!r} must be one of {SIDES} with an object of shapes")
+        wrong = [key for key in SIZES if not count(info.get(key), 1)]
+        if wrong:
+            raise bad(f"{side}: {', '.join(wrong)} must be positive integers, got "
+                      + ", ".join(f"{key}={info.get(key)!r}" for key in wrong))
+        layers = info.get("layers")
+        if not (isinstance(layers, list) and layers and all(count(layer, 0) for layer in layers)
+                and len(set(layers)) == len(layers) and max(layers) < info["num_layers"]):
+            raise bad(f"{side}: 'layers' must list distinct layer indices below num_layers={info['num_layers']}, "
+                      f"got {layers!r}")
+        if info["embed_dim"] % info["heads"]:
+            raise bad(f"{side}: embed_dim {info['embed_dim']} is not a multiple of heads {info['heads']}")
+    backbone = meta.get("backbone")
+    if backbone is not None and not (isinstance(backbone, dict) and isinstance(backbone.get("path"), str)
+                                     and isinstance(backbone.get("sha256"), str)):
+        raise bad(f"'backbone' must record the path and sha256 of a file, got {backbone!r}")
+
+
+def _check_backbone(prompts: str, meta: dict, backbone: Optional[str], force: str):
+    """A prompt file exported from a prompt-only checkpoint records the backbone it was tuned on (path and
+    sha256): `backbone`, the file whose weights are in use, must be that one. `force` names the way out."""
+    trained_on = meta.get("backbone")
+    if not trained_on:
+        return  # exported from a full checkpoint: nothing recorded to compare with
+    if not backbone:
+        logger.warning("%s was tuned on backbone %s; the file of the model's backbone is unknown, so it is not "
+                       "compared", prompts, trained_on["path"])
+        return
+    if not os.path.isfile(backbone):
+        raise ValueError(f"{prompts} was tuned on backbone {trained_on['path']}; the backbone in use, {backbone}, "
+                         f"is no longer there to compare with it: {force} to use the prompts anyway")
+    ours = file_fingerprint(backbone)["sha256"]
+    if ours != trained_on["sha256"]:
+        raise ValueError(f"{prompts} was tuned on backbone {trained_on['path']} (sha256 {trained_on['sha256'][:12]}), "
+                         f"not on {backbone} (sha256 {ours[:12]}): {force} to use them anyway")
 
 
 def _check_fits(path: str, side: str, info: dict, cfg, target: str = "the model"):
@@ -100,21 +156,22 @@ def attach_prompts(model, prompts, force_backbone: bool = False):
     if meta is not None:
         for side in kv:
             _check_fits(path, side, meta["sides"][side], model.cfg)
-        trained_on, ours = meta.get("backbone"), model.cfg.backbone
-        if trained_on and ours and os.path.isfile(ours) and not force_backbone \
-                and file_fingerprint(ours)["sha256"] != trained_on["sha256"]:
-            raise ValueError(f"{path} was tuned on backbone {trained_on['path']}, not on this model's {ours} "
-                             "(hashes differ); pass force_backbone=True to use it anyway")
+        if not force_backbone:
+            # load_model records the file it read the backbone from; in training it is --backbone
+            in_use = getattr(model, "backbone_file", None) or model.cfg.backbone
+            _check_backbone(path, meta, in_use, "pass force_backbone=True")
     for side in SIDES:
         module = StaticPrompt(kv[side]) if side in kv else None
         owner = getattr(model, side)
         setattr(owner, f"{side}_prompt_encoder", module.to(owner.layer_norm.weight) if module else None)
 
 
-def merge_prompts(backbone: str, prompts: str, out: str):
+def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = False):
     """One checkpoint with backbone and prompts (OFA's table layout), for tools that want a single file."""
     kv, meta = read_prompts(prompts)
     state = read_checkpoint(backbone)
+    if not force_backbone:
+        _check_backbone(prompts, meta, backbone, "pass --force-backbone (force_backbone=True)")
     if BACKBONE_KEY in state["model"]:
         raise ValueError(f"{backbone} is a prompt-only checkpoint, not a backbone")
     args = model_args(state, backbone)
@@ -151,13 +208,15 @@ def main(argv=None):
     mg.add_argument("--backbone", required=True)
     mg.add_argument("--prompts", required=True)
     mg.add_argument("--out", required=True)
+    mg.add_argument("--force-backbone", action="store_true",
+                    help="merge even if the backbone differs from the one the prompts were tuned on")
     a = parser.parse_args(argv)
     if a.command == "export":
         meta = export_prompts(a.checkpoint, a.out)
         print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes): " + ", ".join(
             f"{side} length {s['length']} on layers {s['layers']}" for side, s in meta["sides"].items()))
     else:
-        merge_prompts(a.backbone, a.prompts, a.out)
+        merge_prompts(a.backbone, a.prompts, a.out, a.force_backbone)
         print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes)")
 
 

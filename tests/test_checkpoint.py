@@ -81,3 +81,55 @@ def test_unreadable_checkpoint_names_the_file(tmp_path, reference):
         load_model(str(bad))
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         load_model(str(tmp_path / "nothere.pt"))
+
+
+def test_checkpoint_copies_are_atomic(tmp_path, monkeypatch):
+    """fairseq makes checkpoint_last.pt by copying the checkpoint it just wrote: a copy that dies halfway
+    leaves the previous checkpoint_last.pt whole."""
+    import shutil
+
+    from fairseq import checkpoint_utils
+
+    src, dst = tmp_path / "checkpoint_1_3.pt", tmp_path / "checkpoint_last.pt"
+    src.write_bytes(b"new" * 1000)
+    dst.write_bytes(b"previous checkpoint")
+
+    def dies_halfway(a, b):
+        with open(a, "rb") as f, open(b, "wb") as g:
+            g.write(f.read()[:1500])
+        raise OSError("killed mid-copy")
+
+    monkeypatch.setattr(shutil, "copyfile", dies_halfway)
+    with pytest.raises(OSError, match="mid-copy"):
+        checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"previous checkpoint"
+    monkeypatch.undo()
+    assert checkpoint_utils.PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1_3.pt", "checkpoint_last.pt"]
+
+
+def test_damaged_resume_file_names_the_newest_readable_checkpoint(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ofa_prompt.checkpoint import check_resume_file
+
+    for name in ("checkpoint_1_1.pt", "checkpoint_1_2.pt", "checkpoint_last.pt"):
+        torch.save({"model": {"w": torch.arange(1000.0)}}, tmp_path / name)
+    last = tmp_path / "checkpoint_last.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: the zip's CRC check finds it
+    last.write_bytes(bytes(data))
+    cfg = OmegaConf.create({"checkpoint": {"save_dir": str(tmp_path), "restore_file": "checkpoint_last.pt",
+                                           "checkpoint_suffix": "", "finetune_from_model": None, "continue_once": None},
+                            "model": {"backbone": None}})
+    with pytest.raises(ValueError) as error:
+        check_resume_file(cfg.model)
+    assert f"{last} cannot be read" in str(error.value) and "fails its CRC check" in str(error.value)
+    assert str(error.value).endswith(f"resume from it with --restore-file {tmp_path / 'checkpoint_1_2.pt'}")
+    for name in ("checkpoint_1_1.pt", "checkpoint_1_2.pt"):
+        (tmp_path / name).unlink()
+    with pytest.raises(ValueError, match="No readable checkpoint"):
+        check_resume_file(cfg.model)
+    last.unlink()
+    check_resume_file(cfg.model)  # a first run: nothing to resume from, nothing to check

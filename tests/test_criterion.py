@@ -71,3 +71,56 @@ def test_first_training_step_reports_and_enforces_the_freeze(caplog):
     assert not model.encoder.layers[0].fc1.weight.requires_grad
     n = model.encoder.encoder_prompt_encoder.embedding.weight.numel()
     assert f"tuning method prompt: {n} of" in caplog.text
+
+
+def test_nonfinite_loss_skips_the_update_in_a_real_trainer(tmp_path, caplog):
+    """Through fairseq's Trainer: a poisoned batch changes neither the prompts nor Adam's state (Adam with
+    weight decay would move them even with zero gradients), and --max-nonfinite-losses still stops."""
+    import copy
+
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    import tiny_data
+    from conftest import MICRO, REPO
+
+    tiny_data.write_dict(tmp_path)
+    tiny_data.write(tmp_path / "caption.tsv", tiny_data.rows("caption", 8))
+    micro = [x for k, v in MICRO.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(tmp_path / "caption.tsv"), "--user-dir", str(REPO / "ofa_prompt"), "--task", "caption", "--bpe-dir",
+        str(tmp_path), "--text-tokenizer", "word", "--patch-image-size", "64", *micro, "--encoder-prompt",
+        "--encoder-prompt-length", "2", "--criterion", "adjust_label_smoothed_cross_entropy",
+        "--max-nonfinite-losses", "2", "--optimizer", "adam", "--lr", "0.01", "--weight-decay", "0.1", "--cpu",
+        "--save-dir", str(tmp_path)])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    task.load_dataset("train")
+    ds = task.datasets["train"]
+    sample = ds.collater([ds[i] for i in range(4)])
+    poisoned = copy.deepcopy(sample)
+    poisoned["net_input"]["patch_images"][0, 0, 0, 0] = float("inf")
+
+    def snapshot():
+        prompts = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return prompts, copy.deepcopy(trainer.optimizer.state_dict()["state"])
+
+    trainer.train_step([sample])  # a normal update first, so that Adam has moments to move the prompts with
+    prompts, state = snapshot()
+    assert prompts and state
+    trainer.train_step([poisoned])
+    prompts_after, state_after = snapshot()
+    assert all(torch.equal(prompts[n], prompts_after[n]) for n in prompts)
+    assert state.keys() == state_after.keys()
+    for i in state:
+        assert state[i].keys() == state_after[i].keys()
+        assert all(torch.equal(torch.as_tensor(v), torch.as_tensor(state_after[i][k])) for k, v in state[i].items())
+    assert "batch skipped" in caplog.text and "update 2 skipped" in caplog.text
+    trainer.train_step([sample])  # a good batch resets the count and updates again
+    assert not torch.equal(next(iter(snapshot()[0].values())), next(iter(prompts.values())))
+    trainer.train_step([poisoned])
+    with pytest.raises(FloatingPointError, match="2 consecutive batches"):
+        trainer.train_step([poisoned])

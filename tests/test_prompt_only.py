@@ -129,6 +129,62 @@ def test_bad_prompt_files(tmp_path, reference):
     wider.cfg.encoder_attention_heads = 8  # stands for a model of another architecture
     with pytest.raises(ValueError, match="another architecture .*heads 4 in the file vs 8"):
         wider.set_prompts(str(good))
+    wider.cfg.encoder_attention_heads = 4
+    # stand-ins for models of another depth and width
+    for key, value, expected in (("encoder_layers", 3, "num_layers 2 in the file vs 3"),
+                                 ("encoder_embed_dim", 128, "embed_dim 64 in the file vs 128")):
+        original = getattr(wider.cfg, key)
+        setattr(wider.cfg, key, value)
+        with pytest.raises(ValueError, match=f"good.safetensors was made for another architecture .*{expected}"):
+            wider.set_prompts(str(good))
+        setattr(wider.cfg, key, original)
+
+
+@pytest.mark.parametrize("change, complaint", [
+    (lambda m: m.pop("sides"), "'sides' must map"),
+    (lambda m: m["sides"]["encoder"].pop("length"), "encoder: length must be positive integers, got length=None"),
+    (lambda m: m["sides"]["encoder"].update(heads="4"), "heads must be positive integers, got heads='4'"),
+    (lambda m: m["sides"]["decoder"].update(layers=[0, 7]), "'layers' must list distinct layer indices below"),
+    (lambda m: m["sides"].update(encoder=[1, 2]), "side 'encoder' must be one of"),
+    (lambda m: m.update(backbone="ofa_base.pt"), "'backbone' must record the path and sha256"),
+])
+def test_prompt_file_with_malformed_metadata_is_named(tmp_path, reference, change, complaint):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    good = tmp_path / "good.safetensors"
+    meta = export_prompts(str(reference / "prompt.pt"), str(good))
+    change(meta)
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(good)), str(bad), metadata={"ofa_prompt": json.dumps(meta)})
+    with pytest.raises(ValueError) as error:
+        read_prompts(str(bad))
+    assert f"{bad}: malformed prompt file metadata" in str(error.value) and complaint in str(error.value)
+
+
+def test_prompt_file_checked_against_the_backbone_in_use(tmp_path, reference, backbone):
+    ckpt, prompts = tmp_path / "checkpoint_best.pt", tmp_path / "caption.safetensors"
+    write_prompt_checkpoint(reference, backbone, ckpt)
+    assert export_prompts(str(ckpt), str(prompts))["backbone"]["path"] == str(backbone)
+    load_model(str(backbone)).set_prompts(str(prompts))  # the backbone it was tuned on
+    load_model(str(ckpt)).set_prompts(str(prompts))  # the same backbone, read through a prompt-only checkpoint
+    other = tmp_path / "other.pt"
+    state = read_checkpoint(str(backbone))
+    state["model"]["encoder.layer_norm.bias"] = state["model"]["encoder.layer_norm.bias"] + 1
+    torch.save(state, other)
+    model = load_model(str(other))
+    mismatch = f"{prompts} was tuned on backbone {backbone} .*not on {other} "
+    with pytest.raises(ValueError, match=mismatch + ".*force_backbone=True"):
+        model.set_prompts(str(prompts))
+    model.set_prompts(str(prompts), force_backbone=True)
+    merged = tmp_path / "merged.pt"
+    with pytest.raises(ValueError, match=mismatch + ".*--force-backbone"):
+        prompt_file_cli(["merge", "--backbone", str(other), "--prompts", str(prompts), "--out", str(merged)])
+    assert not merged.exists()
+    prompt_file_cli(["merge", "--backbone", str(other), "--prompts", str(prompts), "--out", str(merged),
+                     "--force-backbone"])
+    merge_prompts(str(backbone), str(prompts), str(merged))
 
 
 def test_failed_export_or_merge_leaves_existing_files(tmp_path, reference):

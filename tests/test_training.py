@@ -138,3 +138,37 @@ def test_bf16_autocast_training_through_fairseq_train(data, reference, tmp_path)
     losses = [float(x) for x in re.findall(r"train_inner .* loss=([\d.]+)", log)]
     assert len(losses) == 2 and all(0 < x < 100 for x in losses)
     assert all(v.dtype == torch.float32 for v in prompts(tmp_path / "checkpoint_last.pt").values())
+
+
+def test_corrupted_last_checkpoint_names_the_previous_good_one(data, reference, tmp_path):
+    backbone = str(reference / "plain.pt")
+    start = ["--batch-size", "4", "--max-update", "3", "--save-interval-updates", "1", "--keep-interval-updates", "2"]
+    run(train_args(data, reference, tmp_path, "--finetune-from-model", backbone, *start))
+    last, good = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_1_2.pt"
+    last.write_bytes(last.read_bytes()[:last.stat().st_size // 2])  # a run killed while writing it
+    p = subprocess.run(train_args(data, reference, tmp_path, "--finetune-from-model", backbone, *start),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    advice = f"--restore-file {good} --backbone {backbone} in place of --finetune-from-model {backbone}"
+    assert f"{last} cannot be read" in p.stderr and advice in p.stderr, p.stderr[-3000:]
+    # the advice works: training resumes from the interval checkpoint of update 2
+    log = run(train_args(data, reference, tmp_path, "--restore-file", str(good), "--backbone", backbone, *start))
+    assert "@ 2 updates" in log and "num_updates=3" in log
+
+
+@pytest.mark.parametrize("precision", [["--bf16"], ["--fp16", "--fp16-no-flatten-grads"]])
+def test_fairseq_half_precision_on_cpu(data, reference, tmp_path, precision):
+    """fairseq's own mixed precision on CPU: the model in bfloat16 / float16, float32 master copies and Adam
+    state in FP16Optimizer. fairseq saves the weights upcast to float32 (utils.move_to_cpu), not the
+    master copies: the saved prompts are the half-precision values."""
+    log = run(train_args(data, reference, tmp_path, "--finetune-from-model", str(reference / "plain.pt"),
+                         "--batch-size", "4", "--max-update", "2", "--cpu", *precision))
+    losses = [float(x) for x in re.findall(r"train_inner .* loss=([\d.]+)", log)]
+    assert len(losses) == 2 and all(0 < x < 100 for x in losses)
+    saved = read_checkpoint(str(tmp_path / "checkpoint_last.pt"))
+    assert saved["optimizer_history"][-1]["optimizer_name"] == "FP16Optimizer"
+    half = torch.bfloat16 if precision[0] == "--bf16" else torch.float16
+    for v in prompts(tmp_path / "checkpoint_last.pt").values():
+        assert v.dtype == torch.float32 and torch.equal(v, v.to(half).float())
+    moments = [t for s in saved["last_optimizer_state"]["state"].values() for t in (s["exp_avg"], s["exp_avg_sq"])]
+    assert len(moments) == 4 and all(t.dtype == torch.float32 for t in moments)

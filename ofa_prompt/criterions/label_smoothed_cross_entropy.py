@@ -122,13 +122,18 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
                 keep = self._constraint_ids(lprobs.device)
                 p, q = p[:, keep], q[:, keep]
             loss = loss + self.reg_alpha * symmetric_kl(p, q)
+        skipped = False
         if model.training:
-            loss = self.guard_nonfinite(model, loss, sample)
+            loss, skipped = self.guard_nonfinite(model, loss, sample)
         sample_size = sample["target"].size(0) if self.sentence_avg else ntokens
         logging_output = {
             "loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
             "nsentences": sample["nsentences"], "sample_size": sample_size,
         }
+        if model.training:
+            # OFATask.optimizer_step skips an update made only of such batches. The key is in every training
+            # output because data-parallel ranks sum the outputs key by key.
+            logging_output["nonfinite"] = int(skipped)
         if self.report_accuracy:
             mask = target.ne(self.padding_idx)
             logging_output["n_correct"] = utils.item(lprobs.argmax(-1)[mask].eq(target[mask]).sum())
@@ -136,10 +141,11 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
         return loss, sample_size, logging_output
 
     def guard_nonfinite(self, model, loss, sample):
-        """Skip a batch whose loss is NaN/inf (zero loss, zero gradients) and stop after too many in a row."""
+        """(loss, skipped): a batch whose loss is NaN/inf gets a zero loss with zero gradients (its update is
+        then skipped by the task); too many in a row stop the run."""
         if torch.isfinite(loss):
             self._nonfinite_run = 0
-            return loss
+            return loss, False
         self._nonfinite_run += 1
         ids = sample["id"].tolist()[:8] if "id" in sample else "?"
         if self._nonfinite_run >= self.max_nonfinite:
@@ -148,7 +154,7 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
                 "lower --lr, check the data, or raise --max-nonfinite-losses")
         logger.warning("non-finite loss (%s) on sample ids %s: batch skipped (%d in a row)", loss.item(), ids,
                        self._nonfinite_run)
-        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0, True
 
     def _constraint_ids(self, device):
         start, end = self.constraint
