@@ -118,3 +118,32 @@ def test_candidate_scoring_reads_given_token_embeddings(data):
         net = {**sample["net_input"], "token_embeddings": torch.zeros(*sample["net_input"]["src_tokens"].shape, 64)}
         moved = score_candidates(model, {**sample, "net_input": net}, t.candidates, t)
     assert not torch.allclose(clean, moved)
+
+
+@pytest.mark.parametrize("task", ["caption", "refcoco"])
+def test_generation_starts_from_bos_as_training_does(task, data):
+    """Training feeds <bos> first (prev_output_tokens); OFA's generator starts there too, fairseq's would
+    start from <eos>: the first token the decoder sees in generation must be the one it was trained on."""
+    from argparse import Namespace
+
+    import torch
+
+    from conftest import build_micro
+
+    t = setup(task, data)
+    model = build_micro(dictionary=t.dictionary).eval()
+    ds = t.datasets["train"]
+    sample = ds.collater([ds[i] for i in range(2)])
+    assert sample["net_input"]["prev_output_tokens"][:, 0].eq(t.dictionary.bos()).all()
+    first = []
+    decoder_forward = model.decoder.forward
+
+    def spy(prev_output_tokens, *args, **kwargs):
+        first.append(prev_output_tokens[:, 0].clone())
+        return decoder_forward(prev_output_tokens, *args, **kwargs)
+
+    model.decoder.forward = spy
+    generator = t.build_generator([model], Namespace(beam=2, max_len_b=4, min_len=1))
+    with torch.no_grad():
+        hypos = t.generate(generator, [model], sample)
+    assert len(hypos) == 2 and first and all(f.eq(t.dictionary.bos()).all() for f in first)

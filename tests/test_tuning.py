@@ -81,14 +81,36 @@ def test_batchnorm_statistics_update_when_finetuning():
 @pytest.mark.parametrize("options, words", [
     (dict(encoder_prompt=True, encoder_prompt_length=0), "--encoder-prompt-length must be at least 1"),
     (dict(decoder_prompt=True, decoder_prompt_layers="7"), "decoder-prompt-layers=7"),
-    (dict(encoder_prompt_projection=True), "--encoder-prompt-projection given without --encoder-prompt"),
-    (dict(decoder_prompt_layers="top-1"), "given without --decoder-prompt"),
+    (dict(encoder_prompt_projection=True), "--encoder-prompt-projection=True given without --encoder-prompt"),
+    (dict(decoder_prompt_layers="top-1"), "--decoder-prompt-layers=top-1 given without --decoder-prompt"),
     (dict(tuning_method="prompt"), "needs --encoder-prompt"),
     (dict(resnet_type="resnet9"), "--resnet-type=resnet9"),
 ])
 def test_impossible_configs_are_clear_errors(options, words):
     with pytest.raises(ValueError, match=words.replace("-", r"\-").replace("=", r"\=")):
         build_micro(**options)
+
+
+@pytest.mark.parametrize("side", ["encoder", "decoder"])
+@pytest.mark.parametrize("option, value", [("length", 64), ("dim", 32), ("projection", True), ("layers", "bottom-1")])
+def test_prompt_options_without_their_prompt_are_errors(side, option, value):
+    other = "decoder" if side == "encoder" else "encoder"
+    name = f"{side}_prompt_{option}"
+    with pytest.raises(ValueError, match=f"--{name.replace('_', '-')}={value} given without --{side}-prompt"):
+        build_micro(**{f"{other}_prompt": True, name: value})
+
+
+@pytest.mark.parametrize("name, value", [("prompt_dropout", 0.1), ("prompt_init", "vocab"), ("prompt_init_seed", 3)])
+def test_shared_prompt_options_without_any_prompt_are_errors(name, value):
+    with pytest.raises(ValueError, match=f"--{name.replace('_', '-')}={value} given without --encoder-prompt or"):
+        build_micro(**{name: value})
+
+
+def test_prompt_options_at_their_defaults_need_no_prompt():
+    # OFA's checkpoints store the prompt dims (2 x encoder width) even without prompts
+    model = build_micro(encoder_prompt_length=100, decoder_prompt_dim=128, prompt_dropout=0.2)
+    assert model.tuning == "finetune"
+    assert build_micro(decoder_prompt=True, decoder_prompt_length=2, prompt_dropout=0.1).tuning == "prompt"
 
 
 def test_bf16_autocast_keeps_float32_parameters_and_close_outputs():

@@ -1,1 +1,8 @@
-from . import label_smoothed_cross_entropy  # noqa: F401
+from fairseq.criterions import register_criterion
+
+from .label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropyConfig
+
+
+@register_criterion("ajust_label_smoothed_cross_entropy", dataclass=LabelSmoothedCrossEntropyConfig)
+class AjustLabelSmoothedCrossEntropy(AdjustLabelSmoothedCrossEntropy):
+    """OFA's misspelled name of the same criterion, which its caption stage-1 scripts pass."""

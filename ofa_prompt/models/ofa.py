@@ -8,6 +8,7 @@ Two registrations share one implementation:
   Like OFA, these archs preset sizes only; the switches come from the checkpoint or the command line.
 """
 import dataclasses
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Optional
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from ..checkpoint import tuned_state_dict, upgrade_state_dict
 from .decoder import OFADecoder
@@ -151,14 +152,27 @@ def validate(cfg: OFAConfig):
         if prompted and getattr(cfg, f"{side}_prompt_length") < 1:
             raise ValueError(f"--{side}-prompt-length must be at least 1, got {getattr(cfg, f'{side}_prompt_length')}")
         if not prompted:
-            changed = [f"--{name.replace('_', '-')}" for name in (f"{side}_prompt_projection", f"{side}_prompt_layers")
-                       if getattr(cfg, name) != OFAConfig.__dataclass_fields__[name].default]
-            if changed:
-                raise ValueError(f"{', '.join(changed)} given without --{side}-prompt")
+            _reject_changed(cfg, [f"{side}_prompt_{n}" for n in ("length", "projection", "dim", "layers")],
+                            f"--{side}-prompt")
+    if not (cfg.encoder_prompt or cfg.decoder_prompt):
+        _reject_changed(cfg, ["prompt_dropout", "prompt_init", "prompt_init_seed"],
+                        "--encoder-prompt or --decoder-prompt")
     if cfg.tuning_method == "prompt" and not (cfg.encoder_prompt or cfg.decoder_prompt):
         raise ValueError("--tuning-method=prompt needs --encoder-prompt and/or --decoder-prompt")
     if cfg.tuning_method == "adapter" and not cfg.adapter:
         raise ValueError("--tuning-method=adapter needs --adapter")
+
+
+def _reject_changed(cfg: OFAConfig, names, needs: str):
+    """Options of a prompt that is off would be silently ignored: values other than the dataclass
+    defaults are errors. A prompt dim equal to its filled-in default (2 x encoder width, which OFA's
+    checkpoints store even without prompts) counts as unchanged."""
+    def default(name):
+        return 2 * cfg.encoder_embed_dim if name.endswith("_prompt_dim") else OFAConfig.__dataclass_fields__[name].default
+
+    changed = [f"--{name.replace('_', '-')}={getattr(cfg, name)}" for name in names if getattr(cfg, name) != default(name)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} given without {needs}")
 
 
 def pretrained_checkpoint(args) -> Optional[str]:
@@ -172,6 +186,21 @@ def pretrained_checkpoint(args) -> Optional[str]:
     restore = getattr(ckpt, "restore_file", None)
     return getattr(ckpt, "finetune_from_model", None) or (
         restore if restore and os.path.basename(restore) != "checkpoint_last.pt" else None)
+
+
+def bf16_without_tpu(model_cfg):
+    """fairseq's options turn --bf16 into --tpu (bf16 meant TPUs when they were written), and its Trainer
+    then asks torch_xla for a device. Without torch_xla, train in bfloat16 on the CPU or GPU instead:
+    fairseq's own bf16 path (model in bfloat16, FP16Optimizer with float32 master copies, no loss scaling).
+    Must run before the Trainer is built, which reads common.tpu; `model_cfg` is fairseq-train's cfg.model."""
+    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
+    common = root.get("common") if root is not None and "common" in root else None
+    if common is None or not (common.bf16 and common.tpu) or importlib.util.find_spec("torch_xla") is not None:
+        return
+    with open_dict(common):
+        common.tpu = False
+    logger.info("--bf16 without torch_xla: training in bfloat16 on the %s, not on a TPU",
+                "CPU" if common.cpu or not torch.cuda.is_available() else "GPU")
 
 
 @register_model("ofa_prompt", dataclass=OFAConfig)

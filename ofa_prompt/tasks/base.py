@@ -15,12 +15,15 @@ from fairseq.sequence_generator import EnsembleModel
 from fairseq.tasks import FairseqTask
 from omegaconf import DictConfig, open_dict
 
+from ..checkpoint import check_resume_file
 from ..data.dataset import OFADataset
 from ..data.dictionary import build_ofa_dictionary
 from ..data.image import decode_image, image_size_of, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer
 from ..data.tsv import TSVReader
 from ..metrics.records import RECORDER
+from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
+from ..models.ofa import bf16_without_tpu
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,8 @@ class OFATaskConfig(FairseqDataclass):
     skip_bad_rows: bool = field(default=False, metadata={"help": "skip (and count) bad TSV rows instead of stopping"})
     eval_args: str = field(default="{}", metadata={"help": 'generation options for validation, e.g. \'{"beam":5}\''})
     eval_print_samples: bool = field(default=False, metadata={"help": "log hypotheses and references in validation"})
-    uses_ema: bool = field(default=False, metadata={"help": "accepted for OFA's scripts; validation uses the live model"})
-    valid_batch_size: Optional[int] = field(default=None, metadata={"help": "batch size of validation (OFA's option)"})
+    uses_ema: bool = field(default=False, metadata={
+        "help": "with --store-ema, validation generates (and scores) with the EMA model, as in OFA"})
 
 
 class OFATask(FairseqTask):
@@ -56,6 +59,7 @@ class OFATask(FairseqTask):
 
     default_cols = "0,1,2"
     metric = "score"  # the name --best-checkpoint-metric uses
+    ofa_metric = None  # OFA's name for the same score, where it differs (logged too)
     eval_flag = "eval_acc"
 
     def __init__(self, cfg, dictionary):
@@ -64,6 +68,9 @@ class OFATask(FairseqTask):
         self.tokenizer = build_tokenizer(cfg.text_tokenizer, cfg.bpe_dir)
         self.bos, self.eos = torch.tensor([dictionary.bos()]), torch.tensor([dictionary.eos()])
         self.valid_generator = None
+        self._ema_generator = None  # (EMA model, its validation generator), built at the first validation
+        self._warned_truncation = False
+        self._warned_ema = False
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -89,22 +96,34 @@ class OFATask(FairseqTask):
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         if not self.cfg.data:
             raise ValueError("--data (or the positional data argument) must name the TSV file(s)")
-        paths = self.cfg.data.split(",")
-        path = paths[(epoch - 1) % max(len(paths) - 1, 1)] if split == "train" else paths[-1]
-        cols = [int(c) for c in (self.cfg.selected_cols or self.default_cols).split(",")]
-        if len(cols) != len(self.default_cols.split(",")):
-            raise ValueError(f"--selected-cols={self.cfg.selected_cols}: {type(self).__name__} reads "
-                             f"{len(self.default_cols.split(','))} columns ({self.column_names})")
+        train_files, eval_file = data_files(self.cfg.data)
+        path = train_files[(epoch - 1) % len(train_files)] if split == "train" else eval_file
+        text = self.cfg.selected_cols or self.default_cols
+        cols = [int(c) for c in text.split(",") if c.strip().isdigit()]
+        if len(cols) != len(self.default_cols.split(",")) or len(cols) != len(text.split(",")):
+            raise ValueError(f"--selected-cols={text}: {type(self).__name__} reads "
+                             f"{len(self.default_cols.split(','))} column numbers ({self.column_names})")
         reader = TSVReader(path, cols, self.check_row, self.cfg.skip_bad_rows)
-        logger.info("%s: %d rows from %s", split, len(reader), path)
+        logger.info("%s: %d rows from %s (epoch %d)", split, len(reader), path, epoch)
         self.datasets[split] = OFADataset(reader, self, train=split == "train")
+
+    def has_sharded_data(self, split):
+        # fairseq-train reloads the training set at each epoch only for sharded data: without this, the
+        # training files after the first would never be read
+        return split == "train" and bool(self.cfg.data) and len(data_files(self.cfg.data)[0]) > 1
 
     def encode(self, text: str, max_tokens: Optional[int] = None) -> torch.Tensor:
         ids = self.dictionary.encode_line(self.tokenizer.encode(text), add_if_not_exist=False, append_eos=False).long()
         return ids[:max_tokens] if max_tokens else ids
 
     def source(self, instruction: str) -> torch.Tensor:
-        return torch.cat([self.bos, self.encode(instruction, self.cfg.max_src_length), self.eos])
+        ids = self.encode(instruction)
+        if len(ids) > self.cfg.max_src_length and not self._warned_truncation:
+            # the end of an instruction is often what matters (snli_ve's hypothesis): say so once
+            self._warned_truncation = True
+            logger.warning("a source of %d tokens was cut to --max-src-length=%d (and maybe others): %r",
+                           len(ids), self.cfg.max_src_length, instruction)
+        return torch.cat([self.bos, ids[:self.cfg.max_src_length], self.eos])
 
     def image(self, b64: str):
         """(tensor, original width, original height)."""
@@ -144,8 +163,9 @@ class OFATask(FairseqTask):
         return self.tokenizer.decode(self.dictionary.string(tokens.int().cpu())).strip()
 
     def generate(self, generator, models, sample):
-        """Hypotheses in fairseq's format (lists of dicts with tokens, score, ...)."""
-        return generator.generate(models, sample)
+        """Hypotheses in fairseq's format (lists of dicts with tokens, score, ...). Decoding starts from
+        bos, as in training and in OFA's generator (fairseq's own would start from eos)."""
+        return generator.generate(models, sample, bos_token=self.dictionary.bos())
 
     @staticmethod
     def restrict(models, allowed: torch.Tensor):
@@ -158,7 +178,9 @@ class OFATask(FairseqTask):
         if getattr(self.cfg, "prompt_type", "none") != "none":
             pad = self.dictionary.pad()
             prefixes = [self.decoder_prefix(s[s.ne(pad)]) for s in sample["net_input"]["src_tokens"]]
-        scores = score_candidates(models[0], sample, candidates, self, prefixes)
+        # OFA's --valid-batch-size (tasks with candidates define it): candidates per decoder pass, per sample
+        chunk = len(sample["net_input"]["src_tokens"]) * self.cfg.valid_batch_size
+        scores = score_candidates(models[0], sample, candidates, self, prefixes, chunk)
         return as_hypotheses(scores.argmax(1), scores, candidates, self.dictionary.eos())
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
@@ -178,6 +200,9 @@ class OFATask(FairseqTask):
         return getattr(self.cfg, self.eval_flag, False)
 
     def build_model(self, cfg, from_checkpoint=False):
+        if not from_checkpoint:  # fairseq-train, before its Trainer is built and loads a checkpoint
+            check_resume_file(cfg)
+            bf16_without_tpu(cfg)
         model = super().build_model(cfg, from_checkpoint)
         if self.eval_enabled():
             try:
@@ -187,11 +212,39 @@ class OFATask(FairseqTask):
             self.valid_generator = self.build_generator([model], Namespace(**gen_args))
         return model
 
-    def valid_step(self, sample, model, criterion):
+    # batches of the current update whose loss was finite (the criterion marks the others "nonfinite")
+    _finite_batches = 0
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **extra):
+        # extra: fairseq's Trainer passes ema_model= too when --uses-ema; only validation uses it
+        loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
+                                                               ignore_grad)
+        if not ignore_grad:  # a dummy batch (uneven data-parallel shards) holds no data
+            self._finite_batches += 1 - logging_output.get("nonfinite", 0)
+        return loss, sample_size, logging_output
+
+    def optimizer_step(self, optimizer, model, update_num):
+        """Skip the update when no batch of it (on any rank) had a finite loss: the criterion zeroed their
+        gradients, but Adam would still move the parameters by its momentum and weight decay."""
+        finite, self._finite_batches = self._finite_batches, 0
+        if _sum_over_ranks(finite, model) == 0:
+            logger.warning("update %d skipped: every batch of it had a non-finite loss", update_num + 1)
+            return
+        super().optimizer_step(optimizer, model, update_num)
+
+    @property
+    def uses_ema(self) -> bool:
+        """With --store-ema too, fairseq's Trainer then passes its EMA model to train_step and valid_step."""
+        return self.cfg.uses_ema
+
+    def valid_step(self, sample, model, criterion, **extra):
+        """The loss of the live model; hypotheses and their score from the EMA model under --uses-ema (OFA)."""
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
         if self.eval_enabled():
+            eval_model = self.eval_model(model, extra.get("ema_model"))
+            eval_model.eval()
             with torch.no_grad():
-                hypos = self.generate(self.valid_generator, [model], sample)
+                hypos = self.generate(self.generator_of(eval_model, model), [eval_model], sample)
             hyps = [self.decode(h[0]["tokens"]) for h in hypos]
             scores = self.batch_scores(hyps, sample)
             logging_output["_score_sum"] = sum(scores)
@@ -200,18 +253,35 @@ class OFATask(FairseqTask):
                 logger.info("example hypothesis: %s | reference: %s", hyps[0], sample["refs"][0])
         return loss, sample_size, logging_output
 
+    def eval_model(self, model, ema_model):
+        """The model validation generates with: the EMA model fairseq's Trainer passes, else the live one."""
+        if ema_model is None and self.cfg.uses_ema and not self._warned_ema:
+            self._warned_ema = True
+            logger.warning("--uses-ema without --store-ema: validation generates with the live model")
+        return model if ema_model is None else ema_model
+
+    def generator_of(self, eval_model, model):
+        """The validation generator of `eval_model`: the live model's, or one built once for the EMA model
+        (fairseq's Trainer keeps a single EMA model and updates it in place)."""
+        if eval_model is model:
+            return self.valid_generator
+        if self._ema_generator is None or self._ema_generator[0] is not eval_model:
+            gen_args = Namespace(**json.loads(self.cfg.eval_args))  # checked when the model was built
+            self._ema_generator = (eval_model, self.build_generator([eval_model], gen_args))
+        return self._ema_generator[1]
+
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
         count = sum(log.get("_score_cnt", 0) for log in logging_outputs)
         if count > 0:
             metrics.log_scalar("_score_sum", sum(log.get("_score_sum", 0) for log in logging_outputs))
             metrics.log_scalar("_score_cnt", count)
-            metrics.log_derived(self.metric, lambda m: round(m["_score_sum"].sum / m["_score_cnt"].sum, 4))
+            for name in self.metric_names():
+                metrics.log_derived(name, lambda m: round(m["_score_sum"].sum / m["_score_cnt"].sum, 4))
 
-    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, *args, **kwargs):
-        if self.cfg.valid_batch_size and isinstance(dataset, OFADataset) and not dataset.train:
-            max_sentences = self.cfg.valid_batch_size
-        return super().get_batch_iterator(dataset, max_tokens, max_sentences, *args, **kwargs)
+    def metric_names(self) -> List[str]:
+        """Our name of the validation score and OFA's, so that either --best-checkpoint-metric works."""
+        return [self.metric] + ([self.ofa_metric] if self.ofa_metric not in (None, self.metric) else [])
 
 
 class AllowedTokens(EnsembleModel):
@@ -224,6 +294,22 @@ class AllowedTokens(EnsembleModel):
     def forward_decoder(self, *args, **kwargs):
         lprobs, attn = super().forward_decoder(*args, **kwargs)
         return lprobs.masked_fill(self.blocked.to(lprobs.device), -float("inf")), attn
+
+
+def data_files(data: str):
+    """(training files, evaluation file) of --data: epochs cycle through all files but the last, which the
+    other splits read; a single file serves both."""
+    paths = data.split(",")
+    return paths[:-1] or paths, paths[-1]
+
+
+def _sum_over_ranks(count: int, model) -> int:
+    """`count` summed over data-parallel ranks, so that all of them take or skip an update together."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return count
+    total = torch.tensor([count], dtype=torch.long, device=next(model.parameters()).device)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
 
 
 def _skip_valid_folder_check(task_cfg):

@@ -1,6 +1,9 @@
 """Image captioning (`--task caption`), scored with CIDEr (`--eval-cider`, `--scoring ofa_caption`)."""
+import logging
+import os
 import random
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from fairseq.tasks import register_task
@@ -9,6 +12,8 @@ from ..data.tokenize import clean_text
 from ..metrics.caption import simple_tokenize
 from .base import OFATask, OFATaskConfig
 
+logger = logging.getLogger(__name__)
+
 INSTRUCTION = " what does the image describe?"
 
 
@@ -16,6 +21,18 @@ INSTRUCTION = " what does the image describe?"
 class CaptionConfig(OFATaskConfig):
     eval_cider: bool = field(default=False, metadata={"help": "validate by generating captions and scoring CIDEr"})
     eval_bleu: bool = field(default=False, metadata={"help": "accepted for OFA's scripts; CIDEr is the metric reported"})
+    eval_cider_cached_tokens: Optional[str] = field(default=None, metadata={
+        "help": "OFA's pickled document frequencies for validation CIDEr-D: checked to exist but not read "
+                "(a pickle can run code); validation CIDEr takes them from each batch's references"})
+
+
+def note_cider_cache(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--eval-cider-cached-tokens not found: {path}")
+    logger.warning("--eval-cider-cached-tokens %s is not read (a pickle can run code when loaded): validation CIDEr "
+                   "takes document frequencies from each batch's references (pycocoevalcap CIDEr, not OFA's "
+                   "CIDEr-D over cached COCO frequencies); fairseq-generate --scoring ofa_caption reports the "
+                   "official corpus CIDEr", path)
 
 
 @register_task("caption", dataclass=CaptionConfig)
@@ -24,6 +41,11 @@ class CaptionTask(OFATask):
     column_names = "uniq_id, image, caption"
     metric = "cider"
     eval_flag = "eval_cider"
+
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg, dictionary)
+        if cfg.eval_cider_cached_tokens:
+            note_cider_cache(cfg.eval_cider_cached_tokens)
 
     def build_generator(self, models, args, **kwargs):
         # captions are text: no <mask>, image-code or location tokens

@@ -11,7 +11,12 @@ LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}
 
 @dataclass
 class SnliVeConfig(OFATaskConfig):
-    eval_acc: bool = field(default=False, metadata={"help": "validate by accuracy"})
+    eval_acc: bool = field(default=False, metadata={
+        "help": "accepted; as in OFA, validation always scores accuracy (logged as score and snli_score)"})
+    add_caption: bool = field(default=False, metadata={
+        "help": "OFA's option: also give the premise caption in the instruction (the paper's setup)"})
+    valid_batch_size: int = field(default=20, metadata={
+        "help": "candidate answers scored per decoder pass for each sample (OFA's option; memory only)"})
     prompt_type: DECODER_PROMPT_TYPES = field(
         default="none", metadata={"help": "OFA: also feed the instruction to the decoder (src: with eos, prev_output: without)"})
 
@@ -20,10 +25,14 @@ class SnliVeConfig(OFATaskConfig):
 class SnliVeTask(OFATask):
     default_cols = "0,2,3,4,5"
     column_names = "uniq_id, image, hypothesis, caption, label"
+    ofa_metric = "snli_score"
 
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
         self.candidates = [self.encode(" " + a) for a in ("yes", "no", "maybe")]
+
+    def eval_enabled(self):
+        return True  # OFA's snli_ve always scores validation
 
     def check_row(self, cols):
         _, image, hypothesis, caption, label = cols
@@ -33,8 +42,12 @@ class SnliVeTask(OFATask):
             raise ValueError(f"label {label!r} is not one of {sorted(LABELS)}")
 
     def instruction(self, hypothesis, caption):
+        """OFA's instructions (data/mm_data/snli_ve_dataset.py), with or without --add-caption."""
         n = self.cfg.max_src_length
-        return ' can image and text1 " {} " imply text2 " {} "?'.format(clean_text(caption, n), clean_text(hypothesis, n))
+        hypothesis = clean_text(hypothesis, n)
+        if self.cfg.add_caption:
+            return ' can image and text1 " {} " imply text2 " {} "?'.format(clean_text(caption, n), hypothesis)
+        return ' does the image describe " {} "?'.format(hypothesis)
 
     def build_sample(self, cols, train):
         uniq_id, image, hypothesis, caption, label = cols
