@@ -20,8 +20,9 @@ def length(n):
 GROUPS = {
     "length": {f"length {n}": length(n) for n in LENGTHS},
     "depth": {
-        "encoder only": length(BASE_LENGTH) + ["train.decoder-prompt=false"],
-        "decoder only": length(BASE_LENGTH) + ["train.encoder-prompt=false"],
+        # a prompt that is off takes no options
+        "encoder only": length(BASE_LENGTH) + ["train.decoder-prompt=false", "train.decoder-prompt-length=null"],
+        "decoder only": length(BASE_LENGTH) + ["train.encoder-prompt=false", "train.encoder-prompt-length=null"],
         "both": length(BASE_LENGTH),
         "bottom layer": length(BASE_LENGTH) + ["train.encoder-prompt-layers=bottom-1", "train.decoder-prompt-layers=bottom-1"],
         "top layer": length(BASE_LENGTH) + ["train.encoder-prompt-layers=top-1", "train.decoder-prompt-layers=top-1"],
