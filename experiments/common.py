@@ -109,7 +109,8 @@ def validation(task: str, every: int, beam: int = 1):
 _STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| "
 _VALID = re.compile(_STAMP + r".*valid on 'valid' subset \|.*?\| (?:cider|score) ([\d.]+) \|.*?num_updates (\d+)", re.M)
 _BEGIN = re.compile(_STAMP + r".*begin training epoch 1\b", re.M)
-_EPOCH = re.compile(r"epoch \d+:\s+\d+ / (\d+) ")
+_EPOCH = re.compile(r"epoch \d+:\s+\d+ / (\d+) ")  # the progress bar's total (lines every --log-interval)
+_EPOCH_1_END = re.compile(r"\| train \| epoch 001 \|.*?\| num_updates (\d+)")  # summary after the first epoch
 
 
 def validation_curve(text: str):
@@ -117,8 +118,10 @@ def validation_curve(text: str):
     updates per epoch (the progress bar's total)."""
     began = datetime.fromisoformat(_BEGIN.search(text).group(1))
     points = {int(u): (float(s), (datetime.fromisoformat(t) - began).total_seconds()) for t, s, u in _VALID.findall(text)}
-    per_epoch = _EPOCH.search(text)
-    return [(u, s, t) for u, (s, t) in sorted(points.items())], int(per_epoch.group(1)) if per_epoch else None
+    per_epoch = _EPOCH.search(text) or _EPOCH_1_END.search(text)
+    if per_epoch is None:
+        raise ValueError("no updates-per-epoch in the fairseq-train log (no progress line, first epoch unfinished)")
+    return [(u, s, t) for u, (s, t) in sorted(points.items())], int(per_epoch.group(1))
 
 
 def trainable(text: str):
