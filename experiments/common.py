@@ -14,6 +14,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from ofa_prompt.yaml_config import build_command  # noqa: E402
 
+for noisy in ("matplotlib", "PIL"):  # their DEBUG lines (a line per PNG chunk) would bury the progress lines
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
 BASE_CONFIG = os.path.join(REPO, "configs", "demo", "caption_prompt.yaml")
 TASKS = {
     "caption": dict(task="caption", file="caption", cols="0,4,2", scoring="ofa_caption", metric="CIDEr", extra=[]),
@@ -147,8 +150,6 @@ def plot(path, title, series, xlabel, ylabel, kind="line", xticks=None):
     import matplotlib
 
     matplotlib.use("Agg")
-    for noisy in ("matplotlib", "PIL"):  # their DEBUG lines would bury the progress lines
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))

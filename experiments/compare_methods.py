@@ -47,10 +47,17 @@ def main(argv=None):
                  "is scored on the best validation checkpoint by fairseq-generate (beam 5). Seconds are wall time of "
                  "fairseq-train from its first epoch, validation included.",
                  "python experiments/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    plot(os.path.join(out, "methods.png"), "Methods on the synthetic benchmark",
-         {m: (list(range(len(a.tasks))), s) for m, s in scores.items()}, "task", "test score", kind="bar",
-         xticks=a.tasks)
+    plot_methods(os.path.join(out, "methods.png"), a.tasks, scores)
     return rows
+
+
+def plot_methods(path, tasks, scores):
+    """Grouped bars per task; relative to finetuning's score when it ran (CIDEr and accuracies differ in scale)."""
+    base = scores.get("finetune")
+    if base and all(base):
+        scores = {m: [v / b for v, b in zip(s, base)] for m, s in scores.items()}
+    plot(path, "Methods on the synthetic benchmark", {m: (list(range(len(tasks))), s) for m, s in scores.items()},
+         "task", "test score / finetuning's" if base and all(base) else "test score", kind="bar", xticks=tasks)
 
 
 if __name__ == "__main__":
