@@ -99,12 +99,12 @@ def evaluate(name: str, out: str, task: str, checkpoint: str, overrides=()) -> f
     return float(found[-1])
 
 
-def validation(task: str, every: int, beam: int = 1):
-    """fairseq-train options for OFA's validation by generation every `every` updates, keeping
+def validation(task: str, every: int):
+    """fairseq-train options for OFA's validation by greedy generation every `every` updates, keeping
     checkpoint_best.pt by the task's score (and only the newest interval checkpoint)."""
     metric = "cider" if task == "caption" else "score"
     return ["train.disable-validation=false", f"train.eval-{'cider' if task == 'caption' else 'acc'}=true",
-            f"train.eval-args={{beam: {beam}, max_len_b: 40}}", f"train.validate-interval-updates={every}",
+            "train.eval-args={beam: 1, max_len_b: 40}", f"train.validate-interval-updates={every}",
             "train.validate-interval=1000000", f"train.save-interval-updates={every}", "train.keep-interval-updates=1",
             f"train.best-checkpoint-metric={metric}", "train.maximize-best-checkpoint-metric=true"]
 
@@ -118,9 +118,11 @@ _EPOCH_1_END = re.compile(r"\| train \| epoch 001 \|.*?\| num_updates (\d+)")  #
 
 def validation_curve(text: str):
     """[(updates, validation score, seconds since training began)] from a fairseq-train log, and the
-    updates per epoch (the progress bar's total)."""
+    updates per epoch; a ValueError if either is missing."""
     began = datetime.fromisoformat(_BEGIN.search(text).group(1))
     points = {int(u): (float(s), (datetime.fromisoformat(t) - began).total_seconds()) for t, s, u in _VALID.findall(text)}
+    if not points:
+        raise ValueError("no validation scores in the fairseq-train log")
     per_epoch = _EPOCH.search(text) or _EPOCH_1_END.search(text)
     if per_epoch is None:
         raise ValueError("no updates-per-epoch in the fairseq-train log (no progress line, first epoch unfinished)")

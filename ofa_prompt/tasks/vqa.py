@@ -147,7 +147,7 @@ class VqaGenTask(OFATask):
         prefixes = [self.bos if p is None else p for p in prefixes]
         # fairseq's search names a sample by its id
         self._prefixes = dict(zip(sample["id"].tolist(), prefixes))
-        hypos = generator.generate(models, sample, bos_token=self.dictionary.bos())
+        hypos = super().generate(generator, models, sample)
         # hypotheses start after the bos: drop the rest of the prefix
         return [[{**h, "tokens": h["tokens"][len(p) - 1:]} for h in beams] for beams, p in zip(hypos, prefixes)]
 
