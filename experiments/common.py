@@ -22,8 +22,7 @@ TASKS = {
     "caption": dict(task="caption", file="caption", cols="0,4,2", scoring="ofa_caption", metric="CIDEr", extra=[]),
     "vqa": dict(task="vqa_gen", file="vqa", cols="0,5,2,3,4", scoring="ofa_vqa", metric="accuracy",
                 extra=["task_options.ans2label-file=$DEMO_DATA/vqa_answers.txt"]),
-    "refcoco": dict(task="refcoco", file="refcoco", cols="0,4,2,3", scoring="ofa_refcoco", metric="Acc@0.5",
-                    extra=["task_options.max-image-size=64"]),
+    "refcoco": dict(task="refcoco", file="refcoco", cols="0,4,2,3", scoring="ofa_refcoco", metric="Acc@0.5", extra=[]),
     # the paper's setup (OFA's --add-caption): premise and hypothesis do not fit the demo's 16 source tokens
     "snli_ve": dict(task="snli_ve", file="snli_ve", cols="0,2,3,4,5", scoring="ofa_snli_ve", metric="accuracy",
                     extra=["task_options.add-caption=true", "task_options.max-src-length=64"]),

@@ -40,7 +40,7 @@ def main(argv=None):
     save_results(out, "Method comparison", rows,
                  ["task", "method", "test score", "metric", "trainable parameters", "best validation score",
                   "updates to best", "epochs to best", "seconds to best", f"seconds for {updates} updates"],
-                 f"Micro OFA backbone pretrained on the synthetic pretraining captions, tuned {updates} updates per "
+                 f"Micro OFA backbone pretrained on the synthetic pretraining mix, tuned {updates} updates per "
                  f"run on each downstream task (batch 32), validated (greedy) every {every} updates; the test split "
                  "is scored on the best validation checkpoint by fairseq-generate (beam 5). Seconds are wall time of "
                  "fairseq-train from its first epoch, validation included.",

@@ -34,12 +34,19 @@ else
   echo "already there"
 fi
 
-step "3/6 backbone: a micro OFA trained on the pretraining captions"
+step "3/6 backbone: a micro OFA trained on the pretraining mix (captions, VQA, grounding, entailment)"
 backbone=$DEMO_RUNS/backbone.pt
+# the backbone is cached with the configuration that made it: a changed configuration trains a new one
+recipe=$(cat configs/demo/common.yaml configs/demo/pretrain.yaml | sha1sum | cut -c1-12)
+if [[ -f $backbone && $(cat "$backbone.recipe" 2>/dev/null) != "$recipe" ]]; then
+  echo "$backbone was trained with other configs/demo settings: training it again"
+  rm -f "$backbone"
+fi
 if [[ ! -f $backbone ]]; then
   rm -rf "$DEMO_RUNS/pretrain"
   bash scripts/train.sh configs/demo/pretrain.yaml "${pretrain_args[@]}"
   cp "$DEMO_RUNS/pretrain/checkpoint_last.pt" "$backbone"
+  echo "$recipe" > "$backbone.recipe"
 else
   echo "cached: $backbone (delete it to train again)"
 fi

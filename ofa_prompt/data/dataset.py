@@ -8,6 +8,7 @@ class OFADataset(FairseqDataset):
     def __init__(self, reader, task, train: bool):
         self.reader, self.task, self.train = reader, task, train
         self.pad, self.eos = task.dictionary.pad(), task.dictionary.eos()
+        self.max_src_length, self.max_tgt_length = task.cfg.max_src_length, task.cfg.max_tgt_length
 
     def __len__(self):
         return len(self.reader)
@@ -21,13 +22,13 @@ class OFADataset(FairseqDataset):
         return sample
 
     def num_tokens(self, index):  # an upper bound: rows are only read when batched
-        return self.task.cfg.max_src_length
+        return self.max_src_length
 
     def num_tokens_vec(self, indices):
-        return np.full(len(indices), self.task.cfg.max_src_length, dtype=np.int64)
+        return np.full(len(indices), self.max_src_length, dtype=np.int64)
 
     def size(self, index):
-        return self.task.cfg.max_src_length, self.task.cfg.max_tgt_length
+        return self.max_src_length, self.max_tgt_length
 
     def ordered_indices(self):
         return np.arange(len(self))
@@ -35,7 +36,7 @@ class OFADataset(FairseqDataset):
     def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
         """Fixed-size batches of every row (OFA batches by --batch-size). fairseq's own batch_by_size
         drops a final batch smaller than --required-batch-size-multiple, i.e. rows would go unseen."""
-        per = max_sentences or (max_tokens // self.task.cfg.max_src_length if max_tokens else 0)
+        per = max_sentences or (max_tokens // self.max_src_length if max_tokens else 0)
         if per < 1:
             raise ValueError("set --batch-size (or a --max-tokens of at least --max-src-length)")
         return [indices[i:i + per] for i in range(0, len(indices), per)]
@@ -65,6 +66,30 @@ class OFADataset(FairseqDataset):
             "refs": [s.get("ref") for s in samples],
             "metas": [s.get("meta", {}) for s in samples],
         }
-        if "conf" in samples[0]:
-            batch["conf"] = torch.tensor([s["conf"] for s in samples], dtype=torch.float)
+        if any("conf" in s for s in samples):  # VQA's answer confidence; other tasks' rows (a mix) weigh 1
+            batch["conf"] = torch.tensor([s.get("conf", 1.0) for s in samples], dtype=torch.float)
         return batch
+
+
+class MixDataset(OFADataset):
+    """Several tasks' OFADatasets as one (`--task mix`). The order is shuffled (fairseq seeds it per epoch),
+    so that batches mix the tasks."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.pad, self.eos = parts[0].pad, parts[0].eos
+        self.max_src_length = max(p.max_src_length for p in parts)
+        self.max_tgt_length = max(p.max_tgt_length for p in parts)
+
+    def __len__(self):
+        return int(self.starts[-1])
+
+    def __getitem__(self, index):
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        sample = self.parts[part][int(index - self.starts[part])]
+        sample["id"] = index
+        return sample
+
+    def ordered_indices(self):
+        return np.random.permutation(len(self))

@@ -1,2 +1,2 @@
-"""OFA's downstream tasks, registered under OFA's names."""
-from . import caption, refcoco, snli_ve, vqa  # noqa: F401
+"""OFA's tasks, registered under OFA's names, and their mix for pretraining."""
+from . import caption, mix, refcoco, snli_ve, vqa  # noqa: F401
