@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -43,16 +44,14 @@ def log(msg):
 
 
 def ensure_backbone(quick: bool) -> str:
-    """The demo's synthetic data and micro backbone (made once by scripts/demo.sh, then cached)."""
+    """The demo's synthetic data and micro backbone: scripts/demo.sh makes them once, and again when
+    configs/demo changes (the experiments must not tune a stale backbone)."""
     demo = os.path.join(REPO, ".cache", "demo-quick" if quick else "demo")
     os.environ["DEMO_DIR"], os.environ["DEMO_DATA"] = demo, os.path.join(demo, "data")
     os.environ["DEMO_RUNS"] = os.path.join(demo, "runs")
-    backbone = os.path.join(demo, "runs", "backbone.pt")
-    if not os.path.isfile(backbone):
-        log(f"no cached backbone in {demo}: running scripts/demo.sh once")
-        env = {**os.environ, "DEMO_QUICK": "1" if quick else "0"}
-        subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh")], cwd=REPO, env=env, check=True)
-    return backbone
+    env = {**os.environ, "DEMO_QUICK": "1" if quick else "0", "DEMO_BACKBONE_ONLY": "1"}
+    subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh")], cwd=REPO, env=env, check=True)
+    return os.path.join(demo, "runs", "backbone.pt")
 
 
 def task_overrides(task: str, split_data=True):
@@ -76,7 +75,10 @@ def run(cmd, log_path):
 def train(name: str, out: str, task: str, overrides, updates: int):
     """Train with stock fairseq-train; returns (checkpoint, seconds, log text)."""
     save = os.path.join(out, "runs", name)
-    os.makedirs(save, exist_ok=True)
+    # a fresh run: fairseq-train would resume from an earlier run's checkpoint_last.pt (made maybe with
+    # another backbone) and, once that reached --max-update, report its old result as new
+    shutil.rmtree(save, ignore_errors=True)
+    os.makedirs(save)
     cmd = build_command(BASE_CONFIG, [*task_overrides(task), *overrides, f"train.save-dir={save}",
                                       f"train.max-update={updates}", f"train.total-num-update={max(updates, 1)}",
                                       f"train.warmup-updates={min(50, max(updates // 4, 1))}", "train.log-interval=10"])

@@ -4,6 +4,7 @@
 #   task the backbone was not trained for -> evaluation with fairseq-generate -> a table.
 #   bash scripts/demo.sh                   # about 10 minutes the first time
 #   DEMO_QUICK=1 bash scripts/demo.sh      # a few updates only: checks that everything runs
+#   DEMO_BACKBONE_ONLY=1 bash scripts/demo.sh   # stop once the data and the backbone are there (experiments/)
 # DEMO_DIR (default .cache/demo, or .cache/demo-quick) holds the data, the backbone and the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ if [[ ! -f $backbone ]]; then
 else
   echo "cached: $backbone (delete it to train again)"
 fi
+[[ ${DEMO_BACKBONE_ONLY:-0} == 1 ]] && exit 0
 
 step "4/6 prompt tuning the frozen backbone on the downstream captions"
 rm -rf "$DEMO_RUNS/caption_prompt"

@@ -17,6 +17,10 @@ def test_quick_demo_end_to_end(tmp_path):
     assert len(re.findall(r"^\+ fairseq-train ", out, re.M)) == 2
     assert len(re.findall(r"^\+ fairseq-generate ", out, re.M)) == 2
     assert "--tuning-method prompt" in out and "--tuning-method finetune" in out
+    assert "--task mix" in out  # the backbone learns the pretraining mix of all four tasks
+    for stem in ("caption", "vqa", "refcoco", "snli_ve"):
+        assert re.search(rf"train: \d+ rows from \S*pretrain_{stem}_train\.tsv", out), stem
+    assert "torch.cuda.amp.autocast" not in out  # fairseq's deprecation warning, once per update, is silenced
     trained, total, share = re.search(r"trainable parameters\s+([\d,]+) of ([\d,]+) \(([\d.]+)%\)", out).groups()
     trained, total = int(trained.replace(",", "")), int(total.replace(",", ""))
     assert 0 < trained < total and abs(float(share) - 100 * trained / total) < 0.01
@@ -28,3 +32,9 @@ def test_quick_demo_end_to_end(tmp_path):
     again = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     assert "cached:" in again.stdout and len(re.findall(r"^\+ fairseq-train ", again.stdout, re.M)) == 1
+    # a backbone made with other configs/demo settings is not reused
+    (runs / "backbone.pt.recipe").write_text("older settings\n")
+    stale = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert stale.returncode == 0, (stale.stdout + stale.stderr)[-4000:]
+    assert "training it again" in stale.stdout and len(re.findall(r"^\+ fairseq-train ", stale.stdout, re.M)) == 2
+    assert (runs / "backbone.pt.recipe").read_text() != "older settings\n"

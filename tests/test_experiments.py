@@ -37,6 +37,17 @@ def test_compare_methods(compared):
     assert (compared / "methods.png").stat().st_size > 1000
 
 
+def test_a_run_starts_afresh(compared, tmp_path):
+    import common
+
+    common.ensure_backbone(quick=True)  # made by the compared fixture: only sets the environment
+    stale = tmp_path / "runs" / "again" / "checkpoint_last.pt"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's checkpoint, made with another backbone")
+    ckpt, _, text = common.train("again", str(tmp_path), "snli_ve", common.METHODS["prompt"], 1)
+    assert "num_updates 1" in text and os.path.getsize(ckpt) > 1000
+
+
 def test_robustness_matches_generate_at_eps_zero(compared, tmp_path):
     import robustness
 

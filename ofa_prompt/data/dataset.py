@@ -72,8 +72,8 @@ class OFADataset(FairseqDataset):
 
 
 class MixDataset(OFADataset):
-    """Several tasks' OFADatasets as one (`--task mix`). The order is shuffled (fairseq seeds it per epoch),
-    so that batches mix the tasks."""
+    """Several tasks' OFADatasets as one (`--task mix`), batched and collated as they are. The order is
+    shuffled (fairseq seeds it per epoch), so that batches mix the tasks."""
 
     def __init__(self, parts):
         self.parts = parts
