@@ -155,7 +155,7 @@ def plot(path, title, series, xlabel, ylabel, kind="line", xticks=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7 if kind == "bar" else 6, 4))
     if kind == "bar":
         width = 0.8 / max(len(series), 1)
         for i, (label, (xs, ys)) in enumerate(series.items()):
@@ -167,7 +167,10 @@ def plot(path, title, series, xlabel, ylabel, kind="line", xticks=None):
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend()
+    if kind == "bar":  # beside the plot: bars fill the whole height
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    else:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

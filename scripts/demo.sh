@@ -2,7 +2,7 @@
 # The whole method in one command, on 2 CPU cores:
 #   synthetic data -> a micro OFA backbone (trained once, then cached) -> prompt tuning on a downstream
 #   task the backbone was not trained for -> evaluation with fairseq-generate -> a table.
-#   bash scripts/demo.sh                   # about 10 minutes the first time
+#   bash scripts/demo.sh                   # about 7 minutes the first time (2 cores), 1 once cached
 #   DEMO_QUICK=1 bash scripts/demo.sh      # a few updates only: checks that everything runs
 #   DEMO_BACKBONE_ONLY=1 bash scripts/demo.sh   # stop once the data and the backbone are there (experiments/)
 # DEMO_DIR (default .cache/demo, or .cache/demo-quick) holds the data, the backbone and the runs.
