@@ -13,9 +13,6 @@ import tiny_data
 from conftest import REPO
 from test_tasks import MICRO_CLI, TASKS
 
-COLS = {"caption": "0,4,2", "vqa_gen": "0,5,2,3,4", "refcoco": "0,4,2,3", "snli_ve": "0,2,3,4,5"}
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mix")
@@ -27,7 +24,8 @@ def data(tmp_path_factory):
 
 
 def mix_config(data) -> dict:
-    mix = {t: {"data": f"{t}_train.tsv,{t}_valid.tsv", "selected_cols": COLS[t]} for t in TASKS}
+    mix = {t: {"data": f"{t}_train.tsv,{t}_valid.tsv", "selected_cols": tasks.TASK_REGISTRY[t].default_cols}
+           for t in TASKS}
     mix["vqa_gen"]["ans2label_file"] = str(data / "answers.json")
     mix["snli_ve"].update(add_caption=True, max_src_length=40)
     return mix

@@ -41,9 +41,9 @@ def task_config(name: str, options, mix_cfg):
     """The configuration of mixed task `name`: its defaults, the mix's shared and inherited values, then
     its own `options`, type-checked as fairseq would check them on the command line."""
     where = f"--mix-tasks {name}"
-    if name not in TASK_DATACLASS_REGISTRY or not issubclass(TASK_REGISTRY[name], OFATask) or name == "mix":
-        known = sorted(n for n, t in TASK_REGISTRY.items() if issubclass(t, OFATask) and n != "mix")
-        raise ValueError(f"{where}: not a task that can be mixed (one of {', '.join(known)})")
+    mixable = sorted(n for n, t in TASK_REGISTRY.items() if issubclass(t, OFATask) and n != "mix")
+    if name not in mixable:
+        raise ValueError(f"{where}: not a task that can be mixed (one of {', '.join(mixable)})")
     if not isinstance(options, dict):
         raise ValueError(f"{where}: expected a mapping of the task's options, got {options!r}")
     dataclass_ = TASK_DATACLASS_REGISTRY[name]
