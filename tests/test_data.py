@@ -104,3 +104,18 @@ def test_a_row_failing_at_load_time_is_named(folder):
     t.datasets["train"][1]
     with pytest.raises(ValueError, match=rf"{folder}/a.tsv, line 3: not a readable image"):
         t.datasets["train"][2]
+
+
+def test_both_base64_alphabets_read_the_same_image():
+    # OFA's readers use urlsafe_b64decode, which reads both alphabets; OFA-format files exist in both
+    from ofa_prompt.data.image import BadImage, b64_bytes, decode_image
+
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 30, 3), dtype=np.uint8))
+    standard, urlsafe = tiny_data.encode(image), tiny_data.encode(image, urlsafe=True)
+    assert set("+/") & set(standard) and set("-_") & set(urlsafe)  # the alphabets really differ here
+    assert b64_bytes(urlsafe) == b64_bytes(standard)
+    assert image_size_of(urlsafe) == image_size_of(standard) == (30, 40)
+    assert np.array_equal(np.asarray(decode_image(urlsafe)), np.asarray(image))
+    for junk in ["abc$def=", urlsafe[:-4] + "!!!!", "abc"]:
+        with pytest.raises(BadImage, match="not base64"):
+            b64_bytes(junk)

@@ -9,25 +9,26 @@ COLORS = ["red", "green", "blue"]
 WORDS = "a red green blue square on white what color is the".split()
 
 
-def encode(image, fmt="PNG"):
+def encode(image, fmt="PNG", urlsafe=False):
+    """Base64 as OFA's tools write it: the standard alphabet, or the URL-safe one (urlsafe_b64encode)."""
     buf = io.BytesIO()
     image.save(buf, fmt)
-    return base64.b64encode(buf.getvalue()).decode()
+    return (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(buf.getvalue()).decode()
 
 
-def scene(rng):
+def scene(rng, urlsafe=False):
     color = rng.choice(COLORS)
     x, y = rng.randrange(0, 40), rng.randrange(0, 30)
     image = Image.new("RGB", (72, 56), "white")
     ImageDraw.Draw(image).rectangle([x, y, x + 24, y + 20], fill=color)
-    return color, (x, y, x + 24, y + 20), encode(image)
+    return color, (x, y, x + 24, y + 20), encode(image, urlsafe=urlsafe)
 
 
-def rows(task, n, seed=0):
+def rows(task, n, seed=0, urlsafe=False):
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        color, box, image = scene(rng)
+        color, box, image = scene(rng, urlsafe)
         other = rng.choice([c for c in COLORS if c != color])
         if task == "caption":
             out.append([i, i, f"a {color} square&&a {color} square on white", "square", image])

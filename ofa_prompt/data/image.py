@@ -17,13 +17,24 @@ class BadImage(ValueError):
     pass
 
 
+# OFA's tools write images with either alphabet (its readers use urlsafe_b64decode, which reads both):
+# '-' and '_' are the URL-safe spellings of '+' and '/'.
+_URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def b64_bytes(text: str) -> bytes:
+    """The bytes of base64 text in the standard or the URL-safe alphabet (as OFA reads both). Anything
+    else (other characters, wrong padding) is BadImage, never silently skipped as b64decode would."""
+    try:
+        return base64.b64decode(text.translate(_URLSAFE_TO_STANDARD), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadImage(f"not base64 in either alphabet, standard or URL-safe ({e})")
+
+
 def decode_image(b64: str) -> Image.Image:
     """An RGB image from base64 text; any mode (palette, CMYK, 16-bit, alpha) is converted. Raises
     BadImage for text that is not base64, bytes that are no image, and decompression bombs."""
-    try:
-        raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise BadImage(f"not base64 ({e})")
+    raw = b64_bytes(b64)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -46,10 +57,7 @@ def decode_image(b64: str) -> Image.Image:
 def image_size_of(b64: str):
     """(width, height) for cheap validation of every row at start-up: the header is parsed and the body
     checked for completeness (a truncated file would otherwise fail only when batched, mid-training)."""
-    try:
-        raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise BadImage(f"not base64 ({e})")
+    raw = b64_bytes(b64)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
