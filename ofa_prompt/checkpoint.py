@@ -5,7 +5,8 @@ rebuilt here) and may lack the parameters of the tuning method being started (pr
 those are initialized fresh. Everything else must match exactly.
 
 With a frozen backbone the plugin writes only the tuned tensors plus a record of the backbone file
-(path, size, sha256) under BACKBONE_KEY; loading such a state dict reads the backbone back from that file.
+(path, size, sha256) under BACKBONE_KEY (prompt_only_checkpoint, which fairseq-train's writer calls; the
+model's own state_dict() is the whole one); loading such a state dict reads the backbone back from that file.
 
 fairseq-train's own checkpoint files are made safe here too: the copies it makes (checkpoint_last.pt,
 checkpoint_best.pt) are written atomically, and a damaged file it would resume from is reported before
@@ -76,6 +77,17 @@ def tuned_state_dict(model, state: dict) -> dict:
     # the vocabulary size lets a loader build the model without reading the backbone file first
     out[BACKBONE_KEY] = {**file_fingerprint(model.cfg.backbone), "vocab": len(model.encoder.dictionary)}
     return out
+
+
+def prompt_only_checkpoint(model, checkpoint: dict) -> dict:
+    """What fairseq-train writes for the live `model`: its checkpoint dict with the model's state, and the
+    EMA's (extra_state["ema"], --store-ema), in prompt-only form. The EMA is selected by the live model's
+    trained tensors: the EMA model itself trains nothing (requires_grad is off throughout)."""
+    checkpoint["model"] = tuned_state_dict(model, checkpoint["model"])
+    extra = checkpoint.get("extra_state") or {}
+    if isinstance(extra.get("ema"), dict):
+        extra["ema"] = tuned_state_dict(model, extra["ema"])
+    return checkpoint
 
 
 def _with_backbone(model, state_dict: dict, prefix: str):

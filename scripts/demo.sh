@@ -24,9 +24,7 @@ export DEMO_DATA=$DEMO_DIR/data DEMO_RUNS=$DEMO_DIR/runs
 mkdir -p "$DEMO_RUNS"
 
 step "1/6 installation"
-if ! python3 -c "import ofa_prompt" 2>/dev/null || ! command -v fairseq-train >/dev/null; then
-  python3 -m pip install -e .
-fi
+bash scripts/install.sh
 
 step "2/6 synthetic benchmark in $DEMO_DATA"
 if [[ ! -f $DEMO_DATA/dict.txt ]]; then

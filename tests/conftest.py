@@ -12,6 +12,7 @@ from ofa_prompt.models.ofa import OFAModel
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("OFA_REFERENCE_DIR", REPO.parent / "shared" / "ofa_reference"))
+BPE = Path(os.environ.get("OFA_BPE_DIR", REPO.parent / "shared" / "ofa_bpe"))  # OFA's utils/BPE files
 
 MICRO = dict(
     arch="ofa_prompt_tiny", encoder_layers=2, decoder_layers=2, encoder_embed_dim=64, decoder_embed_dim=64,
@@ -60,3 +61,78 @@ def reference():
     if not (REFERENCE / "README.md").is_file():
         pytest.skip(f"OFA reference fixtures not found at {REFERENCE} (set OFA_REFERENCE_DIR)")
     return REFERENCE
+
+
+# --- the tasks over tiny TSVs: fairseq-train / fairseq-generate command lines and task objects ---------
+TASKS = ["caption", "vqa_gen", "refcoco", "snli_ve"]
+MICRO_CLI = ("--arch ofa_prompt_tiny --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64 "
+             "--encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128 --encoder-attention-heads 4 "
+             "--decoder-attention-heads 4 --resnet-type resnet18").split()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A folder of tiny TSVs, <task>_train.tsv (12 rows) and <task>_test.tsv (6 rows), with the word
+    dictionary and answers.json."""
+    import tiny_data
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_data.write_dict(folder)
+    for task in TASKS:
+        tiny_data.write(folder / f"{task}_train.tsv", tiny_data.rows(task, 12, seed=1))
+        tiny_data.write(folder / f"{task}_test.tsv", tiny_data.rows(task, 6, seed=2))
+    return folder
+
+
+def common(task, data, answers=True):
+    """The task options of a command line over the `data` folder (vqa_gen: with its answer set, unless
+    `answers` is false)."""
+    extra = ["--ans2label-file", f"{data}/answers.json"] if task == "vqa_gen" and answers else []
+    return ["--user-dir", str(REPO / "ofa_prompt"), "--task", task, "--bpe-dir", str(data), "--text-tokenizer", "word",
+            "--patch-image-size", "64", "--max-image-size", "64", "--num-bins", "100", *extra]
+
+
+def run(cmd, timeout=300, **kwargs):
+    """A command that must succeed; its stdout and stderr together."""
+    import subprocess
+
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout + p.stderr
+
+
+def make_task(name, data, train_rows=None, **options):
+    """Task `name` over the tiny TSVs of `data` (or `train_rows` as its training file), with `options`
+    (vqa_gen: the answer set unless given, None for none), its training set loaded."""
+    import tiny_data
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+
+    train = data / f"{name}_train.tsv"
+    if train_rows is not None:
+        train = data / f"{name}_custom.tsv"
+        tiny_data.write(train, train_rows)
+    if name == "vqa_gen":
+        options.setdefault("ans2label_file", str(data / "answers.json"))
+    cfg = TASK_DATACLASS_REGISTRY[name](data=f"{train},{data}/{name}_test.tsv", bpe_dir=str(data),
+                                        text_tokenizer="word", patch_image_size=64, max_image_size=64, num_bins=100,
+                                        code_dict_size=0, **options)
+    task = TASK_REGISTRY[name].setup_task(cfg)
+    task.load_dataset("train")
+    return task
+
+
+def first(task, n=1):
+    """The first training sample of `task`, or a batch of the first `n`."""
+    ds = task.datasets["train"]
+    return ds[0] if n == 1 else ds.collater([ds[i] for i in range(n)])
+
+
+class NoLoss:
+    """A criterion stand-in for valid_step: validation's scoring is what such tests look at."""
+
+    def __call__(self, model, sample):
+        return torch.tensor(0.0), 1, {"ntokens": 1, "nsentences": 1, "sample_size": 1}
+
+    @staticmethod
+    def reduce_metrics(logging_outputs):
+        pass

@@ -52,9 +52,11 @@ CASES = [
     ("caption", with_col("caption", 2, " && "), "line 3: empty caption"),
     ("vqa_gen", with_col("vqa_gen", 2, "   "), "line 3: empty question"),
     ("vqa_gen", with_col("vqa_gen", 3, "red"), "not of the form 'confidence|!+answer'"),
-    ("refcoco", with_col("refcoco", 3, "10,10,500,20"), "line 3: region 10,10,500,20 is not a box inside the 72x56 image"),
-    ("refcoco", with_col("refcoco", 3, "30,10,5,20"), "is not a box inside"),
-    ("refcoco", with_col("refcoco", 3, "-3,1,5,20"), "is not a box inside"),
+    ("refcoco", with_col("refcoco", 3, "10,10,500,20"), "line 3: region 10,10,500,20: the box reaches outside the 72x56 image"),
+    ("refcoco", with_col("refcoco", 3, "30,10,5,20"), "the corners are swapped (expected x1 < x2 and y1 < y2)"),
+    ("refcoco", with_col("refcoco", 3, "-3,1,5,20"), "the box reaches outside the 72x56 image"),
+    ("refcoco", with_col("refcoco", 3, "10,20,10,40"), "region 10,20,10,40: the box has no width (x1 = x2"),
+    ("refcoco", with_col("refcoco", 3, "10,20,30,20"), "the box has no height (x1 != x2, y1 = y2)"),
     ("snli_ve", with_col("snli_ve", 5, "maybe"), "label 'maybe' is not one of"),
 ]
 
@@ -191,3 +193,25 @@ def test_unicode_text_loads(folder):
     t = setup("caption", folder)
     sample = t.datasets["train"][2]  # the unicode row: words outside the dictionary become <unk>
     assert sample["target"].eq(t.dictionary.unk()).any()
+
+
+def test_a_utf8_byte_order_mark_is_not_part_of_the_first_id(folder):
+    tiny_data.write(folder / "caption_train.tsv", tiny_data.rows("caption", 3))
+    (folder / "caption_train.tsv").write_bytes(b"\xef\xbb\xbf" + (folder / "caption_train.tsv").read_bytes())
+    tiny_data.write(folder / "caption_test.tsv", tiny_data.rows("caption", 2))
+    t = setup("caption", folder)
+    ds = t.datasets["train"]
+    assert [ds[i]["uniq_id"] for i in range(3)] == ["0", "1", "2"]
+
+
+def test_a_folder_or_a_gzip_file_as_data_says_what_it_is(folder):
+    import gzip
+
+    tiny_data.write(folder / "caption_test.tsv", tiny_data.rows("caption", 2))
+    (folder / "caption_train.tsv").mkdir()
+    with pytest.raises(IsADirectoryError, match="caption_train.tsv is a folder: --data names TSV files"):
+        setup("caption", folder)
+    (folder / "caption_train.tsv").rmdir()
+    (folder / "caption_train.tsv").write_bytes(gzip.compress((folder / "caption_test.tsv").read_bytes()))
+    with pytest.raises(ValueError, match="caption_train.tsv is gzip-compressed: decompress it first"):
+        setup("caption", folder)

@@ -124,3 +124,39 @@ def test_nonfinite_loss_skips_the_update_in_a_real_trainer(tmp_path, caplog):
     trainer.train_step([poisoned])
     with pytest.raises(FloatingPointError, match="2 consecutive batches"):
         trainer.train_step([poisoned])
+
+
+def test_drop_worst_starts_after_the_given_update_through_the_task_train_step():
+    # fairseq's FairseqTask.train_step calls criterion(model, sample) without the update number; the task
+    # must hand it over, or --drop-worst-after never passes and --drop-worst-ratio never applies
+    from fairseq.tasks import FairseqTask
+
+    from ofa_prompt.tasks.base import OFATask
+
+    model = build_micro(dropout=0.0)
+    sample = sample_of(model)
+    crit = criterion(model, drop_worst_ratio=0.5, drop_worst_after=3)
+    optimizer = SimpleNamespace(backward=lambda loss: None)
+    task = OFATask.__new__(OFATask)  # train_step needs no data or dictionary
+    FairseqTask.__init__(task, SimpleNamespace())
+    losses = {}
+    for update in (0, 3, 4):
+        _, _, log = task.train_step(sample, model, crit, optimizer, update)
+        losses[update] = log["loss"]
+    assert losses[0] == losses[3]  # not yet: OFA drops from the update after --drop-worst-after
+    assert losses[4] < losses[0]  # the worst half of the tokens dropped
+
+
+def test_task_train_step_keeps_working_with_criteria_without_an_update_number():
+    from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+    from fairseq.tasks import FairseqTask
+
+    from ofa_prompt.tasks.base import OFATask
+
+    model = build_micro(dropout=0.0)
+    task = OFATask.__new__(OFATask)
+    FairseqTask.__init__(task, SimpleNamespace())
+    task.dictionary = model.decoder.dictionary
+    crit = CrossEntropyCriterion(task, sentence_avg=False)  # fairseq's own: forward(model, sample, reduce=True)
+    _, _, log = task.train_step(sample_of(model), model, crit, SimpleNamespace(backward=lambda loss: None), 3)
+    assert math.isfinite(log["loss"])

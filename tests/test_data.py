@@ -119,3 +119,29 @@ def test_both_base64_alphabets_read_the_same_image():
     for junk in ["abc$def=", urlsafe[:-4] + "!!!!", "abc"]:
         with pytest.raises(BadImage, match="not base64"):
             b64_bytes(junk)
+
+
+def test_a_cut_target_ends_on_a_character_boundary(caplog):
+    # byte-level BPE spreads a Chinese character over several symbols: --max-tgt-length must not split one
+    from conftest import BPE
+    from ofa_prompt.data.dictionary import build_ofa_dictionary
+    from ofa_prompt.data.tokenize import GPT2Tokenizer
+    from ofa_prompt.tasks.base import OFATask
+
+    if not (BPE / "encoder.json").is_file():
+        pytest.skip(f"OFA's BPE files not found at {BPE}")
+    task = OFATask.__new__(OFATask)
+    task.dictionary = build_ofa_dictionary(str(BPE / "dict.txt"), 0, 0)
+    task.tokenizer, task._warned_target_cut = GPT2Tokenizer(str(BPE)), False
+    text = "一个红色的圆"
+    full = task.encode(text)
+    assert task.tokenizer.decode(task.dictionary.string(full)) == text
+    cut_texts = set()
+    for n in range(1, len(full)):
+        cut = task.encode(text, n)
+        assert len(cut) <= n
+        decoded = task.tokenizer.decode(task.dictionary.string(cut))
+        assert "\ufffd" not in decoded and text.startswith(decoded)
+        cut_texts.add(decoded)
+    assert len(cut_texts) > 2  # whole characters kept, not everything dropped
+    assert sum("was cut to --max-tgt-length" in r.message for r in caplog.records) == 1  # once

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ofa_prompt import load_model
-from ofa_prompt.checkpoint import BACKBONE_KEY, CheckpointMismatchError, read_checkpoint
+from ofa_prompt.checkpoint import BACKBONE_KEY, CheckpointMismatchError, read_checkpoint, tuned_state_dict
 from ofa_prompt.hub import model_args
 from ofa_prompt.prompt_file import export_prompts, main as prompt_file_cli, merge_prompts, read_prompts
 
@@ -22,7 +22,7 @@ def logits_of(model, case):
 
 
 def write_prompt_checkpoint(reference, backbone, out, **changes):
-    """What fairseq-train writes for a prompt-tuned model: cfg + model.state_dict()."""
+    """What fairseq-train writes for a prompt-tuned model: cfg + the prompt-only state dict."""
     state = read_checkpoint(str(reference / "plain.pt"))
     args = model_args(state)
     vars(args).update(dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=8, decoder_prompt_length=8,
@@ -33,7 +33,7 @@ def write_prompt_checkpoint(reference, backbone, out, **changes):
         if p.requires_grad:
             p.data.normal_()
     state["cfg"]["model"] = args
-    state["model"] = model.state_dict()
+    state["model"] = tuned_state_dict(model, model.state_dict())
     torch.save(state, out)
     return model
 

@@ -10,48 +10,14 @@ import pytest
 import torch
 from fairseq import metrics
 from fairseq.criterions import CRITERION_REGISTRY
-from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
 import tiny_data
-from conftest import build_micro
-from test_tasks import MICRO_CLI, common, data, run  # noqa: F401  (data: the tiny TSVs fixture)
-
-
-def make_task(name, data, train_rows=None, **options):
-    """The task over the tiny TSVs (or `train_rows` as its training file), with OFA's `options`."""
-    train = data / f"{name}_train.tsv"
-    if train_rows is not None:
-        train = data / f"{name}_custom.tsv"
-        tiny_data.write(train, train_rows)
-    if name == "vqa_gen":
-        options.setdefault("ans2label_file", str(data / "answers.json"))
-    cfg = TASK_DATACLASS_REGISTRY[name](data=f"{train},{data}/{name}_test.tsv", bpe_dir=str(data),
-                                        text_tokenizer="word", patch_image_size=64, max_image_size=64, num_bins=100,
-                                        code_dict_size=0, **options)
-    task = TASK_REGISTRY[name].setup_task(cfg)
-    task.load_dataset("train")
-    return task
-
-
-def first(task, n=1):
-    ds = task.datasets["train"]
-    return ds[0] if n == 1 else ds.collater([ds[i] for i in range(n)])
+from conftest import MICRO_CLI, NoLoss, build_micro, common, first, make_task, run  # the `data` fixture is conftest's too
 
 
 def words(task, tokens):
     """The text of `tokens` without pad, bos and eos."""
     return task.dictionary.string(tokens[tokens.ne(task.dictionary.pad())])
-
-
-class NoLoss:
-    """A criterion stand-in: validation's scoring is what these tests look at."""
-
-    def __call__(self, model, sample):
-        return torch.tensor(0.0), 1, {"ntokens": 1, "nsentences": 1, "sample_size": 1}
-
-    @staticmethod
-    def reduce_metrics(logging_outputs):
-        pass
 
 
 # --- data options -----------------------------------------------------------------------------------

@@ -1,36 +1,16 @@
 """The four tasks: loading and collating OFA TSVs, stock fairseq-train and fairseq-generate runs, and
 clear errors for bad rows."""
-import subprocess
 import sys
 
 import pytest
 from fairseq import tasks
 
-import tiny_data
-from conftest import REPO
+# MICRO_CLI, TASKS, common, run and the `data` fixture live in conftest.py (other test modules still import
+# the first four from here)
+from conftest import MICRO_CLI, TASKS, common, run
 
-MICRO_CLI = ("--arch ofa_prompt_tiny --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64 "
-             "--encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128 --encoder-attention-heads 4 "
-             "--decoder-attention-heads 4 --resnet-type resnet18").split()
-TASKS = ["caption", "vqa_gen", "refcoco", "snli_ve"]
 SCORER = {"caption": ("ofa_caption", "CIDEr"), "vqa_gen": ("ofa_vqa", "accuracy"),
           "refcoco": ("ofa_refcoco", "Acc@0.5"), "snli_ve": ("ofa_snli_ve", "accuracy")}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    tiny_data.write_dict(folder)
-    for task in TASKS:
-        tiny_data.write(folder / f"{task}_train.tsv", tiny_data.rows(task, 12, seed=1))
-        tiny_data.write(folder / f"{task}_test.tsv", tiny_data.rows(task, 6, seed=2))
-    return folder
-
-
-def common(task, data):
-    extra = ["--ans2label-file", f"{data}/answers.json"] if task == "vqa_gen" else []
-    return ["--user-dir", str(REPO / "ofa_prompt"), "--task", task, "--bpe-dir", str(data), "--text-tokenizer", "word",
-            "--patch-image-size", "64", "--max-image-size", "64", "--num-bins", "100", *extra]
 
 
 def setup(task, data, split="train"):
@@ -72,12 +52,6 @@ def test_load_and_collate(task, data):
         assert batch["conf"].tolist() == [1.0] * 4
     if task == "snli_ve":
         assert t.decode(batch["target"][0]) in {"yes", "no", "maybe"}
-
-
-def run(cmd, timeout=300):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return p.stdout + p.stderr
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -1,8 +1,6 @@
 """Stock fairseq-train and fairseq-generate from an official checkpoint (../shared/ofa_reference):
 restoring a prompt-less backbone, prompt-only checkpoints, exact resumption after SIGKILL, and
 data-parallel training with gloo on CPU."""
-import base64
-import io
 import os
 import random
 import re
@@ -13,30 +11,19 @@ import time
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from ofa_prompt import load_model
 from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint
 
+import tiny_data
 from conftest import REPO
 
 BIN = f"{sys.prefix}/bin"
-WORDS = "10 11 12 13 14 15".split()  # symbols of the fixtures' 200-entry dictionary
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("refdata")
-    rng = random.Random(0)
-    with open(folder / "caption.tsv", "w") as f:
-        for i in range(10):
-            image = Image.new("RGB", (64, 48), "white")
-            ImageDraw.Draw(image).rectangle([rng.randrange(30), 10, 40, 30], fill=rng.choice(["red", "blue"]))
-            buf = io.BytesIO()
-            image.save(buf, "PNG")
-            f.write(f"{i}\t{i}\t{' '.join(rng.sample(WORDS, 3))}&&{' '.join(rng.sample(WORDS, 3))}\tx\t"
-                    f"{base64.b64encode(buf.getvalue()).decode()}\n")
-    return folder / "caption.tsv"
+    return tiny_data.reference_captions(tmp_path_factory.mktemp("refdata") / "caption.tsv")
 
 
 def task_args(reference):

@@ -55,3 +55,18 @@ def write_dict(folder):
                           "can", "image", "and", "text1", "imply", "text2", "?", "square?", "\"?", "object:"]:
             f.write(f"{w} 1\n")
     (folder / "answers.json").write_text('["red", "green", "blue"]')
+
+
+REFERENCE_WORDS = "10 11 12 13 14 15".split()  # symbols of the 200-entry dictionary of ../shared/ofa_reference
+
+
+def reference_captions(path, n=10, seed=0):
+    """A caption TSV in the words of the reference fixtures' dictionary (for their micro backbones)."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            image = Image.new("RGB", (64, 48), "white")
+            ImageDraw.Draw(image).rectangle([rng.randrange(30), 10, 40, 30], fill=rng.choice(["red", "blue"]))
+            captions = "&&".join(" ".join(rng.sample(REFERENCE_WORDS, 3)) for _ in range(2))
+            f.write(f"{i}\t{i}\t{captions}\tx\t{encode(image)}\n")
+    return path

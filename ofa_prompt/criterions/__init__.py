@@ -1,6 +1,7 @@
 from fairseq.criterions import register_criterion
 
 from .label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropy, LabelSmoothedCrossEntropyConfig
+from .scst import ScstRewardCriterion  # noqa: F401  (registers scst_reward_criterion)
 
 
 @register_criterion("ajust_label_smoothed_cross_entropy", dataclass=LabelSmoothedCrossEntropyConfig)

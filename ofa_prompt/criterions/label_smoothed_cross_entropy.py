@@ -34,6 +34,32 @@ class LabelSmoothedCrossEntropyConfig(FairseqDataclass):
         default=None, metadata={"help": "'start,end': only special tokens 0-3 and this id range are allowed"})
     max_nonfinite_losses: int = field(
         default=5, metadata={"help": "a NaN/inf training loss skips its batch with a warning; this many in a row stop the run"})
+    sample_patch_num: Optional[int] = field(default=None, metadata={
+        "help": "refused: OFA samples image patches only in its pretraining task (unify_task, the image-text half "
+                "of each batch); its fine-tuning ignores the option. Leave it out; lower --patch-image-size for "
+                "fewer image positions"})
+
+
+def refuse_sample_patch_num(value):
+    """OFA's criterion keeps a random subset of patches only for the list samples of its pretraining task
+    (unify_task); every task here yields the plain samples that OFA's fine-tuning never subsamples, so
+    honouring the option would change training where OFA does not."""
+    if value is not None:
+        raise ValueError(
+            f"--sample-patch-num={value}: OFA applies it only to its pretraining task's (unify_task) image-text "
+            "samples, which this plugin does not implement; OFA's fine-tuning ignores it. Remove the option "
+            "(lower --patch-image-size to give the encoder fewer image positions)")
+
+
+def parse_constraint_range(text: Optional[str]):
+    """OFA's --constraint-range 'start,end' as (start, end), or None."""
+    if not text:
+        return None
+    try:
+        start, end = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--constraint-range={text!r}: expected 'start,end'")
+    return start, end
 
 
 def label_smoothed_nll_loss(lprobs, target, epsilon, allowed=None):
@@ -64,26 +90,12 @@ def _repeat_twice(x):
     return x
 
 
-@register_criterion("adjust_label_smoothed_cross_entropy", dataclass=LabelSmoothedCrossEntropyConfig)
-class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
-    def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, ignore_eos=False,
-                 report_accuracy=False, drop_worst_ratio=0.0, drop_worst_after=0, use_rdrop=False,
-                 reg_alpha=1.0, constraint_range=None, max_nonfinite_losses=5):
+class TuningCriterion(FairseqCriterion):
+    """What every training criterion of the plugin does besides its loss: enforce the tuning method's
+    freeze on the first training step (and report its size), and skip batches whose loss is NaN/inf."""
+
+    def __init__(self, task, max_nonfinite_losses=5):
         super().__init__(task)
-        self.sentence_avg = sentence_avg
-        self.eps = label_smoothing
-        self.ignore_prefix_size = ignore_prefix_size
-        self.ignore_eos = ignore_eos
-        self.report_accuracy = report_accuracy
-        self.drop_worst_ratio, self.drop_worst_after = drop_worst_ratio, drop_worst_after
-        self.use_rdrop, self.reg_alpha = use_rdrop, reg_alpha
-        self.constraint = None
-        if constraint_range:
-            try:
-                start, end = (int(v) for v in constraint_range.split(","))
-            except ValueError:
-                raise ValueError(f"--constraint-range={constraint_range!r}: expected 'start,end'")
-            self.constraint = (start, end)
         self._checked_freeze = False
         self.max_nonfinite, self._nonfinite_run = max_nonfinite_losses, 0
 
@@ -107,6 +119,39 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
         logger.info("tuning method %s: %d of %d parameters trainable (%.3f%%)", method, trainable, total,
                     100.0 * trainable / max(total, 1))
         self._checked_freeze = True
+
+    def guard_nonfinite(self, model, loss, sample):
+        """(loss, skipped): a batch whose loss is NaN/inf gets a zero loss with zero gradients (its update is
+        then skipped by the task); too many in a row stop the run."""
+        if torch.isfinite(loss):
+            self._nonfinite_run = 0
+            return loss, False
+        self._nonfinite_run += 1
+        ids = sample["id"].tolist()[:8] if "id" in sample else "?"
+        if self._nonfinite_run >= self.max_nonfinite:
+            raise FloatingPointError(
+                f"the training loss was NaN/inf in {self._nonfinite_run} consecutive batches (last sample ids {ids}); "
+                "lower --lr, check the data, or raise --max-nonfinite-losses")
+        logger.warning("non-finite loss (%s) on sample ids %s: batch skipped (%d in a row)", loss.item(), ids,
+                       self._nonfinite_run)
+        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0, True
+
+
+@register_criterion("adjust_label_smoothed_cross_entropy", dataclass=LabelSmoothedCrossEntropyConfig)
+class AdjustLabelSmoothedCrossEntropy(TuningCriterion):
+    def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0, ignore_eos=False,
+                 report_accuracy=False, drop_worst_ratio=0.0, drop_worst_after=0, use_rdrop=False,
+                 reg_alpha=1.0, constraint_range=None, max_nonfinite_losses=5, sample_patch_num=None):
+        super().__init__(task, max_nonfinite_losses)
+        refuse_sample_patch_num(sample_patch_num)
+        self.sentence_avg = sentence_avg
+        self.eps = label_smoothing
+        self.ignore_prefix_size = ignore_prefix_size
+        self.ignore_eos = ignore_eos
+        self.report_accuracy = report_accuracy
+        self.drop_worst_ratio, self.drop_worst_after = drop_worst_ratio, drop_worst_after
+        self.use_rdrop, self.reg_alpha = use_rdrop, reg_alpha
+        self.constraint = parse_constraint_range(constraint_range)
 
     def forward(self, model, sample, update_num=0, reduce=True):
         if model.training and not self._checked_freeze:
@@ -139,22 +184,6 @@ class AdjustLabelSmoothedCrossEntropy(FairseqCriterion):
             logging_output["n_correct"] = utils.item(lprobs.argmax(-1)[mask].eq(target[mask]).sum())
             logging_output["total"] = utils.item(mask.sum())
         return loss, sample_size, logging_output
-
-    def guard_nonfinite(self, model, loss, sample):
-        """(loss, skipped): a batch whose loss is NaN/inf gets a zero loss with zero gradients (its update is
-        then skipped by the task); too many in a row stop the run."""
-        if torch.isfinite(loss):
-            self._nonfinite_run = 0
-            return loss, False
-        self._nonfinite_run += 1
-        ids = sample["id"].tolist()[:8] if "id" in sample else "?"
-        if self._nonfinite_run >= self.max_nonfinite:
-            raise FloatingPointError(
-                f"the training loss was NaN/inf in {self._nonfinite_run} consecutive batches (last sample ids {ids}); "
-                "lower --lr, check the data, or raise --max-nonfinite-losses")
-        logger.warning("non-finite loss (%s) on sample ids %s: batch skipped (%d in a row)", loss.item(), ids,
-                       self._nonfinite_run)
-        return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0, True
 
     def _constraint_ids(self, device):
         start, end = self.constraint

@@ -4,6 +4,14 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 
+def rows_per_batch(batch_size, max_tokens, max_src_length: int) -> int:
+    """Rows in each batch: --batch-size, else as many --max-src-length rows as fit in --max-tokens."""
+    per = batch_size or (max_tokens // max_src_length if max_tokens else 0)
+    if per < 1:
+        raise ValueError("set --batch-size (or a --max-tokens of at least --max-src-length)")
+    return per
+
+
 class OFADataset(FairseqDataset):
     def __init__(self, reader, task, train: bool):
         self.reader, self.task, self.train = reader, task, train
@@ -36,9 +44,7 @@ class OFADataset(FairseqDataset):
     def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
         """Fixed-size batches of every row (OFA batches by --batch-size). fairseq's own batch_by_size
         drops a final batch smaller than --required-batch-size-multiple, i.e. rows would go unseen."""
-        per = max_sentences or (max_tokens // self.max_src_length if max_tokens else 0)
-        if per < 1:
-            raise ValueError("set --batch-size (or a --max-tokens of at least --max-src-length)")
+        per = rows_per_batch(max_sentences, max_tokens, self.max_src_length)
         return [indices[i:i + per] for i in range(0, len(indices), per)]
 
     def collater(self, samples):

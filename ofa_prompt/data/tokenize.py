@@ -22,6 +22,9 @@ class WordTokenizer:
     def decode(self, text: str) -> str:
         return text
 
+    def whole_characters(self, symbols, n: int) -> int:
+        return n  # every symbol is a whole word
+
 
 class GPT2Tokenizer:
     """OFA's byte-level BPE: encode gives space-separated BPE ids (OFA's dict.txt symbols)."""
@@ -37,6 +40,22 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> str:
         return self.bpe.encode(text)
+
+    def whole_characters(self, symbols, n: int) -> int:
+        """The largest k <= n such that the first k BPE symbols end on a character boundary: byte-level BPE
+        splits a multi-byte (e.g. Chinese) character over several symbols, and cutting between them would
+        leave half a character (decoded as U+FFFD)."""
+        encoder = self.bpe.bpe
+        raw = [bytes(encoder.byte_decoder[c] for c in encoder.decoder[int(s)]) if s.isdigit() else s.encode()
+               for s in symbols[:n]]
+        for k in range(n, 0, -1):
+            try:
+                b"".join(raw[:k]).decode("utf-8")
+                return k
+            except UnicodeDecodeError as e:
+                if e.reason != "unexpected end of data":  # invalid inside, not cut at the end: keep as is
+                    return n
+        return 0
 
     def decode(self, text: str) -> str:
         # location tokens are not BPE ids: decode the runs between them

@@ -7,6 +7,9 @@ from typing import Callable, List, Optional, Sequence
 logger = logging.getLogger(__name__)
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 class BadRow(ValueError):
     pass
 
@@ -21,8 +24,13 @@ class TSVReader:
 
     def __init__(self, path: str, selected_cols: Sequence[int], check: Optional[Callable] = None,
                  skip_bad_rows: bool = False):
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path} is a folder: --data names TSV files (comma-separated)")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data file not found: {path}")
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":
+                raise ValueError(f"{path} is gzip-compressed: decompress it first (gunzip -k {path})")
         self.path, self.cols = path, list(selected_cols)
         self.offsets: List[int] = []
         self.lines: List[int] = []
@@ -32,6 +40,8 @@ class TSVReader:
             offset = 0
             for line_no, raw in enumerate(f, 1):
                 start, offset = offset, offset + len(raw)
+                if line_no == 1 and raw.startswith(UTF8_BOM):  # as some editors write: not part of the id
+                    start, raw = start + len(UTF8_BOM), raw[len(UTF8_BOM):]
                 if not raw.strip(b" \r\n"):
                     self.blank += 1
                     continue

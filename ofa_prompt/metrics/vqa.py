@@ -1,5 +1,6 @@
-"""VQA accuracy."""
-from typing import Dict, List
+"""VQA accuracy, and the question ids of VQA predictions."""
+import re
+from typing import Dict, List, Union
 
 
 def vqa_score(answer: str, ref_dict: Dict[str, float]) -> float:
@@ -25,3 +26,10 @@ def parse_answers(ref: str, where: str = "") -> Dict[str, float]:
         except ValueError:
             raise ValueError(f"{where}: confidence {conf!r} of answer {answer!r} is not a number")
     return out
+
+
+def question_id(uniq_id) -> Union[int, str]:
+    """A predictions file's question_id: an integer, as OFA writes it (int(uniq_id)) and the VQA evaluation
+    server reads it; an id that is not a decimal integer (a custom TSV's) stays the string it is."""
+    text = str(uniq_id).strip()
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else uniq_id

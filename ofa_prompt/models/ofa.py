@@ -19,7 +19,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqEncoderDecoderModel, register_model, register_model_architecture
 from omegaconf import DictConfig, open_dict
 
-from ..checkpoint import tuned_state_dict, upgrade_state_dict
+from ..checkpoint import upgrade_state_dict
 from .decoder import OFADecoder
 from .encoder import OFAEncoder
 from .prompt_init import PROMPT_INITS
@@ -249,16 +249,10 @@ class OFAModel(FairseqEncoderDecoderModel):
     def max_positions(self):
         return self.encoder.max_positions(), self.decoder.max_positions()
 
-    def state_dict(self, *args, **kwargs):
-        """With a frozen backbone, the top-level state dict (what fairseq writes into checkpoints) holds
-        only the tuned tensors and a fingerprint of the backbone file; `full_state_dict()` has everything."""
-        state = super().state_dict(*args, **kwargs)
-        if args or kwargs.get("prefix") or kwargs.get("destination") is not None:
-            return state  # called as a submodule (DDP, EMA): leave it alone
-        return tuned_state_dict(self, state)
-
     def full_state_dict(self):
-        return super().state_dict()
+        """The whole state dict (what `state_dict()` returns too). Checkpoints of a frozen backbone hold only
+        the tuned tensors: fairseq-train's writer selects them (ofa_prompt.checkpoint.prompt_only_checkpoint)."""
+        return self.state_dict()
 
     def set_prompts(self, prompts, force_backbone: bool = False):
         """Swap in other prompts (a prompt file path or {"encoder": kv, "decoder": kv}) without reloading

@@ -1,5 +1,7 @@
 """What OFA's downstream tasks share: dictionary, text and image processing, TSV datasets, validation
 by generation, and the per-sample records the `ofa_*` scorers read in fairseq-generate."""
+import functools
+import inspect
 import json
 import logging
 import math
@@ -22,8 +24,12 @@ from ..data.image import decode_image, image_size_of, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer
 from ..data.tsv import TSVReader
 from ..metrics.records import RECORDER
+from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
+from .saved_settings import apply_saved_settings
 from ..models.ofa import bf16_without_tpu
+from ..ngram_blocking import use_working_ngram_blocker
+from ..schedule import default_total_updates, plan_lr_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,14 @@ class OFATaskConfig(FairseqDataclass):
     skip_bad_rows: bool = field(default=False, metadata={"help": "skip (and count) bad TSV rows instead of stopping"})
     eval_args: str = field(default="{}", metadata={"help": 'generation options for validation, e.g. \'{"beam":5}\''})
     eval_print_samples: bool = field(default=False, metadata={"help": "log hypotheses and references in validation"})
+    warmup_ratio: float = field(default=0.0, metadata={
+        "help": "OFA's polynomial_decay warmup: this fraction of all updates, which fairseq-train counts from "
+                "--max-epoch and the training data (as OFA's train.py does; the numbers are logged)"})
     uses_ema: bool = field(default=False, metadata={
         "help": "with --store-ema, validation generates (and scores) with the EMA model, as in OFA"})
+    ema_eval: bool = field(default=False, metadata={
+        "help": "fairseq-generate: evaluate the EMA weights each --path checkpoint saved (fairseq-train --store-ema), "
+                "not its live ones, as OFA's evaluate.py --ema-eval; a checkpoint without EMA weights is an error"})
 
 
 class OFATask(FairseqTask):
@@ -70,15 +82,26 @@ class OFATask(FairseqTask):
         self.valid_generator = None
         self._ema_generator = None  # (EMA model, its validation generator), built at the first validation
         self._warned_truncation = False
+        self._warned_target_cut = False
         self._warned_ema = False
+        self._readers = {}  # (path, columns) -> TSVReader
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        default_total_updates(parser)
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
+        if not kwargs.get("from_checkpoint"):  # fairseq-generate --path: the checkpoint's task settings
+            apply_saved_settings(cfg, cls)
         if not cfg.bpe_dir:
-            raise ValueError(f"--bpe-dir is required by --task {cls.__name__}: the folder holding OFA's dict.txt")
+            raise ValueError(f"--bpe-dir is required by --task {cls.__name__}: the folder holding OFA's dict.txt "
+                             "(fairseq-generate also takes bpe_dir from --model-overrides, as OFA's scripts pass it)")
         dictionary = build_ofa_dictionary(os.path.join(cfg.bpe_dir, "dict.txt"), cfg.code_dict_size, cfg.num_bins)
         logger.info("dictionary: %d types", len(dictionary))
         _skip_valid_folder_check(cfg)
+        use_task_scorer(cfg)  # fairseq-generate without --scoring (OFA's command lines): the task's metric
         return cls(cfg, dictionary)
 
     @property
@@ -103,9 +126,19 @@ class OFATask(FairseqTask):
         if len(cols) != len(self.default_cols.split(",")) or len(cols) != len(text.split(",")):
             raise ValueError(f"--selected-cols={text}: {type(self).__name__} reads "
                              f"{len(self.default_cols.split(','))} column numbers ({self.column_names})")
-        reader = TSVReader(path, cols, self.check_row, self.cfg.skip_bad_rows)
-        logger.info("%s: %d rows from %s (epoch %d)", split, len(reader), path, epoch)
+        reader = self._readers.get((path, tuple(cols)))
+        if reader is None:  # each file is read and checked once, however many epochs (or plans) use it
+            reader = self._readers[path, tuple(cols)] = TSVReader(path, cols, self.check_row, self.cfg.skip_bad_rows)
+            logger.info("%s: %d rows from %s (epoch %d)", split, len(reader), path, epoch)
         self.datasets[split] = OFADataset(reader, self, train=split == "train")
+
+    def training_rows(self, max_epoch: int) -> List[int]:
+        """The number of training rows of each epoch 1..max_epoch (epochs cycle through the files)."""
+        rows = []
+        for epoch in range(1, max_epoch + 1):
+            self.load_dataset("train", epoch=epoch)
+            rows.append(len(self.datasets["train"]))
+        return rows
 
     def has_sharded_data(self, split):
         # fairseq-train reloads the training set at each epoch only for sharded data: without this, the
@@ -114,7 +147,13 @@ class OFATask(FairseqTask):
 
     def encode(self, text: str, max_tokens: Optional[int] = None) -> torch.Tensor:
         ids = self.dictionary.encode_line(self.tokenizer.encode(text), add_if_not_exist=False, append_eos=False).long()
-        return ids[:max_tokens] if max_tokens else ids
+        if not max_tokens or len(ids) <= max_tokens:
+            return ids
+        if not self._warned_target_cut:  # say so once, as for sources
+            self._warned_target_cut = True
+            logger.warning("a target of %d tokens was cut to --max-tgt-length=%d (and maybe others): %r",
+                           len(ids), max_tokens, text[:200])
+        return ids[:self.tokenizer.whole_characters([self.dictionary[i] for i in ids], max_tokens)]
 
     def source(self, instruction: str) -> torch.Tensor:
         ids = self.encode(instruction)
@@ -152,6 +191,9 @@ class OFATask(FairseqTask):
         return {"none": None, "src": source, "prev_output": source[:-1]}[kind]
 
     # --- generation and scoring -------------------------------------------------------------------
+    def build_generator(self, models, args, **kwargs):
+        return use_working_ngram_blocker(super().build_generator(models, args, **kwargs))
+
     def build_bpe(self, args):
         return self.tokenizer  # fairseq-generate decodes hypotheses with it
 
@@ -201,9 +243,16 @@ class OFATask(FairseqTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         if not from_checkpoint:  # fairseq-train, before its Trainer is built and loads a checkpoint
+            ema.refuse_ema_eval(self.cfg)
             check_resume_file(cfg)
             bf16_without_tpu(cfg)
+            if isinstance(self.cfg, DictConfig):  # fairseq-train's whole configuration is its root
+                plan_lr_schedule(self, self.cfg._get_root())
         model = super().build_model(cfg, from_checkpoint)
+        if from_checkpoint and getattr(self.cfg, "ema_eval", False):
+            # fairseq builds the models of --path in order, each followed by the load of its checkpoint's weights
+            ema.evaluate_ema_of(model, ema.generate_checkpoint(self.cfg, self._checkpoints_built))
+            self._checkpoints_built += 1
         if self.eval_enabled():
             try:
                 gen_args = json.loads(self.cfg.eval_args)
@@ -214,9 +263,14 @@ class OFATask(FairseqTask):
 
     # batches of the current update whose loss was finite (the criterion marks the others "nonfinite")
     _finite_batches = 0
+    _checkpoints_built = 0  # models built from --path checkpoints so far (--ema-eval)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **extra):
-        # extra: fairseq's Trainer passes ema_model= too when --uses-ema; only validation uses it
+        # extra: fairseq's Trainer passes ema_model= too when --uses-ema; only validation uses it.
+        # fairseq's train_step calls criterion(model, sample) without the update number, which OFA's criteria
+        # take (--drop-worst-after): hand it to those that do.
+        if "update_num" in inspect.signature(criterion.forward).parameters:
+            criterion = functools.partial(criterion, update_num=update_num)
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad)
         if not ignore_grad:  # a dummy batch (uneven data-parallel shards) holds no data

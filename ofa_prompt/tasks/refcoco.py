@@ -25,6 +25,19 @@ def parse_box(text: str):
     return box
 
 
+def box_problem(x1, y1, x2, y2, w, h):
+    """What is wrong with an x1,y1,x2,y2 box in a w x h image (a pixel of slack at the far edges, as
+    annotation tools write), or None."""
+    if x1 == x2 or y1 == y2:
+        return f"the box has no {'width' if x1 == x2 else 'height'} (x1 {'=' if x1 == x2 else '!='} x2, " \
+               f"y1 {'=' if y1 == y2 else '!='} y2)"
+    if x1 > x2 or y1 > y2:
+        return "the corners are swapped (expected x1 < x2 and y1 < y2)"
+    if x1 < 0 or y1 < 0 or x2 > w + 1 or y2 > h + 1:
+        return f"the box reaches outside the {w}x{h} image"
+    return None
+
+
 @register_task("refcoco", dataclass=RefcocoConfig)
 class RefcocoTask(OFATask):
     default_cols = "0,4,2,3"
@@ -43,8 +56,9 @@ class RefcocoTask(OFATask):
         w, h = self.check_image(image)
         self.check_text(clean_text(text), "referring expression")
         x1, y1, x2, y2 = parse_box(region)
-        if not (0 <= x1 < x2 <= w + 1 and 0 <= y1 < y2 <= h + 1):
-            raise ValueError(f"region {region} is not a box inside the {w}x{h} image")
+        problem = box_problem(x1, y1, x2, y2, w, h)
+        if problem:
+            raise ValueError(f"region {region}: {problem}")
 
     def build_sample(self, cols, train):
         uniq_id, image, text, region = cols

@@ -1,13 +1,20 @@
-"""Generative VQA (`--task vqa_gen`): answers come from the candidate answer set (`--ans2label-file`),
-by OFA's all-candidate scoring or beam search restricted to it (`--val-inference-type`); scored with
-VQA accuracy."""
+"""Generative VQA (`--task vqa_gen`), scored with VQA accuracy.
+
+As in OFA, by default the candidate answer set (`--ans2label-file`) constrains both training and
+inference: the loss at each answer token is normalized over the tokens that continue a candidate answer
+(OFA's trie), and inference picks the most likely candidate (allcand) or runs beam search restricted to
+the candidates (beamsearch: `--val-inference-type beamsearch`, or OFA's evaluate.py flag
+`--beam-search-vqa-eval`). `--unconstrained-training` is OFA's open-ended VQA: no answer set, the loss over
+the whole vocabulary, and beam search generating answers freely."""
 import io
 import json
+import logging
+import math
 import os
 import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import torch
 from fairseq.dataclass import ChoiceEnum
@@ -17,6 +24,9 @@ from ..data.tokenize import clean_text
 from ..metrics.vqa import parse_answers, vqa_score
 from .base import DECODER_PROMPT_TYPES, OFATask, OFATaskConfig
 
+logger = logging.getLogger(__name__)
+INFERENCE_TYPES = ChoiceEnum(["allcand", "beamsearch"])
+
 
 @dataclass
 class VqaGenConfig(OFATaskConfig):
@@ -24,10 +34,19 @@ class VqaGenConfig(OFATaskConfig):
         "help": "accepted; as in OFA, validation always scores VQA accuracy (logged as score and vqa_score)"})
     ans2label_file: Optional[str] = field(default=None, metadata={
         "help": "candidate answers: OFA's pickled {answer: label} dict (read without running code), a JSON "
-                "list or dict, or one answer per line"})
-    val_inference_type: ChoiceEnum(["allcand", "beamsearch"]) = field(default="allcand", metadata={
-        "help": "allcand: the most likely candidate answer; beamsearch: beam search (--eval-args, --beam) "
-                "restricted to the candidate answers; in validation and fairseq-generate"})
+                "list or dict, or one answer per line; required unless --unconstrained-training"})
+    unconstrained_training: bool = field(default=False, metadata={
+        "help": "OFA's open-ended VQA, without a candidate answer set: the training loss is normalized over the "
+                "whole vocabulary (by default only over the tokens that continue a candidate answer, OFA's trie), "
+                "and beam search (in validation and fairseq-generate) generates answers freely; "
+                "--ans2label-file is then not used"})
+    val_inference_type: Optional[INFERENCE_TYPES] = field(default=None, metadata={
+        "help": "allcand (the default): the most likely candidate answer; beamsearch (the default with "
+                "--unconstrained-training): beam search (--eval-args in validation, --beam ... in fairseq-generate), "
+                "restricted to the candidate answers unless --unconstrained-training"})
+    beam_search_vqa_eval: bool = field(default=False, metadata={
+        "help": "OFA's evaluate.py flag: the same as --val-inference-type beamsearch (an error together with "
+                "--val-inference-type allcand)"})
     valid_batch_size: int = field(default=20, metadata={
         "help": "allcand: candidate answers scored per decoder pass for each sample (OFA's option; memory only)"})
     add_object: bool = field(default=False, metadata={"help": "append the detected object labels to the question"})
@@ -80,6 +99,63 @@ def answer_trie(candidates: List[torch.Tensor], eos: int) -> Dict[tuple, List[in
     return {prefix: sorted(nxt) for prefix, nxt in trie.items()}
 
 
+def inference_type(val_inference_type: Optional[str], beam_search_vqa_eval: bool, unconstrained_training: bool,
+                   ans2label_file: Optional[str]) -> str:
+    """The one place that decides vqa_gen's inference: "allcand" or "beamsearch", from --val-inference-type,
+    OFA's --beam-search-vqa-eval and --unconstrained-training; contradictory options are an error."""
+    chosen = str(getattr(val_inference_type, "value", val_inference_type)) if val_inference_type else None
+    if beam_search_vqa_eval and chosen == "allcand":
+        raise ValueError("--beam-search-vqa-eval asks for beam search but --val-inference-type=allcand for "
+                         "all-candidate scoring: give only one of them")
+    if not unconstrained_training and not ans2label_file:
+        raise ValueError("--task vqa_gen: pass --ans2label-file, the candidate answers OFA constrains training "
+                         "to and chooses answers among, or --unconstrained-training for open-ended VQA (training "
+                         "over the whole vocabulary, beam search generating answers freely)")
+    if beam_search_vqa_eval:
+        chosen = "beamsearch"
+    if chosen is None:
+        return "beamsearch" if unconstrained_training else "allcand"
+    if chosen == "allcand" and unconstrained_training:
+        # OFA asserts the same: open-ended VQA has no fixed answer set to score
+        raise ValueError("--val-inference-type=allcand scores the candidate answers, which --unconstrained-training "
+                         "does not use: use --val-inference-type=beamsearch (or --beam-search-vqa-eval)")
+    return chosen
+
+
+def answer_constraint_masks(target: torch.Tensor, next_tokens: Dict[tuple, List[int]], candidates: Set[tuple],
+                            pad: int, vocab_size: int):
+    """OFA's constrained VQA training (its trie): ([B, T, V] bool masks of the tokens the loss is normalized
+    over, the number of rows left unconstrained).
+
+    At every answer position of `target` (pad before the answer, then its tokens and eos), the allowed tokens
+    are those that continue the answer so far towards a candidate answer (`next_tokens`, a trie with eos at
+    the ends). Other positions (pad targets, which the loss skips) allow everything. A row whose answer is not
+    a candidate (`candidates`: token tuples without eos; also an answer cut by --max-tgt-length) is left
+    unconstrained: OFA's trie would exclude its own target there, an infinite loss."""
+    masks = torch.ones(*target.shape, vocab_size, dtype=torch.bool, device=target.device)
+    rows, positions, allowed_rows, allowed_positions, allowed_tokens = [], [], [], [], []
+    free = 0
+    for b, row in enumerate(target.tolist()):
+        kept = [t for t, token in enumerate(row) if token != pad]
+        if not kept:
+            continue
+        start, end = kept[0], kept[-1]  # the answer's first token, its eos
+        if tuple(row[start:end]) not in candidates:
+            free += 1
+            continue
+        for t in range(start, end + 1):
+            allowed = next_tokens[tuple(row[start:t])]
+            rows.append(b)
+            positions.append(t)
+            allowed_rows += [b] * len(allowed)
+            allowed_positions += [t] * len(allowed)
+            allowed_tokens += allowed
+    if rows:
+        masks[rows, positions] = False
+        masks[allowed_rows, allowed_positions, allowed_tokens] = True
+    return masks, free
+
+
 @register_task("vqa_gen", dataclass=VqaGenConfig)
 class VqaGenTask(OFATask):
     default_cols = "0,5,2,3,4"
@@ -88,16 +164,30 @@ class VqaGenTask(OFATask):
 
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
-        if not cfg.ans2label_file:  # validation always scores: fail now, not at the first validation hours later
-            raise ValueError("vqa_gen chooses its answers among candidate answers: pass --ans2label-file")
-        if cfg.val_inference_type == "beamsearch" and cfg.prompt_type == "src":
+        # decided once, here (validation always scores: fail now, not at the first validation hours later)
+        self.inference_type = inference_type(cfg.val_inference_type, cfg.beam_search_vqa_eval,
+                                             cfg.unconstrained_training, cfg.ans2label_file)
+        if self.inference_type == "beamsearch" and cfg.prompt_type == "src":
             # the forced source would bring its eos, which ends every hypothesis before the answer
-            raise ValueError("--val-inference-type=beamsearch with --prompt-type=src: use prev_output (as OFA's "
-                             "scripts) or allcand")
-        self.answers = read_answer_set(cfg.ans2label_file)
-        self.candidates = [self.encode(" " + a) for a in self.answers]
-        self.next_tokens = answer_trie(self.candidates, dictionary.eos())
+            which = "--beam-search-vqa-eval" if cfg.beam_search_vqa_eval else "--val-inference-type=beamsearch"
+            raise ValueError(f"{which} with --prompt-type=src: use prev_output (as OFA's scripts)"
+                             + ("" if cfg.unconstrained_training else " or allcand"))
+        self.answers = self.candidates = self.next_tokens = None
+        self._candidate_set = set()
+        if cfg.unconstrained_training:
+            if cfg.ans2label_file:  # OFA's train_vqa_distributed.sh passes both: say what happens to it
+                logger.warning("--ans2label-file %s is not used with --unconstrained-training (as in OFA): training "
+                               "and beam search are open-ended", cfg.ans2label_file)
+            logger.info("vqa_gen: open-ended (--unconstrained-training): the loss is over the whole vocabulary and "
+                        "beam search generates answers freely")
+        else:
+            self.answers = read_answer_set(cfg.ans2label_file)
+            self.candidates = [self.encode(" " + a) for a in self.answers]
+            self.next_tokens = answer_trie(self.candidates, dictionary.eos())
+            self._candidate_set = {tuple(c.tolist()) for c in self.candidates}
+        self._every_token = torch.arange(len(dictionary))
         self._prefixes = {}  # sample id -> decoder prefix, for the batch being generated
+        self._warned_free_rows = self._warned_no_hypothesis = False
 
     def eval_enabled(self):
         return True  # OFA's vqa_gen always scores validation
@@ -126,21 +216,57 @@ class VqaGenTask(OFATask):
         return {"uniq_id": uniq_id, "source": source, "target": tgt, "prev_output_tokens": prev,
                 "patch_image": patch, "ref": refs, "conf": refs[answer]}
 
+    # --- training: OFA's trie constraint on the loss -----------------------------------------------------
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if getattr(criterion, "use_rdrop", False) and self.next_tokens is not None:
+            # the criterion's R-Drop KL runs over the whole vocabulary, where the trie leaves -inf: NaN
+            raise ValueError("--use-rdrop with vqa_gen's constrained training (OFA's default, --ans2label-file): "
+                             "R-Drop's KL over the answers the candidate set masks out is NaN; pass "
+                             "--unconstrained-training, or train without --use-rdrop")
+        return criterion
+
+    def with_constraint_masks(self, sample):
+        """`sample` with OFA's constraint masks ("constraint_masks", which the criterion applies to the
+        logits), unless --unconstrained-training."""
+        if self.next_tokens is None or not sample or sample.get("target") is None:
+            return sample
+        masks, free = answer_constraint_masks(sample["target"], self.next_tokens, self._candidate_set,
+                                              self.dictionary.pad(), len(self.dictionary))
+        if free and not self._warned_free_rows:
+            self._warned_free_rows = True
+            logger.warning("%d answer(s) of a batch are not among the --ans2label-file answers (or were cut by "
+                           "--max-tgt-length): their loss is over the whole vocabulary (OFA's trie would make it "
+                           "infinite); add them to the answer set, or pass --unconstrained-training. Said once.", free)
+        return {**sample, "constraint_masks": masks}
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **extra):
+        return super().train_step(self.with_constraint_masks(sample), model, criterion, optimizer, update_num,
+                                  ignore_grad, **extra)
+
+    def valid_step(self, sample, model, criterion, **extra):
+        # OFA's validation loss is constrained too (its datasets carry the masks in every split)
+        return super().valid_step(self.with_constraint_masks(sample), model, criterion, **extra)
+
+    # --- inference --------------------------------------------------------------------------------------
     def build_generator(self, models, args, **kwargs):
-        if self.cfg.val_inference_type == "beamsearch":
+        if self.inference_type == "beamsearch" and (self.next_tokens is not None or self.cfg.prompt_type != "none"):
             kwargs["prefix_allowed_tokens_fn"] = self.allowed_next
         return super().build_generator(models, args, **kwargs)
 
-    def allowed_next(self, sample_id: int, tokens: torch.Tensor) -> List[int]:
-        """beamsearch: force the sample's decoder prefix (--prompt-type), then follow the answer trie."""
+    def allowed_next(self, sample_id: int, tokens: torch.Tensor):
+        """beamsearch: force the sample's decoder prefix (--prompt-type), then follow the answer trie (with
+        --unconstrained-training: any token)."""
         prefix = self._prefixes[sample_id]
         if len(tokens) < len(prefix):
             return [int(prefix[len(tokens)])]
+        if self.next_tokens is None:
+            return self._every_token  # an index tensor: no list of the whole vocabulary at every step
         # a beam already off the trie (only when fewer answers than beams remain) can only end
         return self.next_tokens.get(tuple(tokens[len(prefix):].tolist()), [self.dictionary.eos()])
 
     def generate(self, generator, models, sample):
-        if self.cfg.val_inference_type == "allcand":
+        if self.inference_type == "allcand":
             return self.choose_candidate(models, sample, self.candidates)
         pad = self.dictionary.pad()
         prefixes = [self.decoder_prefix(s[s.ne(pad)]) for s in sample["net_input"]["src_tokens"]]
@@ -148,8 +274,17 @@ class VqaGenTask(OFATask):
         # fairseq's search names a sample by its id
         self._prefixes = dict(zip(sample["id"].tolist(), prefixes))
         hypos = super().generate(generator, models, sample)
+        if any(not beams for beams in hypos) and not self._warned_no_hypothesis:
+            self._warned_no_hypothesis = True
+            logger.warning("beam search ended without an answer for some questions (the maximum length, "
+                           "max_len_a * source length + max_len_b, counts the decoder prefix of --prompt-type "
+                           "too): raise --max-len-b (or max_len_b in --eval-args); they are scored as empty "
+                           "answers. Said once.")
+        eos = torch.tensor([self.dictionary.eos()])
         # hypotheses start after the bos: drop the rest of the prefix
-        return [[{**h, "tokens": h["tokens"][len(p) - 1:]} for h in beams] for beams, p in zip(hypos, prefixes)]
+        return [[{**h, "tokens": h["tokens"][len(p) - 1:]} for h in beams]
+                or [{"tokens": eos, "score": -math.inf, "alignment": None, "positional_scores": eos * 0.0}]
+                for beams, p in zip(hypos, prefixes)]
 
     def sample_score(self, hypothesis, reference, meta):
         return vqa_score(hypothesis, reference)
