@@ -136,3 +136,16 @@ class NoLoss:
     @staticmethod
     def reduce_metrics(logging_outputs):
         pass
+
+
+def drive(scorer, items):
+    """A scorer fed like fairseq-generate does: the task records a batch of (sample_id, references, meta, _),
+    then one add_string per sample's hypothesis; returns the metric line."""
+    from ofa_prompt.metrics.records import RECORDER
+
+    RECORDER.clear()
+    for sample_id, refs, meta, _ in items:
+        RECORDER.push(sample_id, refs, meta)
+    for _, _, _, hyp in items:
+        scorer.add_string("target text is ignored", hyp)
+    return scorer.result_string()

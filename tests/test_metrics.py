@@ -12,6 +12,8 @@ from ofa_prompt.metrics.records import RECORDER
 from ofa_prompt.metrics.scorers import CaptionScorer, OFAScorerConfig, RefcocoScorer, SNLIVEScorer, VQAScorer
 from ofa_prompt.metrics.vqa import parse_answers, vqa_accuracy, vqa_score
 
+from conftest import drive
+
 HYPS = {1: "a red circle above a blue square", 2: "two green triangles", 3: "a yellow square."}
 REFS = {1: ["A red circle above a blue square.", "a red circle and a blue square"],
         2: ["two green triangles on the left", "a pair of green triangles"],
@@ -72,16 +74,6 @@ def test_caption_scores_without_java(monkeypatch, caplog):
     assert "METEOR" not in scores and scores["CIDEr"] > 0
     assert "java not found" in caplog.text
     assert simple_tokenize("A red circle, above a Blue square.") == "a red circle above a blue square"
-
-
-def drive(scorer, items):
-    """Like fairseq-generate: the task records a batch, then one add_string per sample."""
-    RECORDER.clear()
-    for sample_id, refs, meta, _ in items:
-        RECORDER.push(sample_id, refs, meta)
-    for _, _, _, hyp in items:
-        scorer.add_string("target text is ignored", hyp)
-    return scorer.result_string()
 
 
 def test_scorers_and_results_file(tmp_path):

@@ -10,22 +10,11 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import MICRO_CLI, REPO, common, run
+from conftest import MICRO_CLI, REPO, common, drive, run
 from ofa_prompt.metrics.grounding import quantize_box
-from ofa_prompt.metrics.records import RECORDER
 from ofa_prompt.metrics.scorers import (CaptionScorer, OFAScorerConfig, RefcocoScorer, SNLIVEScorer, VQAScorer,
                                         ofa_caption_text, predictions_path, use_task_scorer, write_atomically)
 from ofa_prompt.metrics.vqa import question_id
-
-
-def drive(scorer, items):
-    """Like fairseq-generate: the task records a batch, then one add_string per sample; then the metric line."""
-    RECORDER.clear()
-    for sample_id, refs, meta, _ in items:
-        RECORDER.push(sample_id, refs, meta)
-    for _, _, _, hyp in items:
-        scorer.add_string("target text is ignored", hyp)
-    return scorer.result_string()
 
 
 def config(tmp_path, **kwargs):

@@ -120,6 +120,17 @@ class TuningCriterion(FairseqCriterion):
                     100.0 * trainable / max(total, 1))
         self._checked_freeze = True
 
+    @staticmethod
+    def log_loss_and_counts(total):
+        """Logs the loss per sample-size unit and the batch counts; `total(key)` sums a logging-output key.
+        Returns (sample_size, ntokens)."""
+        sample_size, ntokens = total("sample_size"), total("ntokens")
+        metrics.log_scalar("loss", total("loss") / max(sample_size, 1), sample_size, round=3)
+        metrics.log_scalar("ntokens", ntokens, 1, round=3)
+        metrics.log_scalar("nsentences", total("nsentences"), 1, round=3)
+        metrics.log_scalar("sample_size", sample_size, 1, round=3)
+        return sample_size, ntokens
+
     def guard_nonfinite(self, model, loss, sample):
         """(loss, skipped): a batch whose loss is NaN/inf gets a zero loss with zero gradients (its update is
         then skipped by the task); too many in a row stop the run."""
@@ -229,14 +240,10 @@ class AdjustLabelSmoothedCrossEntropy(TuningCriterion):
         def total(key):
             return sum(log.get(key, 0) for log in logging_outputs)
 
-        sample_size, ntokens = total("sample_size"), total("ntokens")
+        sample_size, ntokens = TuningCriterion.log_loss_and_counts(total)
         # natural-log units, as OFA logs them (fairseq's stock criteria log base 2)
-        metrics.log_scalar("loss", total("loss") / max(sample_size, 1), sample_size, round=3)
         metrics.log_scalar("nll_loss", total("nll_loss") / max(sample_size, 1), ntokens, round=3)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
-        metrics.log_scalar("ntokens", ntokens, 1, round=3)
-        metrics.log_scalar("nsentences", total("nsentences"), 1, round=3)
-        metrics.log_scalar("sample_size", sample_size, 1, round=3)
         n_total = utils.item(total("total"))
         if n_total > 0:
             metrics.log_scalar("total", n_total)

@@ -147,13 +147,10 @@ class ScstRewardCriterion(TuningCriterion):
         def total(key):
             return sum(log.get(key, 0) for log in logging_outputs)
 
-        sample_size, nsentences = total("sample_size"), total("nsentences")
-        metrics.log_scalar("loss", total("loss") / max(sample_size, 1), sample_size, round=3)
+        TuningCriterion.log_loss_and_counts(total)
+        nsentences = total("nsentences")
         # OFA's name: the mean CIDEr-D reward of the generated captions
         metrics.log_scalar("score", total("score") / max(nsentences, 1), nsentences, round=3)
-        metrics.log_scalar("ntokens", total("ntokens"), 1, round=3)
-        metrics.log_scalar("nsentences", nsentences, 1, round=3)
-        metrics.log_scalar("sample_size", sample_size, 1, round=3)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
