@@ -229,3 +229,8 @@ def test_fairseq_train_with_ofas_vqa_options(data, tmp_path):
     assert valid and "| vqa_score " in valid[-1] and "| score " in valid[-1], log[-3000:]
     assert "tuning method prompt" in log and "Loading EMA from checkpoint" in log and "without --store-ema" not in log
     assert (tmp_path / "prompt" / "checkpoint_best.pt").is_file()
+
+
+def test_ofas_zero_shot_flag_is_refused_with_what_to_do(data):
+    with pytest.raises(ValueError, match="--zero-shot .* is not implemented: drop it"):
+        make_task("snli_ve", data, zero_shot=True)

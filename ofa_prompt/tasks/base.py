@@ -63,6 +63,9 @@ class OFATaskConfig(FairseqDataclass):
     ema_eval: bool = field(default=False, metadata={
         "help": "fairseq-generate: evaluate the EMA weights each --path checkpoint saved (fairseq-train --store-ema), "
                 "not its live ones, as OFA's evaluate.py --ema-eval; a checkpoint without EMA weights is an error"})
+    zero_shot: bool = field(default=False, metadata={
+        "help": "refused: OFA's evaluate.py --zero-shot generates without the task's answer constraints, which is not "
+                "implemented; without it a pretrained checkpoint is evaluated with the task's own inference"})
 
 
 class OFATask(FairseqTask):
@@ -93,6 +96,10 @@ class OFATask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
+        if cfg.zero_shot:
+            raise ValueError("--zero-shot (OFA's unconstrained zero-shot generation) is not implemented: drop it; "
+                             "fairseq-generate evaluates a pretrained checkpoint (ofa_large.pt) on this task with the "
+                             "task's own inference (candidate answers, location bins), its settings from the command line")
         if not kwargs.get("from_checkpoint"):  # fairseq-generate --path: the checkpoint's task settings
             apply_saved_settings(cfg, cls)
         if not cfg.bpe_dir:

@@ -75,6 +75,7 @@ NOT_FROM_CHECKPOINT = {
     "eval_bleu": "validation during training", "eval_args": "validation during training",
     "eval_print_samples": "validation during training", "uses_ema": "validation during training",
     "warmup_ratio": "the training schedule",
+    "ema_eval": "this run's choice of weights", "zero_shot": "this run's choice (refused)",
 }
 PRETRAINING_TASKS = ("mix", "ofa", "unify_task")
 OVERRIDES, COMMAND_LINE, CHECKPOINT, DEFAULT = "--model-overrides", "command line", "checkpoint", "default"
