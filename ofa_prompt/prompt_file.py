@@ -13,13 +13,13 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from typing import Optional
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .atomic_file import atomic_path
 from .checkpoint import BACKBONE_KEY, file_fingerprint, read_checkpoint
 from .hub import model_args
 from .models.stack import build_prompt_encoder
@@ -187,15 +187,8 @@ def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = 
 
 def _atomic(out: str, write):
     """Write through a temporary file in the same folder, so a failure never leaves a partial `out`."""
-    folder = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix="-" + os.path.basename(out), dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(out, "-" + os.path.basename(out)) as tmp:
         write(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None):

@@ -58,6 +58,10 @@ CASES = [
     ("refcoco", with_col("refcoco", 3, "10,20,10,40"), "region 10,20,10,40: the box has no width (x1 = x2"),
     ("refcoco", with_col("refcoco", 3, "10,20,30,20"), "the box has no height (x1 != x2, y1 = y2)"),
     ("snli_ve", with_col("snli_ve", 5, "maybe"), "label 'maybe' is not one of"),
+    ("vqa_gen", with_col("vqa_gen", 3, "5.0|!+red"), "line 3: confidence '5.0' of answer 'red' is not between 0 and 1"),
+    ("vqa_gen", with_col("vqa_gen", 3, "-1.0|!+red"), "confidence '-1.0' of answer 'red' is not between 0 and 1"),
+    ("vqa_gen", with_col("vqa_gen", 3, "nan|!+red"), "confidence 'nan' of answer 'red' is not between 0 and 1"),
+    ("vqa_gen", with_col("vqa_gen", 3, "1.0|!+red&&0.3|!+red"), "answer 'red' is given twice (confidences 1 and 0.3)"),
 ]
 
 

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from conftest import MICRO_CLI, REPO, common, drive, run
 from ofa_prompt.metrics.grounding import quantize_box
 from ofa_prompt.metrics.scorers import (CaptionScorer, OFAScorerConfig, RefcocoScorer, SNLIVEScorer, VQAScorer,
-                                        ofa_caption_text, predictions_path, use_task_scorer, write_atomically)
+                                        ofa_caption_text, predictions_path, use_task_scorer)
+from ofa_prompt.atomic_file import write_atomically
 from ofa_prompt.metrics.vqa import question_id
 
 

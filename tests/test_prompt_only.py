@@ -197,3 +197,19 @@ def test_failed_export_or_merge_leaves_existing_files(tmp_path, reference):
         merge_prompts(str(reference / "plain.pt"), str(tmp_path / "missing.safetensors"), str(out))
     assert out.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir()] == ["out.safetensors"]  # no temporary files left behind
+
+
+def test_exported_and_merged_files_get_the_umask_mode(tmp_path, reference):
+    # shared model folders: a prompt file or merged checkpoint readable as the umask says (mkstemp gives 0600)
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        prompts = tmp_path / "p.safetensors"
+        export_prompts(str(reference / "prompt.pt"), str(prompts))
+        merged = tmp_path / "merged.pt"
+        merge_prompts(str(reference / "plain.pt"), str(prompts), str(merged))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(prompts).st_mode) == stat.S_IMODE(os.stat(merged).st_mode) == 0o644

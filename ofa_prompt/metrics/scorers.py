@@ -18,14 +18,14 @@ import logging
 import os
 import string
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.scoring import BaseScorer, register_scorer
 from omegaconf import II, DictConfig, OmegaConf, open_dict
 
+from ..atomic_file import write_atomically
 from .caption import caption_scores
 from .grounding import acc_at_iou, bins_to_box
 from .records import RECORDER
@@ -93,43 +93,6 @@ class RecordScorer(BaseScorer):
             write_predictions(path, [self.prediction(*item) for item in self.items])
             logger.info("predictions of %d samples written to %s", len(self.items), path)
         return ", ".join(f"{k}: {v:.4f}" for k, v in corpus.items()) + f" ({len(self.items)} samples)"
-
-
-def current_umask() -> int:
-    try:  # Linux states it; reading it there changes nothing
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o022)  # elsewhere reading the umask means setting it: put it back at once
-    os.umask(umask)
-    return umask
-
-
-def new_file_mode() -> int:
-    """The permissions open() would give a new file under the user's umask (mkstemp's are 0600)."""
-    return 0o666 & ~current_umask()
-
-
-def write_atomically(path: str, write: Callable, suffix: str = ".tmp"):
-    """Write `path` through `write(text_file)`: into a temporary file beside it, renamed over `path` once
-    complete, so that a reader never sees half a file and a failure leaves an existing file as it was."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_results(path, items, per_sample):

@@ -16,15 +16,24 @@ def vqa_accuracy(answer: str, annotator_answers: List[str]) -> float:
 
 def parse_answers(ref: str, where: str = "") -> Dict[str, float]:
     """OFA's `conf|!+answer&&conf|!+answer` column -> {answer: confidence}."""
+    at = f"{where}: " if where else ""  # the TSV reader names file and line itself
     out = {}
     for item in ref.split("&&"):
         conf, sep, answer = item.partition("|!+")
-        if not sep or not answer.strip():
-            raise ValueError(f"{where}: answer {item!r} is not of the form 'confidence|!+answer'")
+        answer = answer.strip()
+        if not sep or not answer:
+            raise ValueError(f"{at}answer {item!r} is not of the form 'confidence|!+answer'")
         try:
-            out[answer.strip()] = float(conf)
+            value = float(conf)
         except ValueError:
-            raise ValueError(f"{where}: confidence {conf!r} of answer {answer!r} is not a number")
+            raise ValueError(f"{at}confidence {conf!r} of answer {answer!r} is not a number")
+        # a confidence is a share of annotators: outside [0, 1] (or NaN) it would weigh the loss and the
+        # accuracy with a meaning it cannot have (5.0 reported an accuracy of 1.25)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{at}confidence {conf!r} of answer {answer!r} is not between 0 and 1")
+        if answer in out:
+            raise ValueError(f"{at}answer {answer!r} is given twice (confidences {out[answer]:g} and {conf})")
+        out[answer] = value
     return out
 
 
