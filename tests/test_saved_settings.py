@@ -133,8 +133,13 @@ def test_checkpoint_formats(tmp_path):
     with pytest.raises(ss.SettingsError, match="checkpoint not found: .*missing.pt"):
         ss.read_state(str(tmp_path / "missing.pt"))
     (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04 not really")
-    with pytest.raises(ss.SettingsError, match="cannot read the task settings of checkpoint .*bad.pt"):
+    with pytest.raises(ss.SettingsError, match="cannot read checkpoint .*bad.pt \\(--path\\): "):
         ss.read_state(str(tmp_path / "bad.pt"))
+    # a checkpoint cut to half its size, as a full disk or a bad copy leaves it: the reason, not a traceback
+    half = tmp_path / "half.pt"
+    half.write_bytes(prompt_only.read_bytes()[:len(prompt_only.read_bytes()) // 2])
+    with pytest.raises(ss.SettingsError, match="cannot read checkpoint .*half.pt \\(--path\\): "):
+        ss.read_state(str(half))
 
 
 def test_official_checkpoint_of_the_pretraining_task(reference):

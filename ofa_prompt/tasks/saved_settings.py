@@ -236,8 +236,10 @@ def read_state(path: str) -> dict:
         # mmap needs the zip format torch.save writes; older pickles are read whole
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # truncated, corrupted, or not a checkpoint
-        raise SettingsError(f"cannot read the task settings of checkpoint {path}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        from ..checkpoint import unreadable
+
+        why = unreadable(path) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise SettingsError(f"cannot read checkpoint {path} (--path): {why}") from e
 
 
 def checkpoint_files(root) -> List[str]:
