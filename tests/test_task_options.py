@@ -234,3 +234,13 @@ def test_fairseq_train_with_ofas_vqa_options(data, tmp_path):
 def test_ofas_zero_shot_flag_is_refused_with_what_to_do(data):
     with pytest.raises(ValueError, match="--zero-shot .* is not implemented: drop it"):
         make_task("snli_ve", data, zero_shot=True)
+
+
+def test_a_very_long_caption_is_cut_with_one_warning(data, caplog):
+    rows = tiny_data.rows("caption", 3)
+    rows[0][2] = " ".join(["red"] * 5000)
+    task = make_task("caption", data, train_rows=rows)
+    sample = task.datasets["train"][0]
+    assert len(sample["target"]) == task.cfg.max_tgt_length + 1  # the words kept, then eos
+    task.datasets["train"][0]
+    assert sum("a target of 5000 words was cut to --max-tgt-length=30" in r.message for r in caplog.records) == 1

@@ -21,7 +21,7 @@ from ..checkpoint import check_resume_file
 from ..data.dataset import OFADataset
 from ..data.dictionary import build_ofa_dictionary
 from ..data.image import decode_image, image_size_of, to_tensor
-from ..data.tokenize import TOKENIZERS, build_tokenizer
+from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
 from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
@@ -156,11 +156,21 @@ class OFATask(FairseqTask):
         ids = self.dictionary.encode_line(self.tokenizer.encode(text), add_if_not_exist=False, append_eos=False).long()
         if not max_tokens or len(ids) <= max_tokens:
             return ids
+        self.warn_target_cut(len(ids), "tokens", text)
+        return ids[:self.tokenizer.whole_characters([self.dictionary[i] for i in ids], max_tokens)]
+
+    def target_words(self, text: str) -> str:
+        """OFA's target pre-processing: the cleaned text's first --max-tgt-length words."""
+        words = clean_text(text).split()
+        if len(words) > self.cfg.max_tgt_length:
+            self.warn_target_cut(len(words), "words", text)
+        return " ".join(words[:self.cfg.max_tgt_length])
+
+    def warn_target_cut(self, count: int, unit: str, text: str):
         if not self._warned_target_cut:  # say so once, as for sources
             self._warned_target_cut = True
-            logger.warning("a target of %d tokens was cut to --max-tgt-length=%d (and maybe others): %r",
-                           len(ids), max_tokens, text[:200])
-        return ids[:self.tokenizer.whole_characters([self.dictionary[i] for i in ids], max_tokens)]
+            logger.warning("a target of %d %s was cut to --max-tgt-length=%d (and maybe others): %r", count, unit,
+                           self.cfg.max_tgt_length, text[:200])
 
     def source(self, instruction: str) -> torch.Tensor:
         ids = self.encode(instruction)

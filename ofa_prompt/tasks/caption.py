@@ -112,7 +112,7 @@ class CaptionTask(OFATask):
     def build_sample(self, cols, train):
         uniq_id, image, caption = cols
         refs = references(caption)
-        target = clean_text(random.choice(refs) if train else refs[0], self.cfg.max_tgt_length)
+        target = self.target_words(random.choice(refs) if train else refs[0])
         prev, tgt = self.decoder_io(self.encode(" " + target, self.cfg.max_tgt_length))
         patch, _, _ = self.image(image)
         return {"uniq_id": uniq_id, "source": self.source(INSTRUCTION), "target": tgt, "prev_output_tokens": prev,
