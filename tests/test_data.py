@@ -126,8 +126,6 @@ def test_a_cut_target_ends_on_a_character_boundary(caplog):
     from conftest import BPE
     from ofa_prompt.data.dictionary import build_ofa_dictionary
     from ofa_prompt.data.tokenize import GPT2Tokenizer
-    from types import SimpleNamespace
-
     from ofa_prompt.tasks.base import OFATask
 
     if not (BPE / "encoder.json").is_file():
@@ -135,7 +133,6 @@ def test_a_cut_target_ends_on_a_character_boundary(caplog):
     task = OFATask.__new__(OFATask)
     task.dictionary = build_ofa_dictionary(str(BPE / "dict.txt"), 0, 0)
     task.tokenizer, task._warned_target_cut = GPT2Tokenizer(str(BPE)), False
-    task.cfg = SimpleNamespace(max_tgt_length=2)
     text = "一个红色的圆"
     full = task.encode(text)
     assert task.tokenizer.decode(task.dictionary.string(full)) == text

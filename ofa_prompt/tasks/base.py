@@ -156,21 +156,21 @@ class OFATask(FairseqTask):
         ids = self.dictionary.encode_line(self.tokenizer.encode(text), add_if_not_exist=False, append_eos=False).long()
         if not max_tokens or len(ids) <= max_tokens:
             return ids
-        self.warn_target_cut(len(ids), "tokens", text)
+        self.warn_target_cut(len(ids), "tokens", max_tokens, text)
         return ids[:self.tokenizer.whole_characters([self.dictionary[i] for i in ids], max_tokens)]
 
     def target_words(self, text: str) -> str:
         """OFA's target pre-processing: the cleaned text's first --max-tgt-length words."""
         words = clean_text(text).split()
         if len(words) > self.cfg.max_tgt_length:
-            self.warn_target_cut(len(words), "words", text)
+            self.warn_target_cut(len(words), "words", self.cfg.max_tgt_length, text)
         return " ".join(words[:self.cfg.max_tgt_length])
 
-    def warn_target_cut(self, count: int, unit: str, text: str):
+    def warn_target_cut(self, count: int, unit: str, limit: int, text: str):
         if not self._warned_target_cut:  # say so once, as for sources
             self._warned_target_cut = True
             logger.warning("a target of %d %s was cut to --max-tgt-length=%d (and maybe others): %r", count, unit,
-                           self.cfg.max_tgt_length, text[:200])
+                           limit, text[:200])
 
     def source(self, instruction: str) -> torch.Tensor:
         ids = self.encode(instruction)
