@@ -26,7 +26,6 @@ def data(tmp_path_factory):
 def mix_config(data) -> dict:
     mix = {t: {"data": f"{t}_train.tsv,{t}_valid.tsv", "selected_cols": tasks.TASK_REGISTRY[t].default_cols}
            for t in TASKS}
-    mix["vqa_gen"]["ans2label_file"] = str(data / "answers.json")
     mix["snli_ve"].update(add_caption=True, max_src_length=40)
     return mix
 
@@ -89,7 +88,8 @@ def test_mix_inherits_lengths_but_entries_win(data):
     ("refcoco", {"patch_image_size": 32}, (), "'patch_image_size' is shared by the mixed tasks"),
     ("caption", {"data": ""}, (), "--mix-tasks caption: 'data' is required"),
     ("caption", {"max_src_length": "long"}, (), "--mix-tasks caption: .*max_src_length"),
-    ("vqa_gen", {"ans2label_file": None}, (), "--mix-tasks vqa_gen: .*--ans2label-file"),
+    ("vqa_gen", {"unconstrained_training": False}, (), "--mix-tasks vqa_gen: constrained VQA training .* is not "
+                                                       "applied to mixed batches"),
     ("caption", {}, ("--selected-cols", "0,4,2"), "--selected-cols=0,4,2: give each task of --task mix its own"),
 ])
 def test_mistakes_name_the_task_and_option(data, task, entry, extra, message):

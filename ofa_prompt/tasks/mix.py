@@ -57,6 +57,13 @@ def task_config(name: str, options, mix_cfg):
             raise ValueError(f"{where}: '{key}' is shared by the mixed tasks (one dictionary, one image size): "
                              f"set --{k.replace('_', '-')} for the mix")
         own[k] = value
+    if name == "vqa_gen":
+        # mixed batches carry no per-row constraint masks: VQA rows train open-ended, as in OFA's pretraining
+        if own.get("unconstrained_training") is False:
+            raise ValueError(f"{where}: constrained VQA training (OFA's answer trie) is not applied to mixed "
+                             "batches; leave 'unconstrained_training' out: mixed VQA rows train open-ended, as "
+                             "in OFA's pretraining")
+        own["unconstrained_training"] = True
     if not own.get("data"):
         raise ValueError(f"{where}: 'data' is required (the task's training TSV(s), then its evaluation TSV)")
     folder = mix_cfg.data or "."
