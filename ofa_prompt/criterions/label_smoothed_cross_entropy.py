@@ -120,6 +120,19 @@ class TuningCriterion(FairseqCriterion):
                     100.0 * trainable / max(total, 1))
         self._checked_freeze = True
 
+    def constrained_lprobs(self, model, net_output, masks=None):
+        """The model's log-probabilities with disallowed tokens at -inf: outside `masks` (OFA's constraint
+        masks, [B, T, V] bool) and outside --constraint-range (special tokens 0-3 always allowed)."""
+        logits = net_output[0]
+        if masks is not None:
+            logits = logits.masked_fill(~masks, -math.inf)
+        if self.constraint is not None:
+            start, end = self.constraint
+            logits = logits.clone()
+            logits[:, :, 4:start] = -math.inf
+            logits[:, :, end:] = -math.inf
+        return model.get_normalized_probs((logits,) + tuple(net_output[1:]), log_probs=True)
+
     @staticmethod
     def log_loss_and_counts(total):
         """Logs the loss per sample-size unit and the batch counts; `total(key)` sums a logging-output key.
@@ -202,16 +215,8 @@ class AdjustLabelSmoothedCrossEntropy(TuningCriterion):
 
     def lprobs_and_target(self, model, net_output, sample):
         """Flattened log-probabilities [N, V], targets [N] and the allowed-token masks [N, V] or None."""
-        logits = net_output[0]
         masks = sample.get("constraint_masks")
-        if masks is not None:
-            logits = logits.masked_fill(~masks, -math.inf)
-        if self.constraint is not None:
-            start, end = self.constraint
-            logits = logits.clone()
-            logits[:, :, 4:start] = -math.inf
-            logits[:, :, end:] = -math.inf
-        lprobs = model.get_normalized_probs((logits,) + tuple(net_output[1:]), log_probs=True)
+        lprobs = self.constrained_lprobs(model, net_output, masks)
         if sample.get("conf") is not None:  # VQA: weight each answer by its annotator confidence
             lprobs = lprobs * sample["conf"][:, None, None]
         target = model.get_targets(sample, net_output)

@@ -6,7 +6,6 @@ log-probability, computed with the model in training mode. Whatever the tuning m
 BitFit, finetuning), only its parameters receive gradients: the freeze is enforced as in cross-entropy
 training (TuningCriterion)."""
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -129,13 +128,7 @@ class ScstRewardCriterion(TuningCriterion):
 
     def caption_lprobs(self, model, net_output, target):
         """Per-token log-probabilities of the captions [N, T] and the mask of their real tokens."""
-        logits = net_output[0]
-        if self.constraint is not None:
-            start, end = self.constraint
-            logits = logits.clone()
-            logits[:, :, 4:start] = -math.inf
-            logits[:, :, end:] = -math.inf
-        lprobs = model.get_normalized_probs((logits,) + tuple(net_output[1:]), log_probs=True)
+        lprobs = self.constrained_lprobs(model, net_output)
         if self.ignore_prefix_size > 0:
             lprobs, target = lprobs[:, self.ignore_prefix_size:], target[:, self.ignore_prefix_size:]
         mask = target.ne(self.padding_idx)
