@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # fairseq-train / fairseq-generate runs end to end
+
 sys.path.insert(0, str(REPO / "experiments"))
 
 

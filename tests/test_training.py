@@ -18,6 +18,8 @@ from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint
 import tiny_data
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # fairseq-train / fairseq-generate runs end to end
+
 BIN = f"{sys.prefix}/bin"
 
 
