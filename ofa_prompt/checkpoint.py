@@ -13,6 +13,7 @@ checkpoint_best.pt) are written atomically, and a damaged file it would resume f
 training starts, with the newest readable checkpoint to resume from instead.
 """
 import argparse
+import fcntl
 import glob
 import hashlib
 import logging
@@ -273,3 +274,38 @@ def check_resume_file(model_cfg):
         option += f"{backbone} in place of --finetune-from-model {ckpt.finetune_from_model}"
     raise ValueError(message + f"The newest readable checkpoint in {ckpt.save_dir} is {good}: resume from it "
                                f"with {option}")
+
+
+LOCK_NAME = ".fairseq-train.lock"
+_held_locks = {}  # real save-dir path -> the open lock file this process holds (released when it exits)
+
+
+def claim_save_dir(model_cfg):
+    """In fairseq-train, before anything is written: take `--save-dir` for this run, so that a second run
+    started on the same folder stops at once instead of writing the same checkpoint files. An flock on a
+    file in the folder: the kernel releases it when the run ends, however it ends (SIGKILL included), so a
+    stale lock never blocks. Data-parallel ranks share the folder: rank 0 takes it."""
+    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
+    if root is None or root.get("checkpoint") is None or root.checkpoint.get("no_save", False):
+        return
+    if root.get("distributed_training") is not None and root.distributed_training.distributed_rank not in (0, None):
+        return
+    folder = os.path.realpath(root.checkpoint.save_dir)
+    if folder in _held_locks or "://" in root.checkpoint.save_dir:  # already ours, or remote storage
+        return
+    os.makedirs(folder, exist_ok=True)
+    lock = open(os.path.join(folder, LOCK_NAME), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise ValueError(f"--save-dir {root.checkpoint.save_dir} is in use by another fairseq-train ({owner}): "
+                         "two runs would write the same checkpoints; give this run its own --save-dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    _held_locks[folder] = lock
+

@@ -161,3 +161,22 @@ def test_fairseq_half_precision_on_cpu(data, reference, tmp_path, precision):
         assert v.dtype == torch.float32 and torch.equal(v, v.to(half).float())
     moments = [t for s in saved["last_optimizer_state"]["state"].values() for t in (s["exp_avg"], s["exp_avg_sq"])]
     assert len(moments) == 4 and all(t.dtype == torch.float32 for t in moments)
+
+
+def test_a_second_run_on_the_same_save_dir_refuses_to_start(data, reference, tmp_path):
+    start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4"]
+    first = subprocess.Popen(train_args(data, reference, tmp_path / "run", *start, "--max-update", "1000"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:  # the first run is training
+            if "train_inner" in line or "num_updates" in line:
+                break
+        second = subprocess.run(train_args(data, reference, tmp_path / "run", *start, "--max-update", "1"),
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0
+        assert f"--save-dir {tmp_path / 'run'} is in use by another fairseq-train (pid {first.pid})" in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    # the kernel drops the lock of a killed run: the same command then resumes there
+    assert "done training" in run(train_args(data, reference, tmp_path / "run", *start, "--max-update", "1"))

@@ -17,7 +17,7 @@ from fairseq.sequence_generator import EnsembleModel
 from fairseq.tasks import FairseqTask
 from omegaconf import DictConfig, open_dict
 
-from ..checkpoint import check_resume_file
+from ..checkpoint import check_resume_file, claim_save_dir
 from ..data.dataset import OFADataset
 from ..data.dictionary import build_ofa_dictionary
 from ..data.image import decode_image, image_size_of, to_tensor
@@ -261,6 +261,7 @@ class OFATask(FairseqTask):
     def build_model(self, cfg, from_checkpoint=False):
         if not from_checkpoint:  # fairseq-train, before its Trainer is built and loads a checkpoint
             ema.refuse_ema_eval(self.cfg)
+            claim_save_dir(cfg)
             check_resume_file(cfg)
             bf16_without_tpu(cfg)
             if isinstance(self.cfg, DictConfig):  # fairseq-train's whole configuration is its root
