@@ -15,6 +15,7 @@ from ofa_prompt.metrics.grounding import quantize_box
 from ofa_prompt.metrics.scorers import (CaptionScorer, OFAScorerConfig, RefcocoScorer, SNLIVEScorer, VQAScorer,
                                         ofa_caption_text, predictions_path, use_task_scorer)
 from ofa_prompt.atomic_file import write_atomically
+from ofa_prompt.tasks.saved_settings import explicit_keys
 from ofa_prompt.metrics.vqa import question_id
 
 
@@ -120,13 +121,13 @@ def test_without_scoring_the_task_scorer_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fairseq-generate", *argv])
     cfg = generate_config(argv)
     assert cfg.scoring._name == "bleu"  # fairseq's default
-    use_task_scorer(cfg.task)
+    use_task_scorer(cfg.task, explicit_keys(argv))
     assert OmegaConf.to_container(cfg.scoring) == {"_name": "ofa_caption", "ofa_results_file": None,
                                                    "results_path": str(tmp_path), "gen_subset": "val"}
     typed = [*argv, "--scoring", "bleu"]
     monkeypatch.setattr(sys, "argv", ["fairseq-generate", *typed])
     cfg = generate_config(typed)
-    use_task_scorer(cfg.task)
+    use_task_scorer(cfg.task, explicit_keys(typed))
     assert cfg.scoring._name == "bleu"  # asked for: kept
 
 

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import string
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -114,19 +113,18 @@ def ofa_caption_text(caption: str) -> str:
     return caption.translate(str.maketrans("", "", string.punctuation)).strip()
 
 
-def use_task_scorer(task_cfg):
+def use_task_scorer(task_cfg, explicit):
     """fairseq-generate --path with no --scoring: the task's own scorer instead of fairseq's default, bleu.
     OFA's evaluate.py needs no such option, so OFA's command lines give none and expect the task's metric
-    and {gen_subset}_predict.json. An explicit --scoring (bleu too) is kept."""
+    and {gen_subset}_predict.json. An explicit --scoring (bleu too) is kept: `explicit` holds the options
+    the command line names (saved_settings.explicit_keys)."""
     if not isinstance(task_cfg, DictConfig) or task_cfg.get("_name") not in TASK_SCORERS:
         return
     root = task_cfg._get_root()
     if "common_eval" not in root or not root.common_eval.path or "scoring" not in root:
         return  # not an evaluation (fairseq-train validates with the task's own scoring)
     current = root.scoring.get("_name") if isinstance(root.scoring, DictConfig) else root.scoring
-    # fairseq's parsers take no abbreviations (allow_abbrev=False): an explicit option is spelled in full
-    typed = any(a == "--scoring" or a.startswith("--scoring=") for a in sys.argv[1:])
-    if current != "bleu" or typed:
+    if current != "bleu" or "scoring" in explicit:
         return
     name = TASK_SCORERS[task_cfg._name]
     with open_dict(root):

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import sys
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -26,7 +27,7 @@ from ..data.tsv import TSVReader
 from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
-from .saved_settings import apply_saved_settings
+from .saved_settings import apply_saved_settings, explicit_keys
 from ..models.ofa import bf16_without_tpu
 from ..ngram_blocking import use_working_ngram_blocker
 from ..schedule import default_total_updates, plan_lr_schedule
@@ -108,7 +109,8 @@ class OFATask(FairseqTask):
         dictionary = build_ofa_dictionary(os.path.join(cfg.bpe_dir, "dict.txt"), cfg.code_dict_size, cfg.num_bins)
         logger.info("dictionary: %d types", len(dictionary))
         _skip_valid_folder_check(cfg)
-        use_task_scorer(cfg)  # fairseq-generate without --scoring (OFA's command lines): the task's metric
+        # fairseq-generate without --scoring (OFA's command lines): the task's metric
+        use_task_scorer(cfg, explicit_keys(sys.argv[1:]))
         return cls(cfg, dictionary)
 
     @property
@@ -272,10 +274,7 @@ class OFATask(FairseqTask):
             ema.evaluate_ema_of(model, ema.generate_checkpoint(self.cfg, self._checkpoints_built))
             self._checkpoints_built += 1
         if self.eval_enabled():
-            try:
-                gen_args = json.loads(self.cfg.eval_args)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--eval-args={self.cfg.eval_args!r} is not JSON: {e}")
+            gen_args = generation_options("--eval-args", self.cfg.eval_args)
             self.valid_generator = self.build_generator([model], Namespace(**gen_args))
         return model
 
@@ -338,7 +337,7 @@ class OFATask(FairseqTask):
         if eval_model is model:
             return self.valid_generator
         if self._ema_generator is None or self._ema_generator[0] is not eval_model:
-            gen_args = Namespace(**json.loads(self.cfg.eval_args))  # checked when the model was built
+            gen_args = Namespace(**generation_options("--eval-args", self.cfg.eval_args))
             self._ema_generator = (eval_model, self.build_generator([eval_model], gen_args))
         return self._ema_generator[1]
 
@@ -366,6 +365,17 @@ class AllowedTokens(EnsembleModel):
     def forward_decoder(self, *args, **kwargs):
         lprobs, attn = super().forward_decoder(*args, **kwargs)
         return lprobs.masked_fill(self.blocked.to(lprobs.device), -float("inf")), attn
+
+
+def generation_options(option: str, text: str) -> dict:
+    """The generator options a JSON option holds (--eval-args, --scst-args)."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{option}={text!r} is not JSON: {e}")
+    if not isinstance(options, dict):
+        raise ValueError(f"{option}={text!r}: expected a JSON object like '{{\"beam\": 5}}'")
+    return options
 
 
 def data_files(data: str):

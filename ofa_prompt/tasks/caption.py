@@ -1,7 +1,6 @@
 """Image captioning (`--task caption`), scored with CIDEr and BLEU-4 (`--eval-cider`, `--eval-bleu`,
 `--scoring ofa_caption`); OFA's stage 2, self-critical CIDEr optimization, with `--scst` and
 `--criterion scst_reward_criterion` (ofa_prompt/criterions/scst.py)."""
-import json
 import logging
 import os
 import random
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 
 from ..data.tokenize import clean_text
 from ..metrics.caption import BLEU_KEYS, CiderD, bleu4_from_stats, bleu_stats, scst_words, simple_tokenize
-from .base import OFATask, OFATaskConfig
+from .base import OFATask, OFATaskConfig, generation_options
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +127,7 @@ class CaptionTask(OFATask):
         return model
 
     def scst_options(self) -> dict:
-        try:
-            args = json.loads(self.cfg.scst_args)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--scst-args={self.cfg.scst_args!r} is not JSON: {e}")
-        if not isinstance(args, dict):
-            raise ValueError(f"--scst-args={self.cfg.scst_args!r}: expected a JSON object like '{{\"beam\": 5}}'")
+        args = generation_options("--scst-args", self.cfg.scst_args)
         if int(args.get("beam", 5)) < 2:  # fairseq's default beam is 5
             raise ValueError(f"--scst-args={self.cfg.scst_args}: SCST needs a beam of at least 2, since each "
                              "caption's baseline is the mean reward of the image's other captions")
