@@ -27,6 +27,18 @@ def model_args(state: dict, path: str = "checkpoint"):
     return args
 
 
+def store_model_args(state: dict, args: argparse.Namespace):
+    """Write `args` back where model_args found them, in the form found there (a dict, a Namespace)."""
+    cfg = state.get("cfg")
+    found = cfg.get("model") if isinstance(cfg, dict) else getattr(cfg, "model", None) if cfg is not None else None
+    if found is None:
+        state["args"] = args
+    elif isinstance(found, argparse.Namespace):
+        cfg["model"] = args
+    else:  # a dict or an omegaconf DictConfig: a plain dict reads back the same through model_args
+        cfg["model"] = dict(vars(args))
+
+
 def _dictionary(args, vocab_rows: int) -> Dictionary:
     bpe_dir = getattr(args, "bpe_dir", None)
     dict_path = os.path.join(bpe_dir, "dict.txt") if bpe_dir else None

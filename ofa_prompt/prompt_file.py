@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .atomic_file import atomic_path
 from .checkpoint import BACKBONE_KEY, file_fingerprint, read_checkpoint
-from .hub import model_args
+from .hub import model_args, store_model_args
 from .models.stack import build_prompt_encoder
 from .models.ofa import config_from
 from .models.prompt import StaticPrompt, fold, unfold
@@ -182,6 +182,7 @@ def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = 
         for name, value in (("prompt", True), ("prompt_type", "prefix"), ("prompt_length", info["length"]),
                             ("prompt_projection", False), ("prompt_layers", ",".join(map(str, info["layers"])))):
             setattr(args, f"{side}_{name}", value)
+    store_model_args(state, args)
     _atomic(out, lambda tmp: torch.save(state, tmp))
 
 

@@ -114,6 +114,22 @@ def test_merge_makes_one_full_checkpoint(tmp_path, reference):
     assert (logits_of(model, case) - case["outputs"]["logits"]).abs().max() < TOL
 
 
+def test_merge_onto_a_backbone_written_by_fairseq_train(tmp_path, reference):
+    """fairseq-train (this plugin included) records cfg['model'] as a plain dict, OFA's releases a Namespace."""
+    state = read_checkpoint(str(reference / "plain.pt"))
+    state["cfg"]["model"] = dict(vars(model_args(state)))
+    backbone = tmp_path / "backbone.pt"
+    torch.save(state, backbone)
+    prompts = tmp_path / "p.safetensors"
+    export_prompts(str(reference / "prompt.pt"), str(prompts))
+    merged = tmp_path / "merged.pt"
+    merge_prompts(str(backbone), str(prompts), str(merged), force_backbone=True)
+    assert isinstance(read_checkpoint(str(merged))["cfg"]["model"], dict)
+    model = load_model(str(merged), {"bpe_dir": str(reference)})  # was: prompt tables not in this model
+    case = io(reference, "prompt")
+    assert (logits_of(model, case) - case["outputs"]["logits"]).abs().max() < TOL
+
+
 def test_bad_prompt_files(tmp_path, reference):
     good = tmp_path / "good.safetensors"
     export_prompts(str(reference / "prompt.pt"), str(good))
