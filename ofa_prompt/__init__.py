@@ -1,15 +1,13 @@
 """ofa_prompt: prefix prompt tuning for OFA as a fairseq plugin (`--user-dir ofa_prompt`)."""
-import argparse
-import warnings
+import logging
 
-import torch
+# fairseq's import configures logging (the root logger at DEBUG, so PIL's DEBUG lines reach notebooks): a
+# command-line tool configures its own logging before importing the plugin, a library leaves it alone
+_root_level = logging.root.level
+from . import fairseq_compat  # noqa: E402
+logging.root.setLevel(_root_level)
 
-# OFA's checkpoints (and fairseq's own) pickle an argparse.Namespace of arguments; torch >= 2.6 loads
-# with weights_only=True and refuses it unless allow-listed. A Namespace holds plain data only.
-torch.serialization.add_safe_globals([argparse.Namespace])
-# fairseq 0.12's train step uses the deprecated torch.cuda.amp.autocast; the warning names fairseq's code,
-# not the user's, and was printed again at every update (2 lines each)
-warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.autocast", category=FutureWarning)
+fairseq_compat.install()  # every change to fairseq's behaviour: see fairseq_compat's docstring
 
 from . import criterions, metrics, models, tasks  # noqa: F401,E402  (registration with fairseq)
 from .hub import load_model  # noqa: F401,E402

@@ -12,20 +12,21 @@ fairseq-train's own checkpoint files are made safe here too: the copies it makes
 checkpoint_best.pt) are written atomically, and a damaged file it would resume from is reported before
 training starts, with the newest readable checkpoint to resume from instead.
 """
-import argparse
 import fcntl
 import glob
 import hashlib
 import logging
 import os
 import re
-import shutil
 import zipfile
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
-from fairseq.file_io import PathManager
 from omegaconf import DictConfig
+
+from .errors import InputError
+from .file_version import check_unchanged, file_version
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +36,28 @@ BACKBONE_KEY = "_ofa_prompt_backbone"
 _HASHES = {}
 
 
-def file_fingerprint(path: str) -> dict:
-    """{"path", "bytes", "sha256"} of a checkpoint file (hashed once per process and file version)."""
+def file_fingerprint(path: str, handle=None) -> dict:
+    """{"path", "bytes", "sha256"} of a checkpoint file, read from `handle` if given (an open binary file of
+    `path`, left at its start); hashed once per process and file version."""
     path = os.path.abspath(path)
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
+    version = file_version(handle.fileno() if handle is not None else path)
+    if version not in _HASHES:
         h = hashlib.sha256()
-        with open(path, "rb") as f:
+        with (nullcontext(handle) if handle is not None else open(path, "rb")) as f:
             for block in iter(lambda: f.read(1 << 24), b""):
                 h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return {"path": path, "bytes": st.st_size, "sha256": _HASHES[key]}
+            f.seek(0)
+        _HASHES[version] = h.hexdigest()
+    return {"path": path, "bytes": version[2], "sha256": _HASHES[version]}
 
 
-def read_checkpoint(path: str) -> dict:
-    """torch.load a fairseq checkpoint without running pickled code beyond argparse.Namespace."""
-    if not os.path.isfile(path):
+def read_checkpoint(path: str, handle=None) -> dict:
+    """torch.load a fairseq checkpoint (from `handle`, an open binary file of `path`, if given) without
+    running pickled code beyond argparse.Namespace."""
+    if handle is None and not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # argparse.Namespace is allow-listed by fairseq_compat.install()
+        state = torch.load(handle if handle is not None else path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupted, or not a checkpoint at all
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
     if not isinstance(state, dict) or "model" not in state:
@@ -99,13 +101,16 @@ def _with_backbone(model, state_dict: dict, prefix: str):
         raise FileNotFoundError(
             f"the backbone of this prompt-only checkpoint, {record['path']}, is missing: pass its new location with "
             f"--model-overrides \"{{'backbone': '/path/to/backbone.pt'}}\" (or overrides={{'backbone': ...}})")
-    found = file_fingerprint(path)
-    if found["sha256"] != record["sha256"] and not model.cfg.force_backbone:
-        raise CheckpointMismatchError(
-            f"backbone {path} (sha256 {found['sha256'][:12]}) is not the one the prompts were trained on "
-            f"({record['path']}, sha256 {record['sha256'][:12]}); use --model-overrides \"{{'force_backbone': True}}\" "
-            "to load it anyway")
-    backbone = read_checkpoint(path)["model"]
+    with open(path, "rb") as f:  # hashed and loaded through one handle: the version hashed is the one loaded
+        version = file_version(f.fileno())
+        found = file_fingerprint(path, f)
+        if found["sha256"] != record["sha256"] and not model.cfg.force_backbone:
+            raise CheckpointMismatchError(
+                f"backbone {path} (sha256 {found['sha256'][:12]}) is not the one the prompts were trained on "
+                f"({record['path']}, sha256 {record['sha256'][:12]}); use --model-overrides "
+                "\"{'force_backbone': True}\" to load it anyway")
+        backbone = read_checkpoint(path, f)["model"]
+        check_unchanged(path, version, file_version(f.fileno()), "while it was read as the prompts' backbone")
     if BACKBONE_KEY in backbone:
         raise CheckpointMismatchError(f"backbone {path} is itself a prompt-only checkpoint")
     for key, value in backbone.items():
@@ -113,7 +118,7 @@ def _with_backbone(model, state_dict: dict, prefix: str):
     model.cfg.backbone = path
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError, ValueError):
     pass
 
 
@@ -177,38 +182,6 @@ def _few(keys, n=6):
 
 
 # --- fairseq-train's checkpoint files -------------------------------------------------------------
-
-def _atomic_copy(original):
-    """PathManager.copy that writes local copies through a temporary file and a rename.
-
-    fairseq writes the first checkpoint of a save atomically (.tmp + rename) but makes checkpoint_last.pt
-    and checkpoint_best.pt with a plain copy: a run killed during that copy would leave a truncated
-    checkpoint_last.pt, which the next run resumes from. With a rename the old file stays whole until
-    the new one is complete."""
-    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-        if "://" in src_path or "://" in dst_path or not overwrite:
-            return original(src_path, dst_path, overwrite)  # remote storage or no-overwrite semantics
-        tmp = dst_path + ".tmp"
-        try:
-            shutil.copyfile(src_path, tmp)
-            os.replace(tmp, dst_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return True
-
-    copy.atomic = True
-    return copy
-
-
-def make_checkpoint_copies_atomic():
-    """Patch fairseq's PathManager (a class fairseq.checkpoint_utils shares) once per process."""
-    if not getattr(PathManager.copy, "atomic", False):
-        PathManager.copy = staticmethod(_atomic_copy(PathManager.copy))
-
-
-make_checkpoint_copies_atomic()  # on import of the plugin, before fairseq-train saves anything
-
 
 def unreadable(path: str) -> Optional[str]:
     """Why torch.load would fail on checkpoint `path`, or None if it looks whole. Checks the CRCs of a

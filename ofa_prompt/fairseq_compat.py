@@ -1,18 +1,37 @@
-"""Where the plugin changes stock fairseq's behaviour, each change guarded by a check that the code it
-changes is there (fairseq 0.12.x), with why.
+"""Every change the plugin makes to stock fairseq's (and torch's) behaviour, in one place. `install()`
+applies them, once, when the package is imported (fairseq imports it for --user-dir; `import ofa_prompt`
+from Python does the same); `stop_after_update_on_sigterm` is armed by the task when fairseq-train starts.
+Each change is guarded by a check that the code it changes is there (fairseq 0.12.x), and says why:
 
+* torch loads the argparse.Namespace that OFA's and fairseq's checkpoints pickle;
+* fairseq's deprecated-autocast warning (its code, not the user's) is not repeated at every update;
 * fairseq-train's EMA (--store-ema) of an OFA model is ofa_prompt.tasks.ema.OFAEMA;
 * fairseq-train's checkpoint writer keeps only the tuned tensors of a frozen backbone (model and EMA);
-* a checkpoint without EMA state (OFA's released ones) re-initializes the EMA instead of failing.
+* a checkpoint without EMA state (OFA's released ones) re-initializes the EMA instead of failing;
+* checkpoint_last.pt / checkpoint_best.pt are copied through a temporary file and a rename;
+* a checkpoint that cannot be written (a full disk) leaves no partial file and stops with one message;
+* SIGTERM stops fairseq-train after the update under way, with a checkpoint, instead of at once;
+* the plugin's input errors (ofa_prompt.errors.InputError) print as one line, without a traceback.
 """
+import argparse
 import functools
 import inspect
 import logging
+import os
 import re
+import shutil
+import signal
+import sys
+import threading
+import warnings
 
 import fairseq.trainer
+import torch
 from fairseq import checkpoint_utils
+from fairseq.file_io import PathManager
 from fairseq.models import ema as fairseq_ema
+
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 Trainer = fairseq.trainer.Trainer
@@ -36,13 +55,14 @@ def build_ema(model, config, device):
     return fairseq_ema.build_ema(model, config, device)
 
 
-# fairseq's EMA averages every state-dict entry: integer BatchNorm counters make it fail, tied embeddings are
-# averaged three times per update, a frozen backbone is copied at every update (guard: the Trainer builds its
-# EMA through the name it imported, fairseq >= 0.12)
-if callable(getattr(fairseq.trainer, "build_ema", None)):
-    fairseq.trainer.build_ema = build_ema
-else:
-    logger.warning("this fairseq's Trainer has no build_ema: --store-ema keeps fairseq's own EMA")
+def _use_ofa_ema():
+    # fairseq's EMA averages every state-dict entry: integer BatchNorm counters make it fail, tied embeddings
+    # are averaged three times per update, a frozen backbone is copied at every update (guard: the Trainer
+    # builds its EMA through the name it imported, fairseq >= 0.12)
+    if callable(getattr(fairseq.trainer, "build_ema", None)):
+        fairseq.trainer.build_ema = build_ema
+    else:
+        logger.warning("this fairseq's Trainer has no build_ema: --store-ema keeps fairseq's own EMA")
 
 
 # --- the checkpoint writer -------------------------------------------------------------------------------
@@ -60,16 +80,17 @@ def _writes_prompt_only(state_dict):
     return wrapper
 
 
-# prompt-only checkpoints: the models' state_dict() is the whole one (the EMA and torch rely on that), so the
-# tuned tensors are selected where the Trainer assembles what save_checkpoint writes (guard: it writes
-# self.state_dict(), fairseq 0.12)
-if getattr(Trainer.state_dict, "ofa_prompt_only", False):
-    pass
-elif "self.state_dict()" in _source(Trainer.save_checkpoint):
-    Trainer.state_dict = _writes_prompt_only(Trainer.state_dict)
-else:
-    logger.warning("this fairseq's Trainer.save_checkpoint does not write Trainer.state_dict(): checkpoints of "
-                   "a frozen backbone hold the whole model")
+def _write_prompt_only_checkpoints():
+    # the models' state_dict() is the whole one (the EMA and torch rely on that), so the tuned tensors are
+    # selected where the Trainer assembles what save_checkpoint writes (guard: it writes self.state_dict(),
+    # fairseq 0.12)
+    if getattr(Trainer.state_dict, "ofa_prompt_only", False):
+        pass
+    elif "self.state_dict()" in _source(Trainer.save_checkpoint):
+        Trainer.state_dict = _writes_prompt_only(Trainer.state_dict)
+    else:
+        logger.warning("this fairseq's Trainer.save_checkpoint does not write Trainer.state_dict(): checkpoints "
+                       "of a frozen backbone hold the whole model")
 
 
 # --- a checkpoint without EMA state ----------------------------------------------------------------------
@@ -93,9 +114,126 @@ def _loses_weights_before_ema_reinit(load_checkpoint) -> bool:
     return 'del state["model"]' in source and re.search(r'ema\.restore\(\s*state\["model"\]', source) is not None
 
 
-# --store-ema from a checkpoint without EMA state (OFA's scripts: --restore-file ofa_base.pt): fairseq's
-# Trainer deletes the loaded weights, then re-initializes the EMA from them (KeyError: 'model'); guard: that
-# code is there (fairseq 0.12.x)
-if _loses_weights_before_ema_reinit(Trainer.load_checkpoint) \
-        and not isinstance(fairseq.trainer.checkpoint_utils, TrainerCheckpointUtils):
-    fairseq.trainer.checkpoint_utils = TrainerCheckpointUtils()
+def _reinit_ema_without_ema_state():
+    # --store-ema from a checkpoint without EMA state (OFA's scripts: --restore-file ofa_base.pt): fairseq's
+    # Trainer deletes the loaded weights, then re-initializes the EMA from them (KeyError: 'model'); guard:
+    # that code is there (fairseq 0.12.x)
+    if _loses_weights_before_ema_reinit(Trainer.load_checkpoint) \
+            and not isinstance(fairseq.trainer.checkpoint_utils, TrainerCheckpointUtils):
+        fairseq.trainer.checkpoint_utils = TrainerCheckpointUtils()
+
+
+# --- checkpoint files ------------------------------------------------------------------------------------
+def _atomic_copy(original):
+    """PathManager.copy that writes local copies through a temporary file and a rename.
+
+    fairseq writes the first checkpoint of a save atomically (.tmp + rename) but makes checkpoint_last.pt
+    and checkpoint_best.pt with a plain copy: a run killed during that copy would leave a truncated
+    checkpoint_last.pt, which the next run resumes from. With a rename the old file stays whole until
+    the new one is complete."""
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if "://" in src_path or "://" in dst_path or not overwrite:
+            return original(src_path, dst_path, overwrite)  # remote storage or no-overwrite semantics
+        tmp = dst_path + ".tmp"
+        try:
+            shutil.copyfile(src_path, tmp)
+            os.replace(tmp, dst_path)
+        except OSError as e:
+            raise CheckpointWriteError(checkpoint_write_failure(dst_path, e)) from e
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return True
+
+    copy.atomic = True
+    return copy
+
+
+class CheckpointWriteError(InputError, OSError):
+    """A checkpoint fairseq-train could not write (a full disk, a quota, a read-only folder)."""
+
+
+def checkpoint_write_failure(path: str, error: OSError) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2 ** 20:.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return (f"cannot write checkpoint {path}: {error.strerror or error} ({free} in {folder}); the checkpoints "
+            "already there are intact and no partial file is left: make room (or move --save-dir) and run the "
+            "same command, which resumes from checkpoint_last.pt")
+
+
+def _failed_saves_leave_nothing(save):
+    """fairseq's torch_persistent_save writes FILE.tmp and renames it: when the write fails it leaves the
+    partial FILE.tmp (on a full disk, a file that keeps the disk full) and raises the bare OSError."""
+    @functools.wraps(save)
+    def wrapper(obj, filename, async_write=False):
+        try:
+            return save(obj, filename, async_write)
+        except OSError as e:
+            tmp = f"{filename}.tmp"
+            if isinstance(filename, str) and "://" not in filename and os.path.exists(tmp):
+                os.remove(tmp)
+            raise CheckpointWriteError(checkpoint_write_failure(filename, e)) from e
+
+    wrapper.leaves_nothing = True
+    return wrapper
+
+
+def _safe_checkpoint_files():
+    if not getattr(PathManager.copy, "atomic", False):  # PathManager is a class fairseq's modules share
+        PathManager.copy = staticmethod(_atomic_copy(PathManager.copy))
+    # guard: the Trainer saves through checkpoint_utils.torch_persistent_save (fairseq 0.12)
+    save = getattr(checkpoint_utils, "torch_persistent_save", None)
+    if save is not None and not getattr(save, "leaves_nothing", False) \
+            and "torch_persistent_save" in _source(Trainer.save_checkpoint):
+        checkpoint_utils.torch_persistent_save = _failed_saves_leave_nothing(save)
+
+
+# --- SIGTERM ---------------------------------------------------------------------------------------------
+def stop_after_update_on_sigterm(root_cfg):
+    """SIGTERM (a scheduler's pre-emption, `kill`) makes fairseq-train stop after the update under way, by
+    fairseq's own --stop-time-hours rule: it validates, saves checkpoint_last.pt and exits 0, and the same
+    command resumes. A second SIGTERM ends the run at once, as before. Python's default for SIGTERM is to
+    end at once, losing the updates since the last checkpoint; a handler someone else set is left alone."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        logger.warning("SIGTERM: stopping after the update under way, with a checkpoint (the same command "
+                       "resumes); a second SIGTERM stops at once")
+        root_cfg.optimization.stop_time_hours = 1e-12  # read by fairseq_cli.train.validate_and_save
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# --- messages --------------------------------------------------------------------------------------------
+def _one_line_input_errors(previous):
+    def hook(kind, value, traceback):
+        if isinstance(value, InputError) and not os.environ.get("OFA_PROMPT_TRACEBACK"):
+            print(f"{os.path.basename(sys.argv[0] or 'python')}: error: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+
+    hook.one_line_input_errors = True
+    return hook
+
+
+def install():
+    """Apply every change above, once per process."""
+    # OFA's checkpoints (and fairseq's own) pickle an argparse.Namespace of arguments; torch >= 2.6 loads with
+    # weights_only=True and refuses it unless allow-listed. A Namespace holds plain data only.
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    # fairseq 0.12's train step uses the deprecated torch.cuda.amp.autocast: the warning names fairseq's
+    # code, not the user's, and is printed again at every update (2 lines each); other warnings stay
+    warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.autocast", category=FutureWarning,
+                            module=r"fairseq\.")
+    _use_ofa_ema()
+    _write_prompt_only_checkpoints()
+    _reinit_ema_without_ema_state()
+    _safe_checkpoint_files()
+    if not getattr(sys.excepthook, "one_line_input_errors", False):
+        sys.excepthook = _one_line_input_errors(sys.excepthook)

@@ -103,7 +103,7 @@ def test_truncated_images_are_skipped_and_counted(folder):
     table = tiny_data.rows("caption", 5)
     table[0][4], table[2][4] = truncated("JPEG"), truncated("PNG", keep=0.99)
     reader = skipping_reader(folder, table)
-    assert reader.skipped == 2 and reader.lines == [2, 4, 5]
+    assert reader.skipped == 2 and list(reader.lines) == [2, 4, 5]
 
 
 def test_a_bad_first_row_fails_alone(folder):
@@ -111,7 +111,7 @@ def test_a_bad_first_row_fails_alone(folder):
     table[0] = table[0][:2]
     table[1] = table[1] + ["an unread extra column"]
     reader = skipping_reader(folder, table)
-    assert reader.skipped == 1 and reader.lines == [2, 3, 4, 5]
+    assert reader.skipped == 1 and list(reader.lines) == [2, 3, 4, 5]
 
 
 def cut_character(path, line):
@@ -129,7 +129,33 @@ def test_text_cut_inside_a_character_is_a_row_error(folder):
     with pytest.raises(BadRow, match=r"caption_train.tsv, line 3: not UTF-8 text"):
         setup("caption", folder)
     reader = TSVReader(str(folder / "caption_train.tsv"), [0, 4, 2], skip_bad_rows=True)
-    assert reader.skipped == 1 and reader.lines == [1, 2, 4, 5, 6]
+    assert reader.skipped == 1 and list(reader.lines) == [1, 2, 4, 5, 6]
+
+
+def test_a_tsv_replaced_or_changed_during_a_run(folder):
+    """Rows come from the file that was checked: a version renamed over it is not read (a spawned worker,
+    which must open it again, refuses it); a change in place is an error naming the file."""
+    import os
+    import pickle
+
+    from ofa_prompt.data.tsv import TSVReader
+    from ofa_prompt.file_version import FileChangedError
+
+    path = folder / "t.tsv"
+    tiny_data.write(path, tiny_data.rows("caption", 3))
+    reader = TSVReader(str(path), [0, 4, 2])
+    checked = [reader[i] for i in range(3)]
+    spawned = pickle.dumps(reader)  # what a spawned dataloader worker receives
+    tiny_data.write(folder / "new.tsv", tiny_data.rows("caption", 4, seed=5))
+    os.replace(folder / "new.tsv", path)
+    assert [reader[i] for i in range(3)] == checked
+    with pytest.raises(FileChangedError, match="t.tsv changed on disk after it was checked .*another file now has"):
+        pickle.loads(spawned)[0]
+    reader = TSVReader(str(path), [0, 4, 2])
+    with open(path, "ab") as f:
+        f.write(b"appended\tin\tplace\n")
+    with pytest.raises(FileChangedError, match=r"t.tsv changed on disk .*\(\d+ bytes then, \d+ now\)"):
+        reader[0]
 
 
 def test_blank_lines_are_passed_over_and_counted(folder, caplog):
@@ -140,7 +166,7 @@ def test_blank_lines_are_passed_over_and_counted(folder, caplog):
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], "", lines[1], "   \r", lines[2], ""]) + "\n")
     reader = TSVReader(str(path), [0, 4, 2])
-    assert reader.lines == [1, 3, 5] and reader.blank == 3 and reader.skipped == 0
+    assert list(reader.lines) == [1, 3, 5] and reader.blank == 3 and reader.skipped == 0
     assert "skipped 0 bad rows and 3 blank lines" in caplog.text
 
 

@@ -2,17 +2,19 @@
 are in ofa_prompt/tasks/saved_settings.py): the merge rule and the report as pure functions, the
 checkpoint formats, and stock fairseq-train / fairseq-generate on a micro snli_ve model."""
 import argparse
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from fairseq import options
+from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import tiny_data
-from conftest import MICRO, REPO
+from conftest import BPE, MICRO, REPO
 from ofa_prompt.checkpoint import BACKBONE_KEY
+from ofa_prompt.file_version import FileChangedError
 from ofa_prompt.tasks import saved_settings as ss
 from ofa_prompt.tasks.mix import SHARED
 from ofa_prompt.tasks.snli_ve import SnliVeConfig
@@ -106,15 +108,6 @@ def test_values_are_type_checked_as_the_tasks_options():
         ss.checked("snli_ve", {"prompt_type": "decoder"}, ss.OVERRIDES)
 
 
-def test_one_line_errors_without_traceback(capsys):
-    seen = []
-    hook = ss._one_line_errors(lambda *a: seen.append(a[0]))
-    hook(ss.SettingsError, ss.SettingsError("ckpt.pt was trained for --task caption"), None)
-    hook(KeyError, KeyError("x"), None)  # anything else goes to the previous hook
-    assert capsys.readouterr().err.endswith("error: ckpt.pt was trained for --task caption\n") and seen == [KeyError]
-    assert getattr(sys.excepthook, "one_line_settings_errors", False)
-
-
 # --- checkpoint formats -----------------------------------------------------------------------------
 def test_checkpoint_formats(tmp_path):
     # OFA's older files: one `args` Namespace of every option, the task's name in args.task (a legacy pickle)
@@ -186,6 +179,22 @@ def test_ensemble_members_must_agree_on_what_they_give(tmp_path, caplog):
 
 
 # --- stock fairseq-train and fairseq-generate -------------------------------------------------------
+def test_a_checkpoint_replaced_while_generate_loads_it_is_refused(tmp_path):
+    """fairseq-generate reads --path twice (task settings here, then the weights): both must be one version."""
+    ckpt = tmp_path / "checkpoint_best.pt"
+    saved = {"args": None, "cfg": {"task": {"_name": "snli_ve", "patch_image_size": 32}}, "model": {}}
+    torch.save(saved, ckpt)
+    cfg = generation_task_cfg(tmp_path, "--path", str(ckpt), "--bpe-dir", str(BPE))
+    task = tasks.setup_task(cfg)
+    assert task.cfg.patch_image_size == 32
+    newer = tmp_path / "newer.pt"
+    torch.save({**saved, "cfg": {"task": {"_name": "snli_ve", "patch_image_size": 64}}}, newer)
+    os.replace(newer, ckpt)  # a training run writing checkpoint_best.pt meanwhile
+    with pytest.raises(FileChangedError, match="checkpoint_best.pt changed on disk between fairseq-generate's "
+                                               "reading of its task settings and of its weights"):
+        task.build_model(None, from_checkpoint=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A micro snli_ve model trained (1 update) with options that all differ from their defaults."""

@@ -103,6 +103,29 @@ def test_sigkill_then_resume_is_bit_identical(data, reference, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sigterm_stops_after_the_update_with_a_checkpoint_and_resumes(data, reference, tmp_path):
+    """As a scheduler pre-empting a job: no update is lost, exit 0, the same command continues."""
+    start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4", "--max-update", "10",
+             "--save-interval-updates", "100"]  # no checkpoint but the one SIGTERM asks for
+    run(train_args(data, reference, tmp_path / "straight", *start))
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(train_args(data, reference, stopped, *start), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if re.search(r"train_inner .*num_updates=3\b", line):
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 0, "".join(log)[-3000:]
+    assert any("SIGTERM: stopping after the update under way" in line for line in log)
+    saved = read_checkpoint(str(stopped / "checkpoint_last.pt"))["optimizer_history"][-1]["num_updates"]
+    assert 3 <= saved < 10
+    resumed = run(train_args(data, reference, stopped, *start))
+    assert f"@ {saved} updates" in resumed
+    a, b = prompts(tmp_path / "straight" / "checkpoint_last.pt"), prompts(stopped / "checkpoint_last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_two_gloo_processes_equal_one_with_double_update_freq(data, reference, tmp_path):
     common = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "2", "--max-update", "2",
               "--dropout", "0", "--prompt-dropout", "0"]

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import tiny_data
 from conftest import MICRO_CLI, build_micro, common, first, make_task, run
-from ofa_prompt.tasks.vqa import answer_constraint_masks, answer_trie, inference_type
+from ofa_prompt.tasks.vqa import answer_constraint_masks, answer_coverage, answer_trie, inference_type
 
 COLORS = {"red", "green", "blue"}
 
@@ -161,6 +161,17 @@ def test_an_answer_outside_the_candidates_is_trained_unconstrained_with_a_warnin
         out = task.with_constraint_masks(sample)
     assert out["constraint_masks"].all()  # nothing masked: OFA's trie would give an infinite loss
     assert any("not among the --ans2label-file answers" in r.getMessage() for r in caplog.records)
+
+
+def test_questions_whose_best_answer_is_not_a_candidate_are_counted_at_load(data, caplog):
+    refs = ["1.0|!+red", "1.0|!+square&&0.3|!+blue", "0.6|!+square"]  # "square" is not a candidate answer
+    rows = [r[:3] + [ref] + r[4:] for r, ref in zip(tiny_data.rows("vqa_gen", 3, seed=3), refs)]
+    with caplog.at_level(logging.WARNING):
+        make_task("vqa_gen", data, train_rows=rows)
+    warned = [r.getMessage() for r in caplog.records if "is not among the 3 --ans2label-file" in r.getMessage()]
+    assert len(warned) == 1 and "vqa_gen_custom.tsv: the most confident answer of 2 of 3 questions" in warned[0]
+    assert "the best VQA score reachable on these rows is 0.4333" in warned[0]  # (1.0 + 0.3 + 0) / 3
+    assert answer_coverage({"a": 0.6, "b": 1.0}, {"a"}) == (0.6, 1.0)
 
 
 def test_rdrop_is_refused_with_constrained_training(data):

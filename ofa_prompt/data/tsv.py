@@ -1,8 +1,12 @@
 """OFA's TSV files, read lazily: one pass at start-up records where each row starts and checks it;
-rows are read on demand (every dataloader worker opens its own handle)."""
+rows are read on demand, from the file that pass read."""
 import logging
 import os
+from array import array
 from typing import Callable, List, Optional, Sequence
+
+from ..errors import InputError
+from ..file_version import check_unchanged, file_version
 
 logger = logging.getLogger(__name__)
 
@@ -10,8 +14,10 @@ logger = logging.getLogger(__name__)
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class BadRow(ValueError):
-    pass
+class BadRow(InputError, ValueError):
+    """A row that cannot be used, named by file and line."""
+
+
 
 
 class TSVReader:
@@ -20,7 +26,11 @@ class TSVReader:
     `check(columns)` validates a row's content (raise ValueError with the reason); a bad row is an
     error naming file and line, or, with skip_bad_rows, skipped and counted (`self.skipped`). Blank lines
     (an empty line, or spaces only) hold no row, so nothing is lost by passing over them: they are never an
-    error, only counted (`self.blank`) and reported, as an editor's stray empty line should not stop a run."""
+    error, only counted (`self.blank`) and reported, as an editor's stray empty line should not stop a run.
+
+    Rows are read with pread from the handle the check used, so a file replaced on disk during a run (a
+    new version written and renamed over it) is not read: the run keeps reading the rows it checked. A file
+    changed in place (same inode, another size or time) is an error naming it, never rows of two versions."""
 
     def __init__(self, path: str, selected_cols: Sequence[int], check: Optional[Callable] = None,
                  skip_bad_rows: bool = False):
@@ -28,40 +38,50 @@ class TSVReader:
             raise IsADirectoryError(f"{path} is a folder: --data names TSV files (comma-separated)")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data file not found: {path}")
-        with open(path, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":
-                raise ValueError(f"{path} is gzip-compressed: decompress it first (gunzip -k {path})")
         self.path, self.cols = path, list(selected_cols)
-        self.offsets: List[int] = []
-        self.lines: List[int] = []
+        # byte ranges and line numbers of the usable rows: arrays, 8 bytes a row (VQAv2 has ~0.66 M rows)
+        self.starts, self.ends, self.lines = array("q"), array("q"), array("q")
         self.skipped = self.blank = 0
-        self._file, self._pid = None, None
-        with open(path, "rb") as f:
-            offset = 0
-            for line_no, raw in enumerate(f, 1):
-                start, offset = offset, offset + len(raw)
-                if line_no == 1 and raw.startswith(UTF8_BOM):  # as some editors write: not part of the id
-                    start, raw = start + len(UTF8_BOM), raw[len(UTF8_BOM):]
-                if not raw.strip(b" \r\n"):
-                    self.blank += 1
-                    continue
-                try:
-                    columns = self.columns_of(raw)
-                    if check is not None:
-                        check(columns)
-                except ValueError as e:
-                    where = f"{path}, line {line_no}"
-                    if not skip_bad_rows:
-                        raise BadRow(f"{where}: {e} (pass --skip-bad-rows to skip such rows)") from None
-                    self.skipped += 1
-                    logger.warning("skipping %s: %s", where, e)
-                    continue
-                self.offsets.append(start)
-                self.lines.append(line_no)
+        self._file = open(path, "rb")
+        self._version = file_version(self._file.fileno())
+        try:
+            self._scan(check, skip_bad_rows)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _scan(self, check, skip_bad_rows):
+        path = self.path
+        if self._file.read(2) == b"\x1f\x8b":
+            raise ValueError(f"{path} is gzip-compressed: decompress it first (gunzip -k {path})")
+        self._file.seek(0)
+        offset = 0
+        for line_no, raw in enumerate(self._file, 1):
+            start, offset = offset, offset + len(raw)
+            if line_no == 1 and raw.startswith(UTF8_BOM):  # as some editors write: not part of the id
+                start, raw = start + len(UTF8_BOM), raw[len(UTF8_BOM):]
+            if not raw.strip(b" \r\n"):
+                self.blank += 1
+                continue
+            try:
+                columns = self.columns_of(raw)
+                if check is not None:
+                    check(columns)
+            except ValueError as e:
+                where = f"{path}, line {line_no}"
+                if not skip_bad_rows:
+                    raise BadRow(f"{where}: {e} (pass --skip-bad-rows to skip such rows)") from None
+                self.skipped += 1
+                logger.warning("skipping %s: %s", where, e)
+                continue
+            self.starts.append(start)
+            self.ends.append(offset)
+            self.lines.append(line_no)
+        self._check_unchanged("while it was being checked at start-up")
         if self.skipped or self.blank:
-            logger.warning("%s: %d rows read; skipped %d bad rows and %d blank lines", path, len(self.offsets),
+            logger.warning("%s: %d rows read; skipped %d bad rows and %d blank lines", path, len(self.starts),
                            self.skipped, self.blank)
-        if not self.offsets:
+        if not self.starts:
             raise BadRow(f"{path}: no usable rows")
 
     def columns_of(self, raw: bytes) -> List[str]:
@@ -80,16 +100,23 @@ class TSVReader:
         return [parts[c] for c in self.cols]
 
     def __len__(self):
-        return len(self.offsets)
+        return len(self.starts)
 
     def where(self, index: int) -> str:
         return f"{self.path}, line {self.lines[index]}"
 
     def __getitem__(self, index: int) -> List[str]:
-        if self._file is None or self._pid != os.getpid():  # dataloader workers fork: own handle each
-            self._file, self._pid = open(self.path, "rb"), os.getpid()
-        self._file.seek(self.offsets[index])
-        return self.columns_of(self._file.readline())
+        if self._file is None:
+            # a spawned dataloader worker has none (forked ones share the inherited handle: pread moves no file
+            # position, so they do not disturb each other); a new handle must be on the file that was checked
+            self._file = open(self.path, "rb")
+        self._check_unchanged("after it was checked at start-up: its rows are no longer the rows checked")
+        start = self.starts[index]
+        return self.columns_of(os.pread(self._file.fileno(), self.ends[index] - start, start))
 
-    def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None}
+    def _check_unchanged(self, when: str):
+        check_unchanged(self.path, self._version, file_version(self._file.fileno()), when)
+
+    def __getstate__(self):  # handles do not travel to spawned workers
+        return {**self.__dict__, "_file": None}
+

@@ -24,6 +24,8 @@ from ..data.dictionary import build_ofa_dictionary
 from ..data.image import decode_image, image_size_of, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
+from ..fairseq_compat import stop_after_update_on_sigterm
+from ..file_version import check_unchanged, file_version
 from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
@@ -101,8 +103,9 @@ class OFATask(FairseqTask):
             raise ValueError("--zero-shot (OFA's unconstrained zero-shot generation) is not implemented: drop it; "
                              "fairseq-generate evaluates a pretrained checkpoint (ofa_large.pt) on this task with the "
                              "task's own inference (candidate answers, location bins), its settings from the command line")
+        versions = []
         if not kwargs.get("from_checkpoint"):  # fairseq-generate --path: the checkpoint's task settings
-            apply_saved_settings(cfg, cls)
+            versions = apply_saved_settings(cfg, cls)
         if not cfg.bpe_dir:
             raise ValueError(f"--bpe-dir is required by --task {cls.__name__}: the folder holding OFA's dict.txt "
                              "(fairseq-generate also takes bpe_dir from --model-overrides, as OFA's scripts pass it)")
@@ -111,7 +114,9 @@ class OFATask(FairseqTask):
         _skip_valid_folder_check(cfg)
         # fairseq-generate without --scoring (OFA's command lines): the task's metric
         use_task_scorer(cfg, explicit_keys(sys.argv[1:]))
-        return cls(cfg, dictionary)
+        task = cls(cfg, dictionary)
+        task.checkpoint_versions = versions
+        return task
 
     @property
     def source_dictionary(self):
@@ -268,11 +273,18 @@ class OFATask(FairseqTask):
             bf16_without_tpu(cfg)
             if isinstance(self.cfg, DictConfig):  # fairseq-train's whole configuration is its root
                 plan_lr_schedule(self, self.cfg._get_root())
+                stop_after_update_on_sigterm(self.cfg._get_root())
+        if from_checkpoint:
+            # fairseq builds the models of --path in order, each after reading its checkpoint (its weights are
+            # loaded next): the file must be the version whose settings this task took
+            index, self._checkpoints_built = self._checkpoints_built, self._checkpoints_built + 1
+            if index < len(self.checkpoint_versions):
+                path, version = self.checkpoint_versions[index]
+                check_unchanged(path, version, file_version(path) if os.path.isfile(path) else None,
+                                "between fairseq-generate's reading of its task settings and of its weights")
         model = super().build_model(cfg, from_checkpoint)
         if from_checkpoint and getattr(self.cfg, "ema_eval", False):
-            # fairseq builds the models of --path in order, each followed by the load of its checkpoint's weights
-            ema.evaluate_ema_of(model, ema.generate_checkpoint(self.cfg, self._checkpoints_built))
-            self._checkpoints_built += 1
+            ema.evaluate_ema_of(model, ema.generate_checkpoint(self.cfg, self._checkpoints_built - 1))
         if self.eval_enabled():
             gen_args = generation_options("--eval-args", self.cfg.eval_args)
             self.valid_generator = self.build_generator([model], Namespace(**gen_args))
@@ -280,7 +292,8 @@ class OFATask(FairseqTask):
 
     # batches of the current update whose loss was finite (the criterion marks the others "nonfinite")
     _finite_batches = 0
-    _checkpoints_built = 0  # models built from --path checkpoints so far (--ema-eval)
+    _checkpoints_built = 0  # models built from --path checkpoints so far
+    checkpoint_versions = []  # (path, version) of the --path checkpoints whose task settings were taken
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **extra):
         # extra: fairseq's Trainer passes ema_model= too when --uses-ema; only validation uses it.

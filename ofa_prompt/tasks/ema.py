@@ -18,7 +18,6 @@ from fairseq.models.ema import EMA
 from fairseq.utils import split_paths
 from omegaconf import DictConfig
 
-from .. import fairseq_compat  # noqa: F401  (fairseq's Trainer builds its EMA of OFA models with OFAEMA)
 from ..checkpoint import BACKBONE_KEY, read_checkpoint
 from .saved_settings import SettingsError  # one line on the command line, no traceback
 

@@ -42,8 +42,7 @@ task's options), and this plugin's full and prompt-only checkpoints (fairseq-tra
 file holds it too, so the backbone file is not read). The file is opened with mmap and weights_only:
 no tensor data is read and no pickled code runs.
 
-Errors are `SettingsError`s; one that nobody catches ends the program with its message on one line,
-without a traceback (a sys.excepthook that leaves other exceptions to the previous hook).
+Errors are `SettingsError`s, input errors that the command-line tools print as one line (ofa_prompt.errors).
 """
 import argparse
 import ast
@@ -57,6 +56,9 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import InputError
+from ..file_version import file_version
 
 logger = logging.getLogger(__name__)
 
@@ -81,23 +83,8 @@ PRETRAINING_TASKS = ("mix", "ofa", "unify_task")
 OVERRIDES, COMMAND_LINE, CHECKPOINT, DEFAULT = "--model-overrides", "command line", "checkpoint", "default"
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError, ValueError):
     """A checkpoint that cannot be evaluated as asked, or contradictory options: a one-line message."""
-
-
-def _one_line_errors(previous):
-    def hook(kind, value, traceback):
-        if isinstance(value, SettingsError):
-            print(f"{os.path.basename(sys.argv[0] or 'python')}: error: {value}", file=sys.stderr)
-        else:
-            previous(kind, value, traceback)
-
-    hook.one_line_settings_errors = True
-    return hook
-
-
-if not getattr(sys.excepthook, "one_line_settings_errors", False):
-    sys.excepthook = _one_line_errors(sys.excepthook)
 
 
 # --- small pure functions ---------------------------------------------------------------------------
@@ -271,15 +258,16 @@ def checked(task_name: str, values: Dict[str, Any], source: str) -> Dict[str, An
     return {**values, **{k: getattr(merged[k], "value", merged[k]) for k in known}}
 
 
-def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None) -> None:
+def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None) -> List[tuple]:
     """Set the options of task config `cfg` (fairseq-generate's, whose root names --path) by the rules
     of this module; `task_cls` is the task's class (its default columns), `argv` the command line without
-    the program name (default sys.argv[1:])."""
+    the program name (default sys.argv[1:]). Returns the (path, version) of each --path checkpoint as
+    read here, in fairseq's loading order: its weights must come from the same versions."""
     if not isinstance(cfg, DictConfig):
-        return
+        return []
     root = cfg._get_root()
     if "common_eval" not in root or not root.common_eval.path:
-        return  # fairseq-train, or a task built without a checkpoint to evaluate
+        return []  # fairseq-train, or a task built without a checkpoint to evaluate
     task_name = cfg._name
     argv = sys.argv[1:] if argv is None else argv
     given = {k: cfg[k] for k in cfg if not k.startswith("_")}
@@ -287,6 +275,7 @@ def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None) -
     overrides = task_overrides(root.common_eval.model_overrides, given)
 
     paths = checkpoint_files(root)
+    versions = [(path, file_version(path)) if os.path.isfile(path) else (path, None) for path in paths]
     first, others = paths[0], paths[1:]
     trained, saved = saved_task(read_state(first))
     inherited = inherited_keys(task_name, trained, given, first)
@@ -314,3 +303,4 @@ def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None) -
     line = difference_line(first, differences(chosen, saved, inherited, none_means))
     if line:
         logger.warning(line)
+    return versions

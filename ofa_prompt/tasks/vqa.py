@@ -14,7 +14,7 @@ import os
 import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 from fairseq.dataclass import ChoiceEnum
@@ -87,6 +87,12 @@ def read_answer_set(path: str) -> List[str]:
         raise ValueError(f"--ans2label-file {path}: expected answers as strings (a pickled or JSON dict/list, "
                          "or one answer per line)")
     return answers
+
+
+def answer_coverage(refs: Dict[str, float], answers: Set[str]) -> Tuple[float, float]:
+    """(the best confidence among the answers of `answers`, 0 if none; the best confidence): a question
+    whose best answer is outside the candidate answers cannot be answered best by constrained inference."""
+    return max((c for a, c in refs.items() if a in answers), default=0.0), max(refs.values())
 
 
 def answer_trie(candidates: List[torch.Tensor], eos: int) -> Dict[tuple, List[int]]:
@@ -173,7 +179,7 @@ class VqaGenTask(OFATask):
             raise ValueError(f"{which} with --prompt-type=src: use prev_output (as OFA's scripts)"
                              + ("" if cfg.unconstrained_training else " or allcand"))
         self.answers = self.candidates = self.next_tokens = None
-        self._candidate_set = set()
+        self._candidate_set, self._answer_set, self._coverage = set(), set(), []
         if cfg.unconstrained_training:
             if cfg.ans2label_file:  # OFA's train_vqa_distributed.sh passes both: say what happens to it
                 logger.warning("--ans2label-file %s is not used with --unconstrained-training (as in OFA): training "
@@ -185,6 +191,7 @@ class VqaGenTask(OFATask):
             self.candidates = [self.encode(" " + a) for a in self.answers]
             self.next_tokens = answer_trie(self.candidates, dictionary.eos())
             self._candidate_set = {tuple(c.tolist()) for c in self.candidates}
+            self._answer_set = set(self.answers)
         self._every_token = torch.arange(len(dictionary))
         self._prefixes = {}  # sample id -> decoder prefix, for the batch being generated
         self._warned_free_rows = self._warned_no_hypothesis = False
@@ -196,7 +203,22 @@ class VqaGenTask(OFATask):
         _, image, question, ref, _ = cols
         self.check_image(image)
         self.check_text(clean_text(question), "question")
-        parse_answers(ref)
+        refs = parse_answers(ref)
+        if self._answer_set:
+            self._coverage.append(answer_coverage(refs, self._answer_set))
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        self._coverage = []  # filled by check_row when a file is read (once per file)
+        super().load_dataset(split, epoch, combine, **kwargs)
+        if self._coverage:
+            outside = sum(1 for best_inside, best in self._coverage if best_inside < best)
+            reachable = sum(best_inside for best_inside, _ in self._coverage) / len(self._coverage)
+            if outside:
+                logger.warning("%s: the most confident answer of %d of %d questions is not among the %d "
+                               "--ans2label-file answers: constrained inference cannot give it (the best VQA "
+                               "score reachable on these rows is %.4f), and training on them uses a loss over the "
+                               "whole vocabulary", self.datasets[split].reader.path, outside, len(self._coverage),
+                               len(self._answer_set), reachable)
 
     def question(self, question, objects):
         text = " " + clean_text(question, self.cfg.max_src_length)
