@@ -16,17 +16,18 @@ setup(
     packages=find_packages(include=["ofa_prompt", "ofa_prompt.*"]),
     install_requires=[
         FAIRSEQ,
-        # torchvision must import next to torch (timm needs it): the CUDA-enabled registry
-        # builds do, the CPU-only 2.13.0 wheel found on some machines does not.
+        # the CPU-only 2.13.0 wheel found on some machines breaks the torchvision that timm imports
         "torch>=2.1,!=2.13.0+cpu",
-        "torchvision",
-        "timm",
+        "timm",  # the ResNet blocks and stochastic depth (it brings torchvision)
         "pillow",
         "numpy",
         "pycocoevalcap",
         "safetensors",
         "pyyaml",
-        "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "experiments": ["matplotlib"],  # experiments/*.py plots
+        "tensorboard": ["tensorboard"],  # fairseq-train --tensorboard-logdir
+        "test": ["pytest", "matplotlib", "tensorboard"],  # the tests run the experiments and that flag
+    },
 )

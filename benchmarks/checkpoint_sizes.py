@@ -17,7 +17,8 @@ import torch
 from fairseq.data import Dictionary
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ofa_prompt.models.ofa import SIZES, OFAModel  # noqa: E402
+from ofa_prompt.models.archs import SIZES  # noqa: E402
+from ofa_prompt.models.ofa import OFAModel  # noqa: E402
 
 OFA_VOCAB = 59457  # GPT-2 BPE dict + <mask> + 8192 codes + 1000 bins
 

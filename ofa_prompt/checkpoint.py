@@ -12,6 +12,7 @@ fairseq-train's own checkpoint files are made safe here too: the copies it makes
 checkpoint_best.pt) are written atomically, and a damaged file it would resume from is reported before
 training starts, with the newest readable checkpoint to resume from instead.
 """
+import argparse
 import fcntl
 import glob
 import hashlib
@@ -63,6 +64,33 @@ def read_checkpoint(path: str, handle=None) -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path} is not a fairseq checkpoint (no 'model' entry)")
     return state
+
+
+def model_args(state: dict, path: str = "checkpoint"):
+    """The model arguments a checkpoint was trained with (cfg['model'] or the older top-level 'args')."""
+    cfg = state.get("cfg")
+    args = cfg.get("model") if isinstance(cfg, dict) else getattr(cfg, "model", None) if cfg is not None else None
+    if args is None:
+        args = state.get("args")
+    if args is None:
+        raise ValueError(f"{path} records no model arguments (neither cfg['model'] nor args)")
+    if isinstance(args, dict):
+        args = argparse.Namespace(**args)
+    elif not isinstance(args, argparse.Namespace):  # an omegaconf DictConfig
+        args = argparse.Namespace(**{k: args[k] for k in args})
+    return args
+
+
+def store_model_args(state: dict, args: argparse.Namespace):
+    """Write `args` back where model_args found them, in the form found there (a dict, a Namespace)."""
+    cfg = state.get("cfg")
+    found = cfg.get("model") if isinstance(cfg, dict) else getattr(cfg, "model", None) if cfg is not None else None
+    if found is None:
+        state["args"] = args
+    elif isinstance(found, argparse.Namespace):
+        cfg["model"] = args
+    else:  # a dict or an omegaconf DictConfig: a plain dict reads back the same through model_args
+        cfg["model"] = dict(vars(args))
 
 
 def tuned_state_dict(model, state: dict) -> dict:

@@ -47,6 +47,7 @@ def _source(function) -> str:
 # --- the EMA ---------------------------------------------------------------------------------------------
 def build_ema(model, config, device):
     """OFAEMA for OFA models, fairseq's EMA for any other."""
+    # imported when fairseq calls this, not at the top: the plugin's modules import this one
     from .models.ofa import OFAModel
     from .tasks.ema import OFAEMA
 

@@ -1,5 +1,4 @@
 """`load_model`: an official OFA checkpoint or one of the plugin's, as a model in eval mode."""
-import argparse
 import os
 from types import SimpleNamespace
 from typing import Optional
@@ -7,36 +6,9 @@ from typing import Optional
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
-from .checkpoint import BACKBONE_KEY, read_checkpoint
+from .checkpoint import BACKBONE_KEY, model_args, read_checkpoint
 from .data.dictionary import build_ofa_dictionary
 from .models.ofa import OFAModel
-
-
-def model_args(state: dict, path: str = "checkpoint"):
-    """The model arguments a checkpoint was trained with (cfg['model'] or the older top-level 'args')."""
-    cfg = state.get("cfg")
-    args = cfg.get("model") if isinstance(cfg, dict) else getattr(cfg, "model", None) if cfg is not None else None
-    if args is None:
-        args = state.get("args")
-    if args is None:
-        raise ValueError(f"{path} records no model arguments (neither cfg['model'] nor args)")
-    if isinstance(args, dict):
-        args = argparse.Namespace(**args)
-    elif not isinstance(args, argparse.Namespace):  # an omegaconf DictConfig
-        args = argparse.Namespace(**{k: args[k] for k in args})
-    return args
-
-
-def store_model_args(state: dict, args: argparse.Namespace):
-    """Write `args` back where model_args found them, in the form found there (a dict, a Namespace)."""
-    cfg = state.get("cfg")
-    found = cfg.get("model") if isinstance(cfg, dict) else getattr(cfg, "model", None) if cfg is not None else None
-    if found is None:
-        state["args"] = args
-    elif isinstance(found, argparse.Namespace):
-        cfg["model"] = args
-    else:  # a dict or an omegaconf DictConfig: a plain dict reads back the same through model_args
-        cfg["model"] = dict(vars(args))
 
 
 def _dictionary(args, vocab_rows: int) -> Dictionary:

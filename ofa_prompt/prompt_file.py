@@ -7,7 +7,7 @@ records the shapes it fits. safetensors runs no code on load, so files from stra
     python -m ofa_prompt.prompt_file export CHECKPOINT OUT.safetensors
     python -m ofa_prompt.prompt_file merge --backbone ofa_base.pt --prompts OUT.safetensors --out merged.pt
 
-and in Python, several prompt files on one loaded backbone: `model.set_prompts("caption.safetensors")`.
+and in Python, several prompt files on one loaded backbone: `attach_prompts(model, "caption.safetensors")`.
 """
 import argparse
 import json
@@ -20,11 +20,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic_file import atomic_path
-from .checkpoint import BACKBONE_KEY, file_fingerprint, read_checkpoint
-from .hub import model_args, store_model_args
+from .checkpoint import BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, store_model_args
 from .models.stack import build_prompt_encoder
-from .models.ofa import config_from
-from .models.prompt import StaticPrompt, fold, unfold
+from .models.config import config_from
+from .models.prompt import fold, unfold
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +32,16 @@ SIDES = ("encoder", "decoder")
 SIZES = ("embed_dim", "heads", "num_layers", "length")
 
 
-def _side_shape(cfg, side):
-    return {"embed_dim": getattr(cfg, f"{side}_embed_dim"), "heads": getattr(cfg, f"{side}_attention_heads"),
-            "num_layers": getattr(cfg, f"{side}_layers")}
+# where each side's prompt module sits in a state dict (OFA's names)
+PROMPT_KEYS = {"encoder": "encoder.encoder_prompt_encoder.", "decoder": "decoder.decoder_prompt_encoder."}
+
+
+def _stacks(cfg) -> dict:
+    return {"encoder": cfg.encoder_stack, "decoder": cfg.decoder_stack}
+
+
+def _side_shape(stack) -> dict:
+    return {"embed_dim": stack.embed_dim, "heads": stack.attention_heads, "num_layers": stack.layers}
 
 
 def export_prompts(checkpoint: str, out: str) -> dict:
@@ -43,12 +49,11 @@ def export_prompts(checkpoint: str, out: str) -> dict:
     state = read_checkpoint(checkpoint)
     cfg = config_from(model_args(state, checkpoint))
     tensors, meta = {}, {"format": FORMAT, "source": os.path.abspath(checkpoint), "sides": {}}
-    for side in SIDES:
-        module = build_prompt_encoder(cfg, side, getattr(cfg, f"{side}_embed_dim"),
-                                      getattr(cfg, f"{side}_attention_heads"), getattr(cfg, f"{side}_layers"))
+    for side, stack in _stacks(cfg).items():
+        module = build_prompt_encoder(stack)
         if module is None:
             continue
-        prefix = f"{side}.{side}_prompt_encoder."
+        prefix = PROMPT_KEYS[side]
         weights = {k[len(prefix):]: v.float() for k, v in state["model"].items() if k.startswith(prefix)}
         try:
             module.load_state_dict(weights, strict=True)
@@ -56,7 +61,7 @@ def export_prompts(checkpoint: str, out: str) -> dict:
             raise ValueError(f"{checkpoint}: the {side} prompt tensors do not fit its recorded configuration: {e}")
         for layer, (k, v) in fold(module).items():
             tensors[f"{side}.{layer}.key"], tensors[f"{side}.{layer}.value"] = k.contiguous(), v.contiguous()
-        meta["sides"][side] = {**_side_shape(cfg, side), "length": module.length, "layers": module.layers}
+        meta["sides"][side] = {**_side_shape(stack), "length": module.length, "layers": module.layers}
     if not meta["sides"]:
         raise ValueError(f"{checkpoint} has no prompts (neither --encoder-prompt nor --decoder-prompt)")
     if BACKBONE_KEY in state["model"]:
@@ -143,27 +148,23 @@ def _check_backbone(prompts: str, meta: dict, backbone: Optional[str], force: st
 
 
 def _check_fits(path: str, side: str, info: dict, cfg, target: str = "the model"):
-    have = _side_shape(cfg, side)
+    have = _side_shape(_stacks(cfg)[side])
     diff = [f"{k} {info[k]} in the file vs {have[k]} in {target}" for k in have if info[k] != have[k]]
     if diff:
         raise ValueError(f"{path} was made for another architecture ({side}: {', '.join(diff)})")
 
 
-def attach_prompts(model, prompts, force_backbone: bool = False):
-    """Use the prompts of a file on `model`'s backbone; sides the file lacks lose their prompts."""
-    path = prompts if isinstance(prompts, str) else "<prompts>"
-    kv, meta = read_prompts(prompts) if isinstance(prompts, str) else (prompts, None)
-    if meta is not None:
-        for side in kv:
-            _check_fits(path, side, meta["sides"][side], model.cfg)
-        if not force_backbone:
-            # load_model records the file it read the backbone from; in training it is --backbone
-            in_use = getattr(model, "backbone_file", None) or model.cfg.backbone
-            _check_backbone(path, meta, in_use, "pass force_backbone=True")
-    for side in SIDES:
-        module = StaticPrompt(kv[side]) if side in kv else None
-        owner = getattr(model, side)
-        setattr(owner, f"{side}_prompt_encoder", module.to(owner.layer_norm.weight) if module else None)
+def attach_prompts(model, prompts: str, force_backbone: bool = False):
+    """Use the prompts of file `prompts` on `model`'s backbone (checked against its architecture and, unless
+    forced, the backbone the prompts were tuned on); sides the file lacks lose their prompts."""
+    kv, meta = read_prompts(prompts)
+    for side in kv:
+        _check_fits(prompts, side, meta["sides"][side], model.cfg)
+    if not force_backbone:
+        # load_model records the file it read the backbone from; in training it is --backbone
+        in_use = getattr(model, "backbone_file", None) or model.cfg.backbone
+        _check_backbone(prompts, meta, in_use, "pass force_backbone=True")
+    model.set_prompts(kv)
 
 
 def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = False):
@@ -178,7 +179,8 @@ def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = 
     for side, info in meta["sides"].items():
         _check_fits(prompts, side, info, config_from(args), backbone)
         # kept in float32 even in an fp16 checkpoint: folded prompts lose ~1e-3 in half precision
-        state["model"][f"{side}.{side}_prompt_encoder.embedding.weight"] = unfold(kv[side], info["layers"]).float()
+        state["model"][PROMPT_KEYS[side] + "embedding.weight"] = unfold(kv[side], info["layers"]).float()
+        # the checkpoint records OFA's flat options (--encoder-prompt-length, ...): written by their names
         for name, value in (("prompt", True), ("prompt_type", "prefix"), ("prompt_length", info["length"]),
                             ("prompt_projection", False), ("prompt_layers", ",".join(map(str, info["layers"])))):
             setattr(args, f"{side}_{name}", value)

@@ -7,7 +7,7 @@ import torch
 from ofa_prompt import load_model
 from ofa_prompt.checkpoint import CheckpointMismatchError
 from ofa_prompt.checkpoint import read_checkpoint
-from ofa_prompt.hub import model_args
+from ofa_prompt.checkpoint import model_args
 
 from conftest import build_micro
 

@@ -121,6 +121,22 @@ def test_both_base64_alphabets_read_the_same_image():
             b64_bytes(junk)
 
 
+@pytest.mark.parametrize("imagenet", [False, True])
+def test_images_are_preprocessed_as_ofas_torchvision_pipeline(imagenet):
+    """OFA's datasets: Resize((size, size), BICUBIC), ToTensor, Normalize with OFA's or ImageNet's statistics."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    from ofa_prompt.data.image import IMAGENET_MEAN, IMAGENET_STD, OFA_MEAN, OFA_STD, to_tensor
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (OFA_MEAN, OFA_STD)
+    ofa = transforms.Compose([transforms.Resize((24, 24), interpolation=transforms.InterpolationMode.BICUBIC),
+                              transforms.ToTensor(), transforms.Normalize(mean, std)])
+    assert (to_tensor(image, 24, imagenet) - ofa(image)).abs().max() < 1e-6
+
+
 def test_a_cut_target_ends_on_a_character_boundary(caplog):
     # byte-level BPE spreads a Chinese character over several symbols: --max-tgt-length must not split one
     from conftest import BPE

@@ -6,8 +6,8 @@ import torch
 
 from ofa_prompt import load_model
 from ofa_prompt.checkpoint import BACKBONE_KEY, CheckpointMismatchError, read_checkpoint, tuned_state_dict
-from ofa_prompt.hub import model_args
-from ofa_prompt.prompt_file import export_prompts, main as prompt_file_cli, merge_prompts, read_prompts
+from ofa_prompt.checkpoint import model_args
+from ofa_prompt.prompt_file import attach_prompts, export_prompts, main as prompt_file_cli, merge_prompts, read_prompts
 
 TOL = 1e-4
 
@@ -85,7 +85,7 @@ def test_exported_prompts_give_the_checkpoint_outputs(tmp_path, reference, name)
     kv, _ = read_prompts(str(out))
     assert set(kv) == {"encoder", "decoder"}  # the MLP of prompt_proj is folded into plain tensors
     model = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
-    model.set_prompts(str(out))
+    attach_prompts(model, str(out))
     case = io(reference, name)
     assert (logits_of(model, case) - case["outputs"]["logits"]).abs().max() < TOL
 
@@ -98,7 +98,7 @@ def test_switching_prompts_on_one_backbone_equals_separate_loads(tmp_path, refer
     shared = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
     case = io(reference, "plain")
     for name in ("prompt", "prompt_proj", "prompt"):
-        shared.set_prompts(str(files[name]))
+        attach_prompts(shared, str(files[name]))
         separate = load_model(str(reference / f"{name}.pt"), {"bpe_dir": str(reference)})
         assert (logits_of(shared, case) - logits_of(separate, case)).abs().max() < TOL
 
@@ -144,7 +144,7 @@ def test_bad_prompt_files(tmp_path, reference):
     wider = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
     wider.cfg.encoder_attention_heads = 8  # stands for a model of another architecture
     with pytest.raises(ValueError, match="another architecture .*heads 4 in the file vs 8"):
-        wider.set_prompts(str(good))
+        attach_prompts(wider, str(good))
     wider.cfg.encoder_attention_heads = 4
     # stand-ins for models of another depth and width
     for key, value, expected in (("encoder_layers", 3, "num_layers 2 in the file vs 3"),
@@ -152,7 +152,7 @@ def test_bad_prompt_files(tmp_path, reference):
         original = getattr(wider.cfg, key)
         setattr(wider.cfg, key, value)
         with pytest.raises(ValueError, match=f"good.safetensors was made for another architecture .*{expected}"):
-            wider.set_prompts(str(good))
+            attach_prompts(wider, str(good))
         setattr(wider.cfg, key, original)
 
 
@@ -183,8 +183,8 @@ def test_prompt_file_checked_against_the_backbone_in_use(tmp_path, reference, ba
     ckpt, prompts = tmp_path / "checkpoint_best.pt", tmp_path / "caption.safetensors"
     write_prompt_checkpoint(reference, backbone, ckpt)
     assert export_prompts(str(ckpt), str(prompts))["backbone"]["path"] == str(backbone)
-    load_model(str(backbone)).set_prompts(str(prompts))  # the backbone it was tuned on
-    load_model(str(ckpt)).set_prompts(str(prompts))  # the same backbone, read through a prompt-only checkpoint
+    attach_prompts(load_model(str(backbone)), str(prompts))  # the backbone it was tuned on
+    attach_prompts(load_model(str(ckpt)), str(prompts))  # the same backbone, read through a prompt-only checkpoint
     other = tmp_path / "other.pt"
     state = read_checkpoint(str(backbone))
     state["model"]["encoder.layer_norm.bias"] = state["model"]["encoder.layer_norm.bias"] + 1
@@ -192,8 +192,8 @@ def test_prompt_file_checked_against_the_backbone_in_use(tmp_path, reference, ba
     model = load_model(str(other))
     mismatch = f"{prompts} was tuned on backbone {backbone} .*not on {other} "
     with pytest.raises(ValueError, match=mismatch + ".*force_backbone=True"):
-        model.set_prompts(str(prompts))
-    model.set_prompts(str(prompts), force_backbone=True)
+        attach_prompts(model, str(prompts))
+    attach_prompts(model, str(prompts), force_backbone=True)
     merged = tmp_path / "merged.pt"
     with pytest.raises(ValueError, match=mismatch + ".*--force-backbone"):
         prompt_file_cli(["merge", "--backbone", str(other), "--prompts", str(prompts), "--out", str(merged)])

@@ -16,7 +16,7 @@ from conftest import BPE, MICRO, REPO
 from ofa_prompt.checkpoint import BACKBONE_KEY
 from ofa_prompt.file_version import FileChangedError
 from ofa_prompt.tasks import saved_settings as ss
-from ofa_prompt.tasks.mix import SHARED
+from ofa_prompt.tasks.saved_settings import SHARED
 from ofa_prompt.tasks.snli_ve import SnliVeConfig
 
 BIN = f"{sys.prefix}/bin"

@@ -126,6 +126,13 @@ def test_sigterm_stops_after_the_update_with_a_checkpoint_and_resumes(data, refe
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_tensorboard_logdir_writes_event_files(data, reference, tmp_path):
+    """fairseq's --tensorboard-logdir needs the `tensorboard` extra (without it fairseq only warns)."""
+    run(train_args(data, reference, tmp_path / "run", "--finetune-from-model", str(reference / "plain.pt"),
+                   "--batch-size", "4", "--max-update", "2", "--tensorboard-logdir", str(tmp_path / "tb")))
+    assert list((tmp_path / "tb" / "train_inner").glob("events.out.tfevents.*"))
+
+
 def test_two_gloo_processes_equal_one_with_double_update_freq(data, reference, tmp_path):
     common = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "2", "--max-update", "2",
               "--dropout", "0", "--prompt-dropout", "0"]

@@ -6,14 +6,15 @@ import torch.nn as nn
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor
 
-from .stack import TransformerStack
+from .stack import TransformerStack, build_prompt_encoder
 
 
 class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
     def __init__(self, cfg, dictionary, embed_tokens):
         super().__init__(dictionary)
         dim = cfg.decoder_embed_dim
-        self.init_stack(cfg, "decoder", embed_tokens, cfg.max_target_positions)
+        self.decoder_prompt_encoder = build_prompt_encoder(cfg.decoder_stack)  # first: OFA's parameter order
+        self.init_stack(cfg, cfg.decoder_stack, embed_tokens, cfg.max_target_positions)
         self.self_pos_q_linear = nn.Linear(dim, dim)
         self.self_pos_k_linear = nn.Linear(dim, dim)
         self.cross_pos_q_linear = nn.Linear(dim, dim)
@@ -92,6 +93,13 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
                 attn = layer_attn
         x = self.layer_norm(x)
         return x, {"attn": [attn], "inner_states": [s.transpose(0, 1) for s in inner_states]}
+
+    @property
+    def prompts(self):
+        return self.decoder_prompt_encoder
+
+    def set_prompts(self, module):
+        self.decoder_prompt_encoder = module
 
     def decoder_prompt_encoder_output(self, bsz, incremental_state):
         """Prompt keys/values for this call. During incremental decoding they are only needed on the

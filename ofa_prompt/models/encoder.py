@@ -8,14 +8,15 @@ from torch import Tensor
 
 from .position import image_position_ids
 from .resnet import RESNET_BLOCKS, ResNet
-from .stack import TransformerStack, embedding
+from .stack import TransformerStack, build_prompt_encoder, embedding
 
 
 class OFAEncoder(FairseqEncoder, TransformerStack):
     def __init__(self, cfg, dictionary, embed_tokens):
         super().__init__(dictionary)
         dim = cfg.encoder_embed_dim
-        self.init_stack(cfg, "encoder", embed_tokens, cfg.max_source_positions)
+        self.encoder_prompt_encoder = build_prompt_encoder(cfg.encoder_stack)  # first: OFA's parameter order
+        self.init_stack(cfg, cfg.encoder_stack, embed_tokens, cfg.max_source_positions)
         self.type_embedding = embedding(2, dim) if cfg.add_type_embedding else None
         if cfg.resnet_type not in RESNET_BLOCKS:
             raise ValueError(f"--resnet-type={cfg.resnet_type}: choose one of {sorted(RESNET_BLOCKS)}")
@@ -27,6 +28,13 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         self.pos_k_linear = nn.Linear(dim, dim)
         self.image_bucket_size = cfg.image_bucket_size
         self.max_source_positions = cfg.max_source_positions
+
+    @property
+    def prompts(self):
+        return self.encoder_prompt_encoder
+
+    def set_prompts(self, module):
+        self.encoder_prompt_encoder = module
 
     def embed_image(self, patch_images: Tensor):
         """ResNet features projected to the model width: ([B, N, C] embeddings, [N] patch ids)."""

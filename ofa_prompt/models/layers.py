@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import Tensor
 
 from .attention import MultiheadAttention, Prefix
@@ -13,25 +14,6 @@ from .attention import MultiheadAttention, Prefix
 def drop_path_rates(max_rate: float, n: int):
     """Stochastic depth growing linearly from 0 at the first layer to max_rate at the last."""
     return [max_rate * i / max(n - 1, 1) for i in range(n)]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch of a sample with probability p."""
-
-    def __init__(self, p: float = 0.0, batch_dim: int = 0):
-        super().__init__()
-        self.p, self.batch_dim = p, batch_dim
-
-    def forward(self, x):
-        if self.p == 0.0 or not self.training:
-            return x
-        shape = [1] * x.dim()
-        shape[self.batch_dim] = x.size(self.batch_dim)
-        keep = x.new_empty(shape).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-    def extra_repr(self):
-        return f"p={self.p}"
 
 
 class Adapter(nn.Module):
@@ -64,11 +46,9 @@ class TransformerLayer(nn.Module):
     layers `self_attn_ln` / `cross_attn_ln`.
     """
 
-    def __init__(self, cfg, decoder: bool, drop_path: float = 0.0):
+    def __init__(self, cfg, stack, decoder: bool, drop_path: float = 0.0):
         super().__init__()
-        dim = cfg.decoder_embed_dim if decoder else cfg.encoder_embed_dim
-        ffn = cfg.decoder_ffn_embed_dim if decoder else cfg.encoder_ffn_embed_dim
-        heads = cfg.decoder_attention_heads if decoder else cfg.encoder_attention_heads
+        dim, ffn, heads = stack.embed_dim, stack.ffn_embed_dim, stack.attention_heads
         self.decoder = decoder
 
         def attention(cross):
@@ -94,7 +74,7 @@ class TransformerLayer(nn.Module):
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
         self.activation = {"gelu": lambda x: F.gelu(x), "relu": F.relu, "tanh": torch.tanh,
                            "gelu_fast": lambda x: F.gelu(x, approximate="tanh")}[cfg.activation_fn]
-        self.drop_path = DropPath(drop_path, batch_dim=0)
+        self.drop_path = DropPath(drop_path)  # one draw per sample: x is batch-first
         for fc in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)

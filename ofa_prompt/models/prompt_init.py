@@ -42,19 +42,20 @@ def _kv_from_inputs(layers, inputs: Dict[int, torch.Tensor]):
 
 def backbone_states(model, side: str, tokens: torch.Tensor):
     """Inputs [1, T, C] of every `side` layer for `tokens`, with all prompts switched off."""
-    prompts = {s: getattr(getattr(model, s), f"{s}_prompt_encoder") for s in ("encoder", "decoder")}
+    stacks = (model.encoder, model.decoder)
+    prompts = [stack.prompts for stack in stacks]
     was_training = model.training
     model.eval()
     try:
-        for s in prompts:
-            setattr(getattr(model, s), f"{s}_prompt_encoder", None)
+        for stack in stacks:
+            stack.set_prompts(None)
         enc = model.encoder(tokens, src_lengths=torch.tensor([tokens.size(1)], device=tokens.device),
                             return_all_hiddens=True)
         states = enc["encoder_states"] if side == "encoder" else \
             model.decoder(tokens, encoder_out=enc, features_only=True)[1]["inner_states"]
     finally:
-        for s, module in prompts.items():
-            setattr(getattr(model, s), f"{s}_prompt_encoder", module)
+        for stack, module in zip(stacks, prompts):
+            stack.set_prompts(module)
         model.train(was_training)
     return [state.transpose(0, 1) for state in states]
 
@@ -65,9 +66,8 @@ def init_prompts(model, method: str, seed: int = 0):
         return
     if method not in PROMPT_INITS:
         raise ValueError(f"--prompt-init={method}: choose one of {PROMPT_INITS}")
-    for side in ("encoder", "decoder"):
-        stack = getattr(model, side)
-        prompt = getattr(stack, f"{side}_prompt_encoder")
+    for side, stack in (("encoder", model.encoder), ("decoder", model.decoder)):
+        prompt = stack.prompts
         if prompt is None:
             continue
         device = prompt.embedding.weight.device

@@ -1,12 +1,16 @@
 """OFA's image stem: the first three stages of a bottleneck ResNet (1024 channels, stride 16).
 
-Parameter names follow torchvision / OFA (`conv1`, `bn1`, `layer1.0.downsample.1`, ...) so that
-official checkpoints load as they are.
+The blocks are timm's (OFA's are an adaptation of them): parameter names `conv1`, `bn1`,
+`layer1.0.downsample.1`, ... as in OFA, so official checkpoints load as they are. The stages are put
+together here rather than by timm's ResNet, because OFA stops after the third stage and spreads its
+stochastic depth over the blocks of those three only (timm's schedule would count a fourth).
 """
 import torch
 import torch.nn as nn
+from timm.layers import DropPath
+from timm.models.resnet import Bottleneck, downsample_conv
 
-from .layers import DropPath, drop_path_rates
+from .layers import drop_path_rates
 
 # OFA's "resnet18" is not torchvision's: it also uses bottleneck blocks.
 RESNET_BLOCKS = {
@@ -42,30 +46,6 @@ def make_norm(kind: str):
     return nn.BatchNorm2d
 
 
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None, norm=nn.BatchNorm2d, drop_path=0.0):
-        super().__init__()
-        width = planes
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = norm(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = norm(width)
-        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
-        self.bn3 = norm(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.drop_path = DropPath(drop_path, batch_dim=0)
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(identity + self.drop_path(out))
-
-
 class ResNet(nn.Module):
     """Stem + layer1..layer3 of a bottleneck ResNet; returns [B, 1024, H/16, W/16]."""
 
@@ -90,15 +70,15 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _make_layer(self, planes, blocks, stride, norm_layer, rates):
+        out = planes * Bottleneck.expansion
         downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                norm_layer(planes * Bottleneck.expansion),
-            )
-        block_list = [Bottleneck(self.inplanes, planes, stride, downsample, norm_layer, rates[0])]
-        self.inplanes = planes * Bottleneck.expansion
-        block_list += [Bottleneck(self.inplanes, planes, norm=norm_layer, drop_path=r) for r in rates[1:]]
+        if stride != 1 or self.inplanes != out:
+            downsample = downsample_conv(self.inplanes, out, kernel_size=1, stride=stride, norm_layer=norm_layer)
+        block_list = []
+        for i, rate in enumerate(rates):
+            block_list.append(Bottleneck(self.inplanes, planes, stride if i == 0 else 1, downsample if i == 0 else None,
+                                         norm_layer=norm_layer, drop_path=DropPath(rate) if rate > 0 else None))
+            self.inplanes = out
         return nn.Sequential(*block_list)
 
     def forward(self, x):

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import StackConfig
 from .layers import TransformerLayer, drop_path_rates
 from .position import image_bucket_matrix, num_image_buckets, token_bucket_matrix
 from .prompt import PromptEncoder, parse_prompt_layers
@@ -21,21 +22,22 @@ def embedding(num, dim, padding_idx=None, zero=False):
 
 class TransformerStack:
     """What encoder and decoder share (a mix-in for their fairseq base classes): token embedding,
-    prompts, layers, absolute position tables with their LayerNorms, per-layer relative-position tables
+    layers, absolute position tables with their LayerNorms, per-layer relative-position tables
     and the bucket index buffers. Attribute names are OFA's, so checkpoints load as they are."""
 
-    def init_stack(self, cfg, side: str, embed_tokens, max_positions: int):
-        dim, heads = getattr(cfg, f"{side}_embed_dim"), getattr(cfg, f"{side}_attention_heads")
-        num_layers = getattr(cfg, f"{side}_layers")
+    def init_stack(self, cfg, stack: StackConfig, embed_tokens, max_positions: int):
+        """The shared modules, sized by `stack` (cfg.encoder_stack or cfg.decoder_stack); the prompts are
+        the stack's own attribute (OFA's name: encoder_prompt_encoder, decoder_prompt_encoder)."""
+        dim, heads, num_layers = stack.embed_dim, stack.attention_heads, stack.layers
         self.register_buffer("version", torch.Tensor([3]))
-        setattr(self, f"{side}_prompt_encoder", build_prompt_encoder(cfg, side, dim, heads, num_layers))
         self.padding_idx = embed_tokens.padding_idx
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if cfg.no_scale_embedding else dim ** 0.5
         self.layernorm_embedding = nn.LayerNorm(dim) if cfg.layernorm_embedding else None
         self.dropout = nn.Dropout(cfg.dropout)
-        rates = drop_path_rates(getattr(cfg, f"{side}_drop_path_rate"), num_layers)
-        self.layers = nn.ModuleList(TransformerLayer(cfg, decoder=side == "decoder", drop_path=r) for r in rates)
+        rates = drop_path_rates(stack.drop_path_rate, num_layers)
+        self.layers = nn.ModuleList(TransformerLayer(cfg, stack, decoder=stack.name == "decoder", drop_path=r)
+                                    for r in rates)
         self.layer_norm = nn.LayerNorm(dim)
         self.num_heads = heads
         self.embed_positions = embedding(max_positions + 2, dim)
@@ -50,6 +52,14 @@ class TransformerStack:
         # Pure functions of the config: recomputed on load whether or not a checkpoint carries them.
         self.register_buffer("token_rp_bucket", token_bucket_matrix(cfg.token_bucket_size), persistent=False)
         self.register_buffer("image_rp_bucket", image_bucket_matrix(cfg.image_bucket_size), persistent=False)
+
+    @property
+    def prompts(self) -> Optional[nn.Module]:
+        """This stack's prompts (a PromptEncoder, a StaticPrompt, or None)."""
+        raise NotImplementedError
+
+    def set_prompts(self, module: Optional[nn.Module]):
+        raise NotImplementedError
 
     def pos_bias(self, q_linear, k_linear, q_pos, k_pos):
         """(q_linear(q_pos) . k_linear(k_pos)) * scaling, per head: [B, H, Tq, Tk]."""
@@ -68,12 +78,14 @@ class TransformerStack:
         return F.embedding(buckets, self.image_rel_pos_table_list[layer].weight).permute(2, 0, 1)
 
 
-def build_prompt_encoder(cfg, side: str, dim: int, heads: int, num_layers: int) -> Optional[PromptEncoder]:
-    if not getattr(cfg, f"{side}_prompt"):
+def build_prompt_encoder(stack: StackConfig) -> Optional[PromptEncoder]:
+    """The prefix prompts of `stack` (None without prompts): where prompts enter attention is
+    TransformerLayer.forward's `prefix`, which the stacks hand each layer from this module's output."""
+    prompt = stack.prompt
+    if prompt is None:
         return None
-    length = getattr(cfg, f"{side}_prompt_length")
-    if length < 1:
-        raise ValueError(f"--{side}-prompt-length must be at least 1, got {length}")
-    layers = parse_prompt_layers(getattr(cfg, f"{side}_prompt_layers"), num_layers, f"{side}-prompt-layers")
-    return PromptEncoder(length, dim, heads, layers, getattr(cfg, f"{side}_prompt_projection"),
-                         getattr(cfg, f"{side}_prompt_dim"), cfg.prompt_dropout)
+    if prompt.length < 1:
+        raise ValueError(f"--{stack.name}-prompt-length must be at least 1, got {prompt.length}")
+    layers = parse_prompt_layers(prompt.layers, stack.layers, f"{stack.name}-prompt-layers")
+    return PromptEncoder(prompt.length, stack.embed_dim, stack.attention_heads, layers, prompt.projection,
+                         prompt.dim, prompt.dropout)

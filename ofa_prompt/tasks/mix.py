@@ -19,10 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..data.dataset import MixDataset
 from .base import OFATask, OFATaskConfig
+from .saved_settings import SHARED
 
-# one dictionary and one image size for every batch: the mix sets these for all its tasks
-SHARED = ("bpe_dir", "text_tokenizer", "code_dict_size", "num_bins", "patch_image_size",
-          "imagenet_default_mean_and_std")
 # the mix's values are every task's defaults, which an entry may change
 INHERITED = ("max_src_length", "max_tgt_length", "max_image_size", "skip_bad_rows")
 

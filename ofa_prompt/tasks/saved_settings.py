@@ -57,6 +57,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..checkpoint import unreadable
 from ..errors import InputError
 from ..file_version import file_version
 
@@ -80,6 +81,10 @@ NOT_FROM_CHECKPOINT = {
     "ema_eval": "this run's choice of weights", "zero_shot": "this run's choice (refused)",
 }
 PRETRAINING_TASKS = ("mix", "ofa", "unify_task")
+# one dictionary and one image size for every batch: a pretraining mix (--task mix) sets these for all its
+# tasks, and a task evaluating a pretrained checkpoint takes them from it
+SHARED = ("bpe_dir", "text_tokenizer", "code_dict_size", "num_bins", "patch_image_size",
+          "imagenet_default_mean_and_std")
 OVERRIDES, COMMAND_LINE, CHECKPOINT, DEFAULT = "--model-overrides", "command line", "checkpoint", "default"
 
 
@@ -133,8 +138,6 @@ def inherited_keys(requested: str, trained: Optional[str], keys: Iterable[str], 
     if trained == requested:
         return keys
     if trained in PRETRAINING_TASKS:
-        from .mix import SHARED  # (mix imports the tasks' base module, which imports this one)
-
         return keys & set(SHARED)
     raise SettingsError(f"{path} was trained for --task {trained}, not --task {requested}: evaluate it with "
                         f"--task {trained}, or give a checkpoint trained for {requested}")
@@ -223,8 +226,6 @@ def read_state(path: str) -> dict:
         # mmap needs the zip format torch.save writes; older pickles are read whole
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # truncated, corrupted, or not a checkpoint
-        from ..checkpoint import unreadable
-
         why = unreadable(path) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         raise SettingsError(f"cannot read checkpoint {path} (--path): {why}") from e
 
