@@ -1,11 +1,18 @@
-"""YAML configurations: every shipped file parses and becomes a command fairseq's own parser accepts;
-mistakes are errors that name the key."""
+"""YAML configurations: every shipped file parses and becomes a command fairseq's own parser accepts, the
+shipped runs' commands stay those recorded in tests/data/config_commands.json; mistakes are errors that name
+the key.
+
+After an intended change to a shipped configuration's options, rewrite the recorded commands with
+`python3 tests/test_configs.py --write-golden` and review the diff of the JSON file."""
+import json
+import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from fairseq import options
 
 from ofa_prompt import yaml_config
@@ -33,9 +40,25 @@ def test_configs_are_shipped():
                 assert f"{size}/{task}_{method}.yaml" in names
 
 
+def base_files(path: Path) -> set:
+    """Every file `path` extends, directly or through its bases."""
+    bases = yaml.safe_load(path.read_text()).get("base", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    found = {(path.parent / b).resolve() for b in bases}
+    return found.union(*(base_files(b) for b in found))
+
+
+USED_AS_BASE = set().union(*(base_files(p) for p in RUNNABLE))
+
+
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.relative_to(CONFIGS).as_posix())
-def test_every_yaml_loads(path):
-    load(str(path))
+def test_every_yaml_loads_and_is_used(path):
+    cfg = load(str(path))
+    assert cfg and set(cfg) <= {*yaml_config.SCALARS, *yaml_config.SECTIONS}
+    for section in yaml_config.SECTIONS:  # option names come out in fairseq's dashed form
+        assert all(yaml_config.OPTION_NAME.match(name) for name in cfg.get(section, {})), section
+    # a file no run reaches would be dead settings a reader takes for the paper's
+    assert path in RUNNABLE or path.resolve() in USED_AS_BASE, f"{path}: not runnable and no runnable config's base"
 
 
 def parse_train(command):
@@ -63,6 +86,88 @@ def test_paper_prompt_setups(size, task):
     assert args.encoder_prompt_length == args.decoder_prompt_length == 64
     assert args.lr == [0.03] and args.patch_image_size == 480
     assert args.finetune_from_model == f"checkpoints/{size}.pt"
+
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "config_commands.json"
+CHECKPOINT = "CHECKPOINT.pt"
+
+
+def recorded_name(path: Path) -> str:
+    return path.relative_to(CONFIGS.parent).as_posix()
+
+
+def command_lines(name: str) -> dict:
+    """{"train": ..., "generate": ...}: the lines `python -m ofa_prompt.yaml_config [--generate CHECKPOINT.pt] NAME`
+    prints from the repo root, the installed package's folder (--user-dir) written USER_DIR."""
+    path, user_dir = str(CONFIGS.parent / name), yaml_config.default_user_dir()
+    return {"train": shlex.join(build_command(path)).replace(user_dir, "USER_DIR"),
+            "generate": shlex.join(build_command(path, checkpoint=CHECKPOINT)).replace(user_dir, "USER_DIR")}
+
+
+def option_groups(line: str):
+    """(program and data argument, the options as sorted (--name[, value]) tuples).
+
+    fairseq-train and fairseq-generate read their options with argparse, which sets each option wherever it
+    stands when every option is given once (only a repeated option depends on order: the last one wins), so
+    the comparison ignores the order the YAML bases merge the options in and refuses a repeated option;
+    test_recorded_and_current_commands_parse_alike checks the same on fairseq's own parser."""
+    tokens = shlex.split(line)
+    groups, i = [], 2
+    while i < len(tokens):
+        name = tokens[i]
+        if not name.startswith("--"):
+            raise ValueError(f"{name!r} follows {tokens[i - 1]!r}: one value per option expected")
+        takes_value = i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
+        groups.append((name, tokens[i + 1]) if takes_value else (name,))
+        i += 2 if takes_value else 1
+    names = [g[0] for g in groups]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"option(s) given twice, so their order matters: {', '.join(repeated)}")
+    return tokens[:2], sorted(groups)
+
+
+def test_option_groups_tell_commands_apart():
+    line = "fairseq-train a.tsv --task caption --lr 0.03 --fp16 --eval-args '{\"beam\":5}'"
+    assert option_groups(line) == (["fairseq-train", "a.tsv"], [
+        ("--eval-args", '{"beam":5}'), ("--fp16",), ("--lr", "0.03"), ("--task", "caption")])
+    assert option_groups("fairseq-train a.tsv --fp16 --lr 0.03 --task caption --eval-args '{\"beam\":5}'") \
+        == option_groups(line)  # reordered: the same command to argparse
+    for changed in (line.replace(" --fp16", ""), line.replace("0.03", "0.3"), line.replace("a.tsv", "b.tsv"),
+                    line.replace("--fp16", "--fp16 --cpu"), line.replace("--lr 0.03", "--lr-scheduler 0.03")):
+        assert option_groups(changed) != option_groups(line), changed
+    with pytest.raises(ValueError, match="given twice.*--lr"):
+        option_groups(line + " --lr 0.1")
+    with pytest.raises(ValueError, match="one value per option"):
+        option_groups("fairseq-train a.tsv --lr 0.03 0.1")
+
+
+RECORDED = json.loads(GOLDEN.read_text())
+
+
+def test_every_runnable_config_is_recorded():
+    assert sorted(map(recorded_name, RUNNABLE)) == sorted(RECORDED), \
+        "a configuration was added or removed: see this module's docstring"
+
+
+@pytest.mark.parametrize("mode", ["train", "generate"])
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_commands_are_the_recorded_ones(name, mode):
+    recorded, current = option_groups(RECORDED[name][mode]), option_groups(command_lines(name)[mode])
+    assert current[0] == recorded[0]
+    lost = [g for g in recorded[1] if g not in current[1]]
+    added = [g for g in current[1] if g not in recorded[1]]
+    assert not lost and not added, f"{name} {mode}: lost {lost}, added {added}"
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_recorded_and_current_commands_parse_alike(name):
+    user_dir, lines = yaml_config.default_user_dir(), command_lines(name)
+    for mode, parser in (("train", options.get_training_parser), ("generate", options.get_generation_parser)):
+        recorded, current = (shlex.split(RECORDED[name][mode].replace("USER_DIR", user_dir))[1:],
+                             shlex.split(lines[mode].replace("USER_DIR", user_dir))[1:])
+        assert vars(options.parse_args_and_arch(parser(), input_args=current)) == \
+            vars(options.parse_args_and_arch(parser(), input_args=recorded)), f"{name} {mode}"
 
 
 def write(tmp_path, name, text):
@@ -151,3 +256,12 @@ def test_environment_variables(tmp_path, monkeypatch):
     monkeypatch.delenv("ROOT")
     with pytest.raises(ConfigError, match=r"env.yaml: data: uses \$ROOT, which is not set"):
         build_command(path)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-golden"]:
+        sys.exit(f"usage: python3 {sys.argv[0]} --write-golden   (rewrites {GOLDEN})")
+    os.environ.update(DEMO_ENV)  # as in the tests, so $DEMO_DATA / $DEMO_RUNS read the same
+    lines = {recorded_name(path): command_lines(recorded_name(path)) for path in RUNNABLE}
+    GOLDEN.write_text(json.dumps(lines, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")

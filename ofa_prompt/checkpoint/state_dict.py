@@ -1,0 +1,104 @@
+"""Loading a state dict strictly: official OFA checkpoints may carry the relative-position index buffers
+(pure functions of the config, rebuilt here) and may lack the parameters of the tuning method being
+started (prompts, adapters), which are initialized fresh; everything else must match exactly. A
+prompt-only state dict gets its backbone back from the file it records."""
+import logging
+import os
+
+from ..errors import InputError
+from ..file_version import check_unchanged, file_version
+from .files import read_checkpoint
+from .prompt_only import BACKBONE_KEY, file_fingerprint
+
+logger = logging.getLogger(__name__)
+
+# Deterministic index buffers that OFA stores in its checkpoints; this model rebuilds them.
+INDEX_BUFFERS = ("token_rp_bucket", "image_rp_bucket", "image_position_idx")
+
+
+class CheckpointMismatchError(InputError, ValueError):
+    pass
+
+
+def _with_backbone(model, state_dict: dict, prefix: str):
+    """Fill a prompt-only state dict with the backbone it records (or --backbone), checking its hash."""
+    record = state_dict.pop(prefix + BACKBONE_KEY)
+    path = model.cfg.backbone if model.cfg.backbone and os.path.isfile(model.cfg.backbone) else record["path"]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"the backbone of this prompt-only checkpoint, {record['path']}, is missing: pass its new location with "
+            f"--model-overrides \"{{'backbone': '/path/to/backbone.pt'}}\" (or overrides={{'backbone': ...}})")
+    with open(path, "rb") as f:  # hashed and loaded through one handle: the version hashed is the one loaded
+        version = file_version(f.fileno())
+        found = file_fingerprint(path, f)
+        if found["sha256"] != record["sha256"] and not model.cfg.force_backbone:
+            raise CheckpointMismatchError(
+                f"backbone {path} (sha256 {found['sha256'][:12]}) is not the one the prompts were trained on "
+                f"({record['path']}, sha256 {record['sha256'][:12]}); use --model-overrides "
+                "\"{'force_backbone': True}\" to load it anyway")
+        backbone = read_checkpoint(path, f)["model"]
+        check_unchanged(path, version, file_version(f.fileno()), "while it was read as the prompts' backbone")
+    if BACKBONE_KEY in backbone:
+        raise CheckpointMismatchError(f"backbone {path} is itself a prompt-only checkpoint")
+    for key, value in backbone.items():
+        state_dict.setdefault(prefix + key, value)
+    model.cfg.backbone = path
+
+
+def upgrade_state_dict(model, state_dict, name=""):
+    """Make an OFA state dict loadable by `model` with strict=True, or explain why it is not."""
+    prefix = f"{name}." if name else ""
+    if prefix + BACKBONE_KEY in state_dict:
+        _with_backbone(model, state_dict, prefix)
+    for key in [k for k in state_dict if k.rsplit(".", 1)[-1] in INDEX_BUFFERS]:
+        del state_dict[key]
+
+    own = model.full_state_dict()
+    out_proj = prefix + "decoder.output_projection.weight"
+    if out_proj not in state_dict and (prefix + "decoder.embed_tokens.weight") in state_dict \
+            and model.cfg.share_decoder_input_output_embed:
+        state_dict[out_proj] = state_dict[prefix + "decoder.embed_tokens.weight"]
+
+    fresh, missing = [], []
+    for key, value in own.items():
+        full = prefix + key
+        if full in state_dict:
+            continue
+        if key.endswith(".version") or _created_by_tuning(key):
+            state_dict[full] = value  # new parameters start from their initialization
+            if not key.endswith(".version"):
+                fresh.append(key)
+        else:
+            missing.append(key)
+    unexpected = [k[len(prefix):] for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in own]
+    mismatched = [(k, tuple(state_dict[prefix + k].shape), tuple(v.shape)) for k, v in own.items()
+                  if prefix + k in state_dict and tuple(state_dict[prefix + k].shape) != tuple(v.shape)]
+
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {_few(missing)}")
+    if unexpected:
+        problems.append(f"in the checkpoint but not in this model: {_few(unexpected)}")
+    for key, theirs, ours in mismatched[:5]:
+        hint = ""
+        if key.endswith("embed_tokens.weight") or key.endswith("output_projection.weight"):
+            hint = f" (the checkpoint's dictionary has {theirs[0]} entries, the task's {ours[0]})"
+        problems.append(f"{key}: shape {list(theirs)} in the checkpoint, {list(ours)} in the model{hint}")
+    if problems:
+        raise CheckpointMismatchError(
+            "the checkpoint does not fit this model's architecture (check --arch and the size, prompt "
+            "and adapter options):\n  " + "\n  ".join(problems))
+    model.fresh_prompts = not any("_prompt_encoder." in k for k in own if k not in fresh)
+    if fresh:
+        logger.info("initialized %d tensors that the checkpoint lacks (tuning parameters): %s",
+                    len(fresh), _few(fresh))
+
+
+def _created_by_tuning(key: str) -> bool:
+    return "_prompt_encoder." in key or ".adapter." in key
+
+
+def _few(keys, n=6):
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
