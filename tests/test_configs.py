@@ -240,6 +240,7 @@ def test_base_cycle_and_missing_file(tmp_path):
         load(str(tmp_path / "missing.yaml"))
 
 
+@pytest.mark.slow
 def test_command_line_prints_the_command_or_the_error(tmp_path):
     path = write(tmp_path, "c.yaml", BASIC)
     ok = subprocess.run([sys.executable, "-m", "ofa_prompt.yaml_config", path, "lr=0.1"], capture_output=True, text=True)

@@ -73,6 +73,7 @@ def test_first_training_step_reports_and_enforces_the_freeze(caplog):
     assert f"tuning method prompt: {n} of" in caplog.text
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_skips_the_update_in_a_real_trainer(tmp_path, caplog):
     """Through fairseq's Trainer: a poisoned batch changes neither the prompts nor Adam's state (Adam with
     weight decay would move them even with zero gradients), and --max-nonfinite-losses still stops."""

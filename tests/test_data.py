@@ -48,6 +48,7 @@ def test_one_training_file_is_loaded_once(folder):
     assert not caption_task(folder, f"{folder}/a.tsv").has_sharded_data("train")
 
 
+@pytest.mark.slow
 def test_fairseq_train_reads_the_second_file_in_epoch_two(folder, tmp_path):
     log = run([f"{sys.prefix}/bin/fairseq-train", f"{folder}/a.tsv,{folder}/b.tsv,{folder}/valid.tsv",
                *common("caption", folder), *MICRO_CLI, "--criterion", "adjust_label_smoothed_cross_entropy",

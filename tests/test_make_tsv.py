@@ -341,6 +341,7 @@ def test_progress_is_logged_every_n_rows(images, tmp_path, caplog):
     assert [m.split(" rows")[0] for m in progress] == ["2", "4"]
 
 
+@pytest.mark.slow
 def test_cli(images, tmp_path):
     folder, raw = images
     ann = write_csv(tmp_path / "ann.csv", [{"image": n, "hypothesis": f"a {c} square", "label": "entailment"}

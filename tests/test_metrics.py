@@ -49,6 +49,7 @@ def test_vqa_scores_by_hand():
         parse_answers("red&&blue")
 
 
+@pytest.mark.slow
 def test_caption_scores_equal_pycocoevalcap_direct():
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -76,6 +77,7 @@ def test_caption_scores_without_java(monkeypatch, caplog):
     assert simple_tokenize("A red circle, above a Blue square.") == "a red circle above a blue square"
 
 
+@pytest.mark.slow
 def test_scorers_and_results_file(tmp_path):
     out = tmp_path / "r.jsonl"
     text = drive(VQAScorer(OFAScorerConfig(ofa_results_file=str(out))),

@@ -76,6 +76,7 @@ def test_validation_reads_each_tasks_evaluation_file(data):
     assert len(t.datasets["valid"]) == 4 * 3
 
 
+@pytest.mark.slow
 def test_mix_inherits_lengths_but_entries_win(data):
     t = setup(data, mix_json(data), "--max-src-length", "20")
     assert t.tasks["caption"].cfg.max_src_length == 20 and t.tasks["snli_ve"].cfg.max_src_length == 40
@@ -105,6 +106,7 @@ def test_mix_tasks_must_be_a_json_mapping(data, text):
         setup(data, text)
 
 
+@pytest.mark.slow
 def test_fairseq_train_on_the_mix_then_generate_one_task(data, tmp_path):
     save = tmp_path / "ckpt"
     cmd = ["fairseq-train", *mix_args(data, mix_json(data), *MICRO_CLI, "--tuning-method", "finetune",

@@ -35,6 +35,7 @@ def mode(path):
 
 
 # --- each task's predictions, as OFA's utils/eval_utils.py writes them ------------------------------
+@pytest.mark.slow
 def test_caption_predictions_read_as_coco_eval_reads_them(tmp_path):
     """run_scripts/caption/coco_eval.py: COCO(label_file).loadRes(res_file), a JSON list of {image_id, caption}."""
     from pycocotools.coco import COCO

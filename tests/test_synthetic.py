@@ -180,6 +180,7 @@ def test_dictionary_covers_every_word(data):
             assert set(r[3].split()) | set(r[4].split()) | {r[5]} <= vocab
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     import subprocess
     import sys

@@ -204,6 +204,7 @@ def test_ofas_misspelled_criterion_name():
     assert issubclass(CRITERION_REGISTRY["ajust_label_smoothed_cross_entropy"], AdjustLabelSmoothedCrossEntropy)
 
 
+@pytest.mark.slow
 def test_fairseq_train_with_ofas_vqa_options(data, tmp_path):
     """OFA's VQA script options: EMA validation (with stock fairseq 0.12's EMA: a finetuned model's integer
     BatchNorm counters, a prompt-only state dict, a starting checkpoint without EMA state), beam search over

@@ -54,6 +54,7 @@ def test_load_and_collate(task, data):
         assert t.decode(batch["target"][0]) in {"yes", "no", "maybe"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", TASKS)
 def test_fairseq_train_then_generate(task, data, tmp_path):
     bin_dir = f"{sys.prefix}/bin"
