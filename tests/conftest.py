@@ -65,9 +65,15 @@ def reference():
 
 # --- the tasks over tiny TSVs: fairseq-train / fairseq-generate command lines and task objects ---------
 TASKS = ["caption", "vqa_gen", "refcoco", "snli_ve"]
-MICRO_CLI = ("--arch ofa_prompt_tiny --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64 "
-             "--encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128 --encoder-attention-heads 4 "
-             "--decoder-attention-heads 4 --resnet-type resnet18").split()
+
+
+def as_options(values: dict) -> list:
+    """{"encoder_layers": 2, ...} as command-line options ["--encoder-layers", "2", ...]."""
+    return [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+MICRO_SIZES = {k: v for k, v in MICRO.items() if k not in ("arch", "dropout")}  # for another --arch
+MICRO_CLI = as_options({k: v for k, v in MICRO.items() if k != "dropout"})
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +105,19 @@ def run(cmd, timeout=300, **kwargs):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return p.stdout + p.stderr
+
+
+def setup_task(task, data, *extra, split="train"):
+    """Task `task` as fairseq-train sets it up from a command line over the `data` folder (with `extra`
+    options), its training set loaded."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        f"{data}/{task}_{split}.tsv,{data}/{task}_test.tsv", *common(task, data), *extra, *MICRO_CLI])
+    t = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    t.load_dataset("train")
+    return t
 
 
 def make_task(name, data, train_rows=None, **options):

@@ -8,7 +8,7 @@ from PIL import Image
 import tiny_data
 from ofa_prompt.data.image import BadImage, decode_image
 from ofa_prompt.data.tsv import BadRow
-from test_tasks import setup
+from conftest import setup_task as setup
 
 
 @pytest.fixture
@@ -77,16 +77,7 @@ def skipping_reader(folder, table):
     """The training reader of the caption task run with --skip-bad-rows over `table`."""
     tiny_data.write(folder / "caption_train.tsv", table)
     tiny_data.write(folder / "caption_test.tsv", tiny_data.rows("caption", 2))
-    from fairseq import options
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-    from fairseq import tasks
-
-    from test_tasks import MICRO_CLI, common
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [f"{folder}/caption_train.tsv,{folder}/caption_test.tsv",
-                                                *common("caption", folder), "--skip-bad-rows", *MICRO_CLI])
-    t = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
-    t.load_dataset("train")
+    t = setup("caption", folder, "--skip-bad-rows")
     return t.datasets["train"].reader
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import tiny_data
 from ofa_prompt.data.image import image_size_of
-from test_tasks import MICRO_CLI, common, run
+from conftest import MICRO_CLI, common, run
 
 
 @pytest.fixture

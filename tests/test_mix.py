@@ -11,7 +11,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import tiny_data
 from conftest import REPO
-from test_tasks import MICRO_CLI, TASKS
+from conftest import MICRO_CLI, TASKS
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

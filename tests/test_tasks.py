@@ -5,25 +5,10 @@ import sys
 import pytest
 from fairseq import tasks
 
-# MICRO_CLI, TASKS, common, run and the `data` fixture live in conftest.py (other test modules still import
-# the first four from here)
-from conftest import MICRO_CLI, TASKS, common, run
+from conftest import MICRO_CLI, TASKS, common, run, setup_task as setup
 
 SCORER = {"caption": ("ofa_caption", "CIDEr"), "vqa_gen": ("ofa_vqa", "accuracy"),
           "refcoco": ("ofa_refcoco", "Acc@0.5"), "snli_ve": ("ofa_snli_ve", "accuracy")}
-
-
-def setup(task, data, split="train"):
-    from fairseq import options
-
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [f"{data}/{task}_{split}.tsv,{data}/{task}_test.tsv", *common(task, data),
-                                                *MICRO_CLI])
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    t = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
-    t.load_dataset("train")
-    return t
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -16,7 +16,7 @@ from ofa_prompt import load_model
 from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint
 
 import tiny_data
-from conftest import REPO
+from conftest import MICRO_SIZES, REPO, as_options
 
 pytestmark = pytest.mark.slow  # fairseq-train / fairseq-generate runs end to end
 
@@ -35,9 +35,7 @@ def task_args(reference):
 
 def train_args(data, reference, save_dir, *extra):
     return [f"{BIN}/fairseq-train", f"{data},{data}", *task_args(reference),
-            "--arch", "ofa_prompt_base", "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64",
-            "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
-            "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--resnet-type", "resnet18",
+            "--arch", "ofa_prompt_base", *as_options(MICRO_SIZES),
             "--encoder-prompt", "--decoder-prompt", "--encoder-prompt-length", "8", "--decoder-prompt-length", "8",
             "--criterion", "adjust_label_smoothed_cross_entropy", "--optimizer", "adam", "--lr", "0.03",
             "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
