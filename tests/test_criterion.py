@@ -61,16 +61,23 @@ def test_nonfinite_loss_is_skipped_then_stops(caplog):
         crit(model, sample)
 
 
-def test_first_training_step_reports_and_enforces_the_freeze(caplog):
+def test_training_start_reports_and_enforces_the_freeze(caplog, data):
+    """fairseq-train calls the task's begin_epoch after loading the checkpoint: the first call enforces the
+    freeze and reports the trainable share, once."""
     import logging
+
+    from conftest import make_task
 
     caplog.set_level(logging.INFO)
     model = build_micro(encoder_prompt=True, encoder_prompt_length=2).train()
     model.encoder.layers[0].fc1.weight.requires_grad_(True)  # someone unfroze a backbone tensor
-    criterion(model)(model, sample_of(model))
+    task = make_task("caption", data)
+    task.begin_epoch(1, model)
     assert not model.encoder.layers[0].fc1.weight.requires_grad
     n = model.encoder.encoder_prompt_encoder.embedding.weight.numel()
     assert f"tuning method prompt: {n} of" in caplog.text
+    task.begin_epoch(2, model)
+    assert caplog.text.count("tuning method prompt:") == 1
 
 
 @pytest.mark.slow

@@ -176,12 +176,13 @@ def test_loss_is_the_formula_over_beam_captions_with_prompts(data):
                        "decoder.decoder_prompt_encoder.embedding.weight"}
 
 
-def test_first_training_step_enforces_the_freeze(data, caplog):
+def test_training_start_enforces_the_freeze(data, caplog):
     task, model, criterion = scst_setup(data, '{"beam": 2, "max_len_b": 3}', bitfit=True)
     leaked = model.decoder.layers[0].fc1.weight
     leaked.requires_grad_(True)  # e.g. a script that unfroze something after the model was built
     with caplog.at_level(logging.INFO):
-        criterion(model.train(), first(task, 2))
+        task.begin_epoch(1, model.train())  # as fairseq-train does before the first update
+        criterion(model, first(task, 2))
     assert not leaked.requires_grad
     assert any("wrong requires_grad for --tuning-method bitfit" in r.getMessage() for r in caplog.records)
     assert any("tuning method bitfit:" in r.getMessage() for r in caplog.records)

@@ -131,6 +131,14 @@ def test_tensorboard_logdir_writes_event_files(data, reference, tmp_path):
     assert list((tmp_path / "tb" / "train_inner").glob("events.out.tfevents.*"))
 
 
+def test_prompt_init_applies_when_training_starts_and_not_on_resume(data, reference, tmp_path):
+    start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4", "--prompt-init", "vocab"]
+    first = run(train_args(data, reference, tmp_path, *start, "--max-update", "1"))
+    assert first.count("prompts initialized with --prompt-init=vocab") == 1
+    resumed = run(train_args(data, reference, tmp_path, *start, "--max-update", "2"))
+    assert "@ 1 updates" in resumed and "prompts initialized" not in resumed  # the trained prompts are kept
+
+
 def test_two_gloo_processes_equal_one_with_double_update_freq(data, reference, tmp_path):
     common = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "2", "--max-update", "2",
               "--dropout", "0", "--prompt-dropout", "0"]

@@ -45,8 +45,9 @@ def _with_backbone(model, state_dict: dict, prefix: str):
     model.cfg.backbone = path
 
 
-def upgrade_state_dict(model, state_dict, name=""):
-    """Make an OFA state dict loadable by `model` with strict=True, or explain why it is not."""
+def upgrade_state_dict(model, state_dict, name="") -> set:
+    """Make an OFA state dict loadable by `model` with strict=True, or explain why it is not. Returns the
+    names of the tuning tensors the checkpoint lacks, which keep the model's fresh initialization."""
     prefix = f"{name}." if name else ""
     if prefix + BACKBONE_KEY in state_dict:
         _with_backbone(model, state_dict, prefix)
@@ -88,10 +89,10 @@ def upgrade_state_dict(model, state_dict, name=""):
         raise CheckpointMismatchError(
             "the checkpoint does not fit this model's architecture (check --arch and the size, prompt "
             "and adapter options):\n  " + "\n  ".join(problems))
-    model.fresh_prompts = not any("_prompt_encoder." in k for k in own if k not in fresh)
     if fresh:
         logger.info("initialized %d tensors that the checkpoint lacks (tuning parameters): %s",
                     len(fresh), _few(fresh))
+    return set(fresh)
 
 
 def _created_by_tuning(key: str) -> bool:

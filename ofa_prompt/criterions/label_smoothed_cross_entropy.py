@@ -1,6 +1,5 @@
-"""OFA's label-smoothed cross-entropy (`adjust_label_smoothed_cross_entropy`), which also guards the
-frozen backbone: on the first training step it checks that exactly the tuning method's parameters
-require gradients and logs how many there are."""
+"""OFA's label-smoothed cross-entropy (`adjust_label_smoothed_cross_entropy`, and OFA's misspelling), with
+its drop-worst, R-Drop and constraint options, skipping batches whose loss is not finite."""
 import logging
 import math
 from dataclasses import dataclass, field
@@ -12,9 +11,6 @@ from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
-
-from ..models.prompt_init import init_prompts
-from ..models.tuning import apply_tuning, count_trainable, is_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -91,34 +87,12 @@ def _repeat_twice(x):
 
 
 class TuningCriterion(FairseqCriterion):
-    """What every training criterion of the plugin does besides its loss: enforce the tuning method's
-    freeze on the first training step (and report its size), and skip batches whose loss is NaN/inf."""
+    """What every training criterion of the plugin does besides its loss: skip batches whose loss is
+    NaN/inf (the freeze and prompt initialization happen when training starts: models.tuning)."""
 
     def __init__(self, task, max_nonfinite_losses=5):
         super().__init__(task)
-        self._checked_freeze = False
         self.max_nonfinite, self._nonfinite_run = max_nonfinite_losses, 0
-
-    def check_freeze(self, model):
-        """Enforce the tuning method's freeze once, when training starts, and report its size."""
-        model = getattr(model, "module", model)
-        method = getattr(model, "tuning", None)
-        if method is None:
-            return
-        wrong = [n for n, p in model.named_parameters() if p.requires_grad != is_trainable(n, method)
-                 and not (method == "finetune" and "embed_tokens" in n)]
-        if wrong:
-            logger.warning("%d parameters had the wrong requires_grad for --tuning-method %s (e.g. %s); "
-                           "re-applying the freeze", len(wrong), method, wrong[0])
-            apply_tuning(model, method, model.cfg)
-        if model.fresh_prompts and model.cfg.prompt_init != "random":
-            init_prompts(model, model.cfg.prompt_init, model.cfg.prompt_init_seed)
-            logger.info("prompts initialized with --prompt-init=%s", model.cfg.prompt_init)
-        model.fresh_prompts = False
-        trainable, total = count_trainable(model)
-        logger.info("tuning method %s: %d of %d parameters trainable (%.3f%%)", method, trainable, total,
-                    100.0 * trainable / max(total, 1))
-        self._checked_freeze = True
 
     def constrained_lprobs(self, model, net_output, masks=None):
         """The model's log-probabilities with disallowed tokens at -inf: outside `masks` (OFA's constraint
@@ -178,8 +152,6 @@ class AdjustLabelSmoothedCrossEntropy(TuningCriterion):
         self.constraint = parse_constraint_range(constraint_range)
 
     def forward(self, model, sample, update_num=0, reduce=True):
-        if model.training and not self._checked_freeze:
-            self.check_freeze(model)
         if self.use_rdrop and model.training:
             sample = _repeat_twice(sample)
         net_output = model(**sample["net_input"])

@@ -72,8 +72,6 @@ class ScstRewardCriterion(TuningCriterion):
         self.constraint = parse_constraint_range(constraint_range)
 
     def forward(self, model, sample, update_num=0, reduce=True):
-        if model.training and not self._checked_freeze:
-            self.check_freeze(model)
         captions = self.generate_captions(model, sample)
         texts = [[self.task.decode(c) for c in caps] for caps in captions]
         rewards = self.task.scst_rewards(texts, sample["refs"])

@@ -17,7 +17,7 @@ from .decoder import OFADecoder
 from .encoder import OFAEncoder
 from .prompt import Prefix, StaticPrompt
 from .stack import embedding
-from .tuning import apply_tuning, resolve_tuning
+from .tuning import apply_tuning, is_prompt, resolve_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class OFAModel(FairseqEncoderDecoderModel):
         self.cfg = cfg
         self.tuning = resolve_tuning(cfg)
         apply_tuning(self, self.tuning, cfg)
-        # True until prompts are loaded from a checkpoint: only fresh prompts get --prompt-init
-        self.fresh_prompts = True
+        # the tensors of the last checkpoint loaded that it lacked (None: none loaded, all are fresh)
+        self.tensors_not_in_checkpoint = None
 
     @classmethod
     def build_model(cls, args, task):
@@ -108,8 +108,16 @@ class OFAModel(FairseqEncoderDecoderModel):
             module = StaticPrompt(kv[side]).to(stack.layer_norm.weight) if side in kv else None
             stack.set_prompts(module)
 
+    @property
+    def fresh_prompts(self) -> bool:
+        """No prompt tensor came from a checkpoint: --prompt-init applies (ofa_prompt.models.tuning)."""
+        if self.tensors_not_in_checkpoint is None:
+            return True
+        return not any(is_prompt(k) for k in self.full_state_dict() if k not in self.tensors_not_in_checkpoint)
+
     def upgrade_state_dict_named(self, state_dict, name):
-        upgrade_state_dict(self, state_dict, name)
+        # fairseq calls this with every state dict it is about to load into the model
+        self.tensors_not_in_checkpoint = upgrade_state_dict(self, state_dict, name)
 
 
 @register_model("ofa", dataclass=OFAConfig)

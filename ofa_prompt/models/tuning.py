@@ -5,6 +5,8 @@ so the optimizer only ever sees the method's own parameters.
 """
 import logging
 
+from .prompt_init import init_prompts
+
 logger = logging.getLogger(__name__)
 
 TUNING_METHODS = ["auto", "prompt", "adapter", "bitfit", "finetune"]
@@ -23,11 +25,15 @@ def resolve_tuning(cfg) -> str:
     return "finetune"
 
 
+def is_prompt(name: str) -> bool:
+    return "_prompt_encoder." in name
+
+
 def is_trainable(name: str, method: str) -> bool:
     if method == "finetune":
         return True
     if method == "prompt":  # adapters, if also built (--adapter), train with the prompts as in OFA
-        return "_prompt_encoder." in name or ".adapter." in name
+        return is_prompt(name) or ".adapter." in name
     if method == "adapter":
         return ".adapter." in name
     if method == "bitfit":  # every bias of the transformer; the ResNet keeps its BatchNorm frozen
@@ -40,10 +46,30 @@ def apply_tuning(model, method: str, cfg=None):
     for name, p in model.named_parameters():
         p.requires_grad_(is_trainable(name, method))
     if method == "finetune" and cfg is not None:
-        for side in ("encoder", "decoder"):
-            if getattr(cfg, f"freeze_{side}_embedding", False):
-                getattr(model, side).embed_tokens.weight.requires_grad_(False)
+        if cfg.freeze_encoder_embedding:
+            model.encoder.embed_tokens.weight.requires_grad_(False)
+        if cfg.freeze_decoder_embedding:
+            model.decoder.embed_tokens.weight.requires_grad_(False)
     return count_trainable(model)
+
+
+def prepare_for_training(model):
+    """What happens once when training starts, after fairseq has loaded the checkpoint (the task's
+    begin_epoch calls it): the tuning method's freeze is enforced, fresh prompts get --prompt-init, and
+    the trainable share is reported."""
+    method = model.tuning
+    wrong = [n for n, p in model.named_parameters() if p.requires_grad != is_trainable(n, method)
+             and not (method == "finetune" and "embed_tokens" in n)]
+    if wrong:
+        logger.warning("%d parameters had the wrong requires_grad for --tuning-method %s (e.g. %s); "
+                       "re-applying the freeze", len(wrong), method, wrong[0])
+        apply_tuning(model, method, model.cfg)
+    if model.cfg.prompt_init != "random" and model.fresh_prompts:
+        init_prompts(model, model.cfg.prompt_init, model.cfg.prompt_init_seed)
+        logger.info("prompts initialized with --prompt-init=%s", model.cfg.prompt_init)
+    trainable, total = count_trainable(model)
+    logger.info("tuning method %s: %d of %d parameters trainable (%.3f%%)", method, trainable, total,
+                100.0 * trainable / max(total, 1))
 
 
 def count_trainable(model):

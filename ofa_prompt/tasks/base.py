@@ -31,6 +31,7 @@ from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
 from .saved_settings import apply_saved_settings, explicit_keys
 from ..models.ofa import bf16_without_tpu
+from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..schedule import default_total_updates, plan_lr_schedule
 
@@ -292,8 +293,17 @@ class OFATask(FairseqTask):
 
     # batches of the current update whose loss was finite (the criterion marks the others "nonfinite")
     _finite_batches = 0
+    _prepared_for_training = False
     _checkpoints_built = 0  # models built from --path checkpoints so far
     checkpoint_versions = []  # (path, version) of the --path checkpoints whose task settings were taken
+
+    def begin_epoch(self, epoch, model):
+        # fairseq-train calls this at the start of every epoch, after loading the checkpoint: the first call
+        # of a run prepares the model for training (freeze, --prompt-init, the trainable share)
+        super().begin_epoch(epoch, model)
+        if not self._prepared_for_training:
+            prepare_for_training(getattr(model, "module", model))
+            self._prepared_for_training = True
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **extra):
         # extra: fairseq's Trainer passes ema_model= too when --uses-ema; only validation uses it.
