@@ -1,6 +1,7 @@
 """Every change the plugin makes to stock fairseq's (and torch's) behaviour, in one place. `install()`
 applies them, once, when the package is imported (fairseq imports it for --user-dir; `import ofa_prompt`
-from Python does the same); `stop_after_update_on_sigterm` is armed by the task when fairseq-train starts.
+from Python does the same); `stop_after_update_on_sigterm` and `bf16_without_tpu` are applied by the task
+when fairseq-train starts (they need its configuration).
 Each change is guarded by a check that the code it changes is there (fairseq 0.12.x), and says why:
 
 * torch loads the argparse.Namespace that OFA's and fairseq's checkpoints pickle;
@@ -11,10 +12,12 @@ Each change is guarded by a check that the code it changes is there (fairseq 0.1
 * checkpoint_last.pt / checkpoint_best.pt are copied through a temporary file and a rename;
 * a checkpoint that cannot be written (a full disk) leaves no partial file and stops with one message;
 * SIGTERM stops fairseq-train after the update under way, with a checkpoint, instead of at once;
+* --bf16 without torch_xla trains in bfloat16 on the CPU or GPU instead of asking for a TPU;
 * the plugin's input errors (ofa_prompt.errors.InputError) print as one line, without a traceback.
 """
 import argparse
 import functools
+import importlib.util
 import inspect
 import logging
 import os
@@ -30,6 +33,7 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 from fairseq.models import ema as fairseq_ema
+from omegaconf import DictConfig, open_dict
 
 from .errors import InputError
 
@@ -209,6 +213,22 @@ def stop_after_update_on_sigterm(root_cfg):
         root_cfg.optimization.stop_time_hours = 1e-12  # read by fairseq_cli.train.validate_and_save
 
     signal.signal(signal.SIGTERM, handler)
+
+
+# --- --bf16 without a TPU -------------------------------------------------------------------------------
+def bf16_without_tpu(model_cfg):
+    """fairseq's options turn --bf16 into --tpu (bf16 meant TPUs when they were written), and its Trainer
+    then asks torch_xla for a device. Without torch_xla, train in bfloat16 on the CPU or GPU instead:
+    fairseq's own bf16 path (model in bfloat16, FP16Optimizer with float32 master copies, no loss scaling).
+    Must run before the Trainer is built, which reads common.tpu; `model_cfg` is fairseq-train's cfg.model."""
+    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
+    common = root.get("common") if root is not None and "common" in root else None
+    if common is None or not (common.bf16 and common.tpu) or importlib.util.find_spec("torch_xla") is not None:
+        return
+    with open_dict(common):
+        common.tpu = False
+    logger.info("--bf16 without torch_xla: training in bfloat16 on the %s, not on a TPU",
+                "CPU" if common.cpu or not torch.cuda.is_available() else "GPU")
 
 
 # --- messages --------------------------------------------------------------------------------------------

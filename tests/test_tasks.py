@@ -107,3 +107,18 @@ def test_generation_starts_from_bos_as_training_does(task, data):
     with torch.no_grad():
         hypos = t.generate(generator, [model], sample)
     assert len(hypos) == 2 and first and all(f.eq(t.dictionary.bos()).all() for f in first)
+
+
+def test_refcoco_generates_four_location_tokens_and_leaves_the_options_alone(data):
+    """OFA's refcoco decodes exactly four location tokens whatever the lengths given; the generation options
+    fairseq passes in (its cfg.generation, shared with everything else) are not rewritten."""
+    from argparse import Namespace
+
+    from conftest import build_micro
+
+    t = setup("refcoco", data)
+    model = build_micro(dictionary=t.dictionary).eval()
+    given = Namespace(beam=2, max_len_a=1.5, max_len_b=16, min_len=1)
+    generator = t.build_generator([model], given)
+    assert (generator.max_len_a, generator.max_len_b, generator.min_len) == (0, 4, 4)
+    assert vars(given) == {"beam": 2, "max_len_a": 1.5, "max_len_b": 16, "min_len": 1}

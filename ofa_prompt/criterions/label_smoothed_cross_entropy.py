@@ -12,6 +12,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
+from ..tasks.base import NONFINITE
+
 logger = logging.getLogger(__name__)
 
 
@@ -174,7 +176,7 @@ class AdjustLabelSmoothedCrossEntropy(TuningCriterion):
         if model.training:
             # OFATask.optimizer_step skips an update made only of such batches. The key is in every training
             # output because data-parallel ranks sum the outputs key by key.
-            logging_output["nonfinite"] = int(skipped)
+            logging_output[NONFINITE] = int(skipped)
         if self.report_accuracy:
             mask = target.ne(self.padding_idx)
             logging_output["n_correct"] = utils.item(lprobs.argmax(-1)[mask].eq(target[mask]).sum())

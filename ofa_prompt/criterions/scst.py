@@ -17,6 +17,7 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 from torch import Tensor
 
+from ..tasks.base import NONFINITE
 from ..tasks.caption import note_cider_cache
 from .label_smoothed_cross_entropy import TuningCriterion, parse_constraint_range
 
@@ -87,7 +88,7 @@ class ScstRewardCriterion(TuningCriterion):
         logging_output = {"loss": loss.data, "score": float(sum(map(sum, rewards))), "ntokens": ntokens,
                           "nsentences": nsentences, "sample_size": sample_size}
         if model.training:  # OFATask.optimizer_step skips an update made only of non-finite batches
-            logging_output["nonfinite"] = int(skipped)
+            logging_output[NONFINITE] = int(skipped)
         return loss, sample_size, logging_output
 
     def generate_captions(self, model, sample) -> List[List[Tensor]]:

@@ -2,14 +2,13 @@
 official checkpoints, which record `_name: ofa_base` etc., load through stock fairseq); the architectures
 are in archs.py, the configuration in config.py.
 """
-import importlib.util
 import logging
 import os
 from typing import Dict, Optional
 
 import torch
 from fairseq.models import FairseqEncoderDecoderModel, register_model
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from ..checkpoint import upgrade_state_dict
 from .config import OFAConfig, config_from
@@ -32,21 +31,6 @@ def pretrained_checkpoint(args) -> Optional[str]:
     restore = getattr(ckpt, "restore_file", None)
     return getattr(ckpt, "finetune_from_model", None) or (
         restore if restore and os.path.basename(restore) != "checkpoint_last.pt" else None)
-
-
-def bf16_without_tpu(model_cfg):
-    """fairseq's options turn --bf16 into --tpu (bf16 meant TPUs when they were written), and its Trainer
-    then asks torch_xla for a device. Without torch_xla, train in bfloat16 on the CPU or GPU instead:
-    fairseq's own bf16 path (model in bfloat16, FP16Optimizer with float32 master copies, no loss scaling).
-    Must run before the Trainer is built, which reads common.tpu; `model_cfg` is fairseq-train's cfg.model."""
-    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
-    common = root.get("common") if root is not None and "common" in root else None
-    if common is None or not (common.bf16 and common.tpu) or importlib.util.find_spec("torch_xla") is not None:
-        return
-    with open_dict(common):
-        common.tpu = False
-    logger.info("--bf16 without torch_xla: training in bfloat16 on the %s, not on a TPU",
-                "CPU" if common.cpu or not torch.cuda.is_available() else "GPU")
 
 
 @register_model("ofa_prompt", dataclass=OFAConfig)

@@ -24,13 +24,12 @@ from ..data.dictionary import build_ofa_dictionary
 from ..data.image import decode_image, image_size_of, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
-from ..fairseq_compat import stop_after_update_on_sigterm
+from ..fairseq_compat import bf16_without_tpu, stop_after_update_on_sigterm
 from ..file_version import check_unchanged, file_version
 from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
 from .saved_settings import apply_saved_settings, explicit_keys
-from ..models.ofa import bf16_without_tpu
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..schedule import default_total_updates, plan_lr_schedule
@@ -38,6 +37,9 @@ from ..schedule import default_total_updates, plan_lr_schedule
 logger = logging.getLogger(__name__)
 
 # OFA's --prompt-type: also feed the source to the decoder (src: with eos, prev_output: without)
+# the logging-output key a criterion sets to 1 for a batch whose loss was NaN/inf and was left out: an
+# update whose batches were all left out skips optimizer.step() (train_step)
+NONFINITE = "nonfinite"
 DECODER_PROMPT_TYPES = ChoiceEnum(["none", "src", "prev_output"])
 
 
@@ -291,7 +293,7 @@ class OFATask(FairseqTask):
             self.valid_generator = self.build_generator([model], Namespace(**gen_args))
         return model
 
-    # batches of the current update whose loss was finite (the criterion marks the others "nonfinite")
+    # batches of the current update whose loss was finite (the criterion marks the others NONFINITE)
     _finite_batches = 0
     _prepared_for_training = False
     _checkpoints_built = 0  # models built from --path checkpoints so far
@@ -314,7 +316,7 @@ class OFATask(FairseqTask):
         loss, sample_size, logging_output = super().train_step(sample, model, criterion, optimizer, update_num,
                                                                ignore_grad)
         if not ignore_grad:  # a dummy batch (uneven data-parallel shards) holds no data
-            self._finite_batches += 1 - logging_output.get("nonfinite", 0)
+            self._finite_batches += 1 - logging_output.get(NONFINITE, 0)
         return loss, sample_size, logging_output
 
     def optimizer_step(self, optimizer, model, update_num):

@@ -1,9 +1,11 @@
 """Visual grounding (`--task refcoco`): the region is generated as four `<bin_i>` location tokens
 (x1, y1, x2, y2), generation restricted to them; scored with Acc@0.5."""
+from argparse import Namespace
 from dataclasses import dataclass, field
 
 import torch
 from fairseq.tasks import register_task
+from omegaconf import DictConfig
 
 from ..data.tokenize import clean_text
 from ..metrics.grounding import acc_at_iou, bins_to_box, quantize_box
@@ -76,9 +78,10 @@ class RefcocoTask(OFATask):
                 "patch_image": patch, "ref": box, "meta": meta}
 
     def build_generator(self, models, args, **kwargs):
-        # exactly four location tokens, then eos
-        for name, value in (("max_len_a", 0), ("max_len_b", 4), ("min_len", 4)):
-            setattr(args, name, value)
+        # exactly four location tokens, then eos, whatever the lengths given (as OFA); the caller's
+        # generation options are left as they were
+        args = Namespace(**{**(dict(args.items()) if isinstance(args, DictConfig) else vars(args)),
+                            "max_len_a": 0, "max_len_b": 4, "min_len": 4})
         return super().build_generator(self.restrict(models, self.allowed), args, **kwargs)
 
     def sample_score(self, hypothesis, reference, meta):
