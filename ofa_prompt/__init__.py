@@ -11,5 +11,6 @@ fairseq_compat.install()  # every change to fairseq's behaviour: see fairseq_com
 
 from . import criterions, metrics, models, tasks  # noqa: F401,E402  (registration with fairseq)
 from .hub import load_model  # noqa: F401,E402
+from .predictor import OFAPredictor, from_pretrained  # noqa: F401,E402
 
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ from .atomic_file import atomic_path
 from .checkpoint import BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, store_model_args
 from .models.stack import build_prompt_encoder
 from .models.config import config_from
+from .tasks.saved_settings import saved_task
 from .models.prompt import fold, unfold
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,21 @@ def export_prompts(checkpoint: str, out: str) -> dict:
         raise ValueError(f"{checkpoint} has no prompts (neither --encoder-prompt nor --decoder-prompt)")
     if BACKBONE_KEY in state["model"]:
         meta["backbone"] = state["model"][BACKBONE_KEY]
+    task, options = saved_task(state)
+    if task in TUNED_TASKS:  # the settings the prompts were tuned with (predictor.set_prompts uses them)
+        meta["task"] = {"name": task, "options": {k: v for k, v in options.items() if _plain(v)
+                                                  and not k.startswith("_") and k not in NOT_RECORDED}}
     _atomic(out, lambda tmp: save_file(tensors, tmp, metadata={"ofa_prompt": json.dumps(meta)}))
     return meta
+
+
+# task options that name files on the training machine, or say how training ran
+NOT_RECORDED = ("data", "ans2label_file", "bpe_dir", "scst_cider_cached_tokens")
+TUNED_TASKS = ("caption", "vqa_gen", "refcoco", "snli_ve")
+
+
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def read_prompts(path: str):
@@ -122,6 +136,10 @@ def _check_metadata(path: str, meta: dict):
                       f"got {layers!r}")
         if info["embed_dim"] % info["heads"]:
             raise bad(f"{side}: embed_dim {info['embed_dim']} is not a multiple of heads {info['heads']}")
+    task = meta.get("task")
+    if task is not None and not (isinstance(task, dict) and task.get("name") in TUNED_TASKS
+                                 and isinstance(task.get("options"), dict)):
+        raise bad(f"'task' must record a task name among {TUNED_TASKS} and its options, got {task!r}")
     backbone = meta.get("backbone")
     if backbone is not None and not (isinstance(backbone, dict) and isinstance(backbone.get("path"), str)
                                      and isinstance(backbone.get("sha256"), str)):

@@ -44,6 +44,11 @@ def decode_image(b64: str) -> Image.Image:
         raise BadImage(f"refused as a decompression bomb: {e}")
     except Exception as e:  # PIL raises many types for corrupt data
         raise BadImage(f"not a readable image ({type(e).__name__}: {e})")
+    return as_rgb(image)
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """`image` as RGB, from any mode: 16/32-bit grey scaled to 8 bits, transparency over white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits before RGB
         arr = np.asarray(image, dtype=np.float32)
         image = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))

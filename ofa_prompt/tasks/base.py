@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
+from PIL import Image
 from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.sequence_generator import EnsembleModel
@@ -191,9 +192,10 @@ class OFATask(FairseqTask):
                            len(ids), self.cfg.max_src_length, instruction)
         return torch.cat([self.bos, ids[:self.cfg.max_src_length], self.eos])
 
-    def image(self, b64: str):
-        """(tensor, original width, original height)."""
-        img = decode_image(b64)
+    def image(self, image):
+        """(tensor, original width, original height) of a row's image: base64 text, or an RGB PIL image
+        (the Python API's, ofa_prompt.predictor)."""
+        img = image if isinstance(image, Image.Image) else decode_image(image)
         return to_tensor(img, self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std), img.width, img.height
 
     @staticmethod

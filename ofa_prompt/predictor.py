@@ -1,0 +1,244 @@
+"""A tuned OFA model as a Python object: images and text in, answers out, in the user's own terms.
+
+    import ofa_prompt
+    model = ofa_prompt.from_pretrained("ofa_base.pt", prompts="caption.safetensors", bpe_dir="BPE")
+    model.caption([image1, image2])                    # -> ["a red circle", ...]
+    model.set_prompts("vqa.safetensors")
+    model.answer(image, "what color is the circle?")   # candidates=[...] to choose among answers
+    model.ground(image, "the blue square")             # -> [x0, y0, x1, y1] in the image's own pixels
+    model.entail(image, "there is a circle")           # -> "yes" / "no" / "maybe"
+
+Every call goes through the task the model was trained with, as fairseq-generate runs it: the task's own
+`build_sample` (instruction, tokenization, image preprocessing), collater, generator and decoding, so the
+API and fairseq-generate give the same outputs on the same rows (tests/test_predictor.py). Task settings
+come, lowest first, from the task's defaults, the checkpoint's recorded task, the prompt file's record
+(prompt_file.export_prompts writes it) and the caller's `task_options`.
+"""
+import json
+import logging
+import os
+import tempfile
+from argparse import Namespace
+from dataclasses import fields
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from fairseq import utils
+from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+from PIL import Image
+
+from .checkpoint import read_checkpoint
+from .data.dataset import OFADataset
+from .data.image import as_rgb
+from .errors import InputError
+from .hub import load_model
+from .metrics.grounding import bins_to_box
+from .prompt_file import attach_prompts, read_prompts
+from .tasks.saved_settings import SHARED, saved_task
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Union[Image.Image, str, os.PathLike, torch.Tensor, np.ndarray]
+# the method of each task, and the generation OFA's evaluate scripts use for it
+METHODS = {"caption": "caption", "answer": "vqa_gen", "ground": "refcoco", "entail": "snli_ve"}
+GENERATION = {"caption": {"beam": 5, "max_len_b": 16, "no_repeat_ngram_size": 3},
+              "vqa_gen": {"beam": 5, "max_len_b": 16}, "refcoco": {"beam": 5}, "snli_ve": {"beam": 5}}
+PLACEHOLDER = {  # the reference columns of a row, which inference does not read
+    "caption": "unused", "vqa_gen": "1.0|!+unused", "refcoco": "0,0,1,1", "snli_ve": "entailment"}
+
+
+def load_image(image: ImageLike, what: str = "image") -> Image.Image:
+    """An RGB PIL image from a PIL image, a file path, or an array/tensor [H, W, 3] or [3, H, W] (uint8, or
+    float in [0, 1])."""
+    if isinstance(image, Image.Image):
+        return as_rgb(image)
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as opened:
+                opened.load()
+                return as_rgb(opened)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{what} {image}: not a readable image ({e})") from None
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        array = image.transpose(1, 2, 0) if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3 else image
+        if array.ndim != 3 or array.shape[-1] != 3:
+            raise InputError(f"{what}: an array of shape {list(image.shape)}, expected [H, W, 3] or [3, H, W]")
+        if array.dtype != np.uint8:
+            if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+                raise InputError(f"{what}: a float array must hold values in [0, 1]")
+            array = np.round(array * 255).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(array))
+    raise InputError(f"{what}: a {type(image).__name__}, expected a PIL image, a path, or an array")
+
+
+def _batch(value, n: Optional[int] = None) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * (n or 1)
+
+
+class OFAPredictor:
+    """A loaded OFA model (frozen backbone and prompts) with the task settings it was tuned with."""
+
+    def __init__(self, model, settings: Dict[str, dict], trained_for: Optional[str], device="cpu",
+                 dtype: Optional[torch.dtype] = None, batch_size: int = 16, common: Optional[dict] = None):
+        self.model = model.to(device=device, dtype=dtype).eval() if dtype is not None else model.to(device).eval()
+        self.device, self.dtype, self.batch_size = torch.device(device), dtype, batch_size
+        self.settings = settings  # task name -> options, from checkpoint / prompt file / caller
+        self.trained_for = trained_for  # the task of the prompts in use (None: unknown, or no prompts)
+        self._common = dict(common or {})  # the caller's options, for every task
+        self._tasks, self._generators = {}, {}
+        self._answer_files = tempfile.TemporaryDirectory(prefix="ofa_prompt_answers_")
+
+    # --- loading ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, checkpoint: str, prompts: Optional[str] = None, bpe_dir: Optional[str] = None,
+                        device="cpu", dtype: Optional[torch.dtype] = None, batch_size: int = 16,
+                        force_backbone: bool = False, **task_options):
+        """An official OFA checkpoint or one of the plugin's (full or prompt-only), with the prompts of file
+        `prompts` if given. `bpe_dir` is the folder of OFA's dict.txt / encoder.json / vocab.bpe (default: the
+        one the checkpoint records); `task_options` set task options (e.g. patch_image_size=480)."""
+        state = read_checkpoint(checkpoint)
+        trained, recorded = saved_task(state)
+        overrides = {"bpe_dir": bpe_dir} if bpe_dir else {}
+        model = load_model(checkpoint, overrides)
+        settings = {name: {} for name in METHODS.values()}
+        for name in settings:
+            if trained == name:
+                settings[name].update(recorded)
+            elif trained is not None:  # a pretrained (or other task's) checkpoint: its shared settings
+                settings[name].update({k: recorded[k] for k in SHARED if k in recorded})
+        predictor = cls(model, settings, trained if trained in settings else None, device, dtype, batch_size,
+                        {"bpe_dir": bpe_dir or recorded.get("bpe_dir"), **task_options})
+        if prompts is not None:
+            predictor.set_prompts(prompts, force_backbone=force_backbone)
+        return predictor
+
+    def set_prompts(self, prompts: str, force_backbone: bool = False):
+        """Use the prompts of file `prompts` (prompt_file export) on the loaded backbone, with the task
+        settings the file records."""
+        _, meta = read_prompts(prompts)
+        attach_prompts(self.model, prompts, force_backbone)
+        self.model.to(self.device)
+        record = meta.get("task")
+        if record is None:
+            logger.warning("%s records no task (exported by an older version): the task settings are the "
+                           "checkpoint's and the defaults; any task may use these prompts", prompts)
+            self.trained_for = None
+        else:
+            self.trained_for = record["name"]
+            self.settings[record["name"]] = dict(record["options"])
+        self._tasks.clear()
+        self._generators.clear()
+        return self
+
+    # --- the tasks ----------------------------------------------------------------------------------
+    def task(self, name: str):
+        """The fairseq task `name` with this model's settings (built once)."""
+        if name not in self._tasks:
+            if self.trained_for is not None and name != self.trained_for:
+                raise InputError(f"the prompts in use were tuned for --task {self.trained_for}, not {name}: "
+                                 f"set_prompts() with a prompt file of {name} first")
+            config_class = TASK_DATACLASS_REGISTRY[name]
+            known = {f.name for f in fields(config_class)}
+            options = {k: v for k, v in {**self.settings.get(name, {}), **self._common}.items()
+                       if k in known and not k.startswith("_") and v is not None}
+            options.pop("data", None)
+            if not options.get("bpe_dir"):
+                raise InputError("pass bpe_dir=, the folder of OFA's dict.txt, encoder.json and vocab.bpe")
+            self._tasks[name] = TASK_REGISTRY[name].setup_task(config_class(**options))
+        return self._tasks[name]
+
+    def _generator(self, name: str, task, **generation):
+        key = (name, tuple(sorted(generation.items())))
+        if key not in self._generators:
+            # fairseq's build_generator takes fairseq-generate's defaults for whatever is not given
+            self._generators[key] = task.build_generator([self.model], Namespace(**{**GENERATION[name], **generation}))
+        return self._generators[key]
+
+    def _run(self, name: str, rows: List[list], generation: dict):
+        """The first hypothesis of every row and the rows' samples, batch by batch."""
+        task = self.task(name)
+        generator = self._generator(name, task, **generation)
+        collate = OFADataset([], task, train=False).collater
+        out = []
+        for start in range(0, len(rows), self.batch_size):
+            samples = []
+            for i, cols in enumerate(rows[start:start + self.batch_size]):
+                sample = task.build_sample(cols, train=False)
+                sample["id"] = start + i
+                samples.append(sample)
+            batch = utils.apply_to_sample(lambda t: t.to(self.device), collate(samples))
+            if self.dtype is not None:
+                batch["net_input"]["patch_images"] = batch["net_input"]["patch_images"].to(self.dtype)
+            with torch.no_grad():
+                hypos = task.generate(generator, [self.model], batch)
+            out += [(task.decode(h[0]["tokens"]), meta) for h, meta in zip(hypos, batch["metas"])]
+        return out
+
+    # --- what the tasks do ----------------------------------------------------------------------------
+    def caption(self, images, **generation) -> Union[str, List[str]]:
+        """A caption of each image (one image: a string)."""
+        one = not isinstance(images, (list, tuple))
+        rows = [[str(i), load_image(im, f"image {i}"), PLACEHOLDER["caption"]] for i, im in enumerate(_batch(images))]
+        texts = [t for t, _ in self._run("caption", rows, generation)]
+        return texts[0] if one else texts
+
+    def answer(self, images, questions, candidates: Optional[Sequence[str]] = None, **generation):
+        """The answer to each question about its image: among `candidates` if given (OFA's all-candidate
+        inference, as with --ans2label-file), else open-ended beam search."""
+        one = not isinstance(questions, (list, tuple)) and not isinstance(images, (list, tuple))
+        questions = _batch(questions, len(images) if isinstance(images, (list, tuple)) else None)
+        images = _batch(images, len(questions))
+        if len(images) != len(questions):
+            raise InputError(f"{len(images)} images and {len(questions)} questions")
+        self._answer_choice(candidates)
+        rows = [[str(i), load_image(im, f"image {i}"), q, PLACEHOLDER["vqa_gen"], ""]
+                for i, (im, q) in enumerate(zip(images, questions))]
+        texts = [t for t, _ in self._run("vqa_gen", rows, generation)]
+        return texts[0] if one else texts
+
+    def _answer_choice(self, candidates):
+        settings = self.settings.setdefault("vqa_gen", {})
+        if candidates is None:
+            wanted = {"unconstrained_training": True, "ans2label_file": None, "val_inference_type": None}
+        else:
+            if not candidates or not all(isinstance(c, str) and c.strip() for c in candidates):
+                raise InputError("candidates: a non-empty list of non-empty answers")
+            path = os.path.join(self._answer_files.name, f"{abs(hash(tuple(candidates)))}.json")
+            if not os.path.exists(path):
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump(list(candidates), f)
+            wanted = {"unconstrained_training": False, "ans2label_file": path, "val_inference_type": "allcand"}
+        if any(settings.get(k) != v for k, v in wanted.items()):
+            settings.update(wanted)
+            self._tasks.pop("vqa_gen", None)
+            self._generators = {k: v for k, v in self._generators.items() if k[0] != "vqa_gen"}
+
+    def ground(self, images, texts, **generation):
+        """The box [x0, y0, x1, y1] (pixels of the original image) each text refers to (None: the model
+        gave no box)."""
+        one = not isinstance(texts, (list, tuple)) and not isinstance(images, (list, tuple))
+        texts = _batch(texts, len(images) if isinstance(images, (list, tuple)) else None)
+        images = _batch(images, len(texts))
+        rows = [[str(i), load_image(im, f"image {i}"), t, PLACEHOLDER["refcoco"]]
+                for i, (im, t) in enumerate(zip(images, texts))]
+        boxes = [bins_to_box(t, m["num_bins"], m["max_image_size"], m["w_resize_ratio"], m["h_resize_ratio"])
+                 for t, m in self._run("refcoco", rows, generation)]
+        return boxes[0] if one else boxes
+
+    def entail(self, images, hypotheses, premise=None, **generation):
+        """Whether each image (and `premise` text, with add_caption) entails the hypothesis: "yes", "no"
+        or "maybe" (OFA's answers for entailment, contradiction, neutral)."""
+        one = not isinstance(hypotheses, (list, tuple)) and not isinstance(images, (list, tuple))
+        hypotheses = _batch(hypotheses, len(images) if isinstance(images, (list, tuple)) else None)
+        images = _batch(images, len(hypotheses))
+        premises = _batch(premise if premise is not None else "", len(hypotheses))
+        rows = [[str(i), load_image(im, f"image {i}"), h, p, PLACEHOLDER["snli_ve"]]
+                for i, (im, h, p) in enumerate(zip(images, hypotheses, premises))]
+        labels = [t for t, _ in self._run("snli_ve", rows, generation)]
+        return labels[0] if one else labels
+
+
+from_pretrained = OFAPredictor.from_pretrained
