@@ -2,8 +2,10 @@
 (argparse, the omegaconf conversion, the task, model, criterion, optimizer and lr scheduler) and
 scripts/evaluate.sh scores the checkpoint, with only data, size and device overrides. OFA-format data: the
 real GPT-2 BPE, URL-safe base64 images, a pickled answer dictionary as OFA's tools write it."""
+import os
 import pickle
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -54,19 +56,44 @@ def overrides(path: Path, data: Path, save_dir: Path):
     return out
 
 
+def run_config(path: Path, data: Path, folder: Path) -> dict:
+    """scripts/train.sh, then (unless a pretraining mix) scripts/evaluate.sh, of one configuration."""
+    folder.mkdir(parents=True, exist_ok=True)
+    over = overrides(path, data, folder / "run")
+    # one thread each, two configurations at a time: these micro runs mostly start Python and fairseq
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = {"train": subprocess.run(["bash", str(REPO / "scripts/train.sh"), str(path), *MICRO, *over],
+                                   capture_output=True, text=True, cwd=folder, env=env), "folder": folder}
+    checkpoint = folder / "run" / "checkpoint_last.pt"
+    if out["train"].returncode == 0 and checkpoint.is_file() and load(str(path))["task"] != "mix":
+        out["evaluate"] = subprocess.run(["bash", str(REPO / "scripts/evaluate.sh"), str(path), str(checkpoint), *over],
+                                         capture_output=True, text=True, cwd=folder, env=env)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(request, data, tmp_path_factory):
+    """The runs of the configurations this session selected (-k), two at a time."""
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if item.originalname == "test_every_shipped_config_trains_and_evaluates"]
+    root = tmp_path_factory.mktemp("sweep")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = pool.map(lambda p: run_config(p, data, root / p.relative_to(CONFIGS).with_suffix("").as_posix()
+                                             .replace("/", "_")), selected)
+        return dict(zip(selected, done))
+
+
 @pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.relative_to(CONFIGS).as_posix())
-def test_every_shipped_config_trains_and_evaluates(path, data, tmp_path):
-    over = overrides(path, data, tmp_path / "run")
-    train = subprocess.run(["bash", str(REPO / "scripts/train.sh"), str(path), *MICRO, *over], capture_output=True,
-                           text=True, cwd=tmp_path)
+def test_every_shipped_config_trains_and_evaluates(path, runs):
+    result = runs[path]
+    train = result["train"]
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     log = train.stdout + train.stderr
     assert "num_updates 2" in log or "num_updates: 2" in log, log[-2000:]
-    checkpoint = tmp_path / "run" / "checkpoint_last.pt"
-    assert checkpoint.is_file()
+    assert (result["folder"] / "run" / "checkpoint_last.pt").is_file()
     if load(str(path))["task"] == "mix":
+        assert "evaluate" not in result
         return  # a pretraining mix has no fairseq-generate of its own (each task evaluates with its own --task)
-    evaluate = subprocess.run(["bash", str(REPO / "scripts/evaluate.sh"), str(path), str(checkpoint), *over],
-                              capture_output=True, text=True, cwd=tmp_path)
+    evaluate = result["evaluate"]
     assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
     assert "metric: " in evaluate.stdout and "(4 samples)" in evaluate.stdout, evaluate.stdout[-2000:]
