@@ -70,7 +70,6 @@ def main():
     ap.add_argument("--max-len-b", type=int, default=8)
     args = ap.parse_args()
     bpe = os.environ.get("OFA_BPE_DIR", os.path.join(os.path.dirname(REPO), "shared", "ofa_bpe"))
-    torch.set_num_threads(max(1, os.cpu_count() // 2))
     from ofa_prompt import from_pretrained
     from ofa_prompt.data.image import decode_image
 
