@@ -28,14 +28,13 @@ from fairseq import utils
 from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 from PIL import Image
 
-from .checkpoint import read_checkpoint
 from .data.dataset import OFADataset
 from .data.image import as_rgb
 from .errors import InputError
 from .hub import load_model
 from .metrics.grounding import bins_to_box
 from .prompt_file import attach_prompts, read_prompts
-from .tasks.saved_settings import SHARED, saved_task
+from .tasks.saved_settings import SHARED, read_state, saved_task
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +98,7 @@ class OFAPredictor:
         """An official OFA checkpoint or one of the plugin's (full or prompt-only), with the prompts of file
         `prompts` if given. `bpe_dir` is the folder of OFA's dict.txt / encoder.json / vocab.bpe (default: the
         one the checkpoint records); `task_options` set task options (e.g. patch_image_size=480)."""
-        state = read_checkpoint(checkpoint)
-        trained, recorded = saved_task(state)
+        trained, recorded = saved_task(read_state(checkpoint))  # mmap: no tensor data read twice
         overrides = {"bpe_dir": bpe_dir} if bpe_dir else {}
         model = load_model(checkpoint, overrides)
         settings = {name: {} for name in METHODS.values()}
