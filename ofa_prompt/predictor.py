@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 from fairseq import utils
+from fairseq.sequence_generator import SequenceGenerator
 from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 from PIL import Image
 
@@ -33,8 +34,10 @@ from .data.image import as_rgb
 from .errors import InputError
 from .hub import load_model
 from .metrics.grounding import bins_to_box
+from .per_sample_search import allow_only, use_per_sample_rules
 from .prompt_file import attach_prompts, read_prompts
-from .tasks.saved_settings import SHARED, read_state, saved_task
+from .checkpoint import saved_task
+from .tasks.saved_settings import SHARED, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ ImageLike = Union[Image.Image, str, os.PathLike, torch.Tensor, np.ndarray]
 METHODS = {"caption": "caption", "answer": "vqa_gen", "ground": "refcoco", "entail": "snli_ve"}
 GENERATION = {"caption": {"beam": 5, "max_len_b": 16, "no_repeat_ngram_size": 3},
               "vqa_gen": {"beam": 5, "max_len_b": 16}, "refcoco": {"beam": 5}, "snli_ve": {"beam": 5}}
+OPEN_ENDED = {"unconstrained_training": True, "ans2label_file": None, "val_inference_type": None}  # VQA, no list
 PLACEHOLDER = {  # the reference columns of a row, which inference does not read
     "caption": "unused", "vqa_gen": "1.0|!+unused", "refcoco": "0,0,1,1", "snli_ve": "entailment"}
 
@@ -87,7 +91,7 @@ class OFAPredictor:
         self.settings = settings  # task name -> options, from checkpoint / prompt file / caller
         self.trained_for = trained_for  # the task of the prompts in use (None: unknown, or no prompts)
         self._common = dict(common or {})  # the caller's options, for every task
-        self._tasks, self._generators = {}, {}
+        self._tasks, self._generators, self._file_tasks = {}, {}, {}
         self._answer_files = tempfile.TemporaryDirectory(prefix="ofa_prompt_answers_")
 
     # --- loading ------------------------------------------------------------------------------------
@@ -138,15 +142,18 @@ class OFAPredictor:
             if self.trained_for is not None and name != self.trained_for:
                 raise InputError(f"the prompts in use were tuned for --task {self.trained_for}, not {name}: "
                                  f"set_prompts() with a prompt file of {name} first")
-            config_class = TASK_DATACLASS_REGISTRY[name]
-            known = {f.name for f in fields(config_class)}
-            options = {k: v for k, v in {**self.settings.get(name, {}), **self._common}.items()
-                       if k in known and not k.startswith("_") and v is not None}
-            options.pop("data", None)
-            if not options.get("bpe_dir"):
-                raise InputError("pass bpe_dir=, the folder of OFA's dict.txt, encoder.json and vocab.bpe")
-            self._tasks[name] = TASK_REGISTRY[name].setup_task(config_class(**options))
+            self._tasks[name] = self._setup_task(name, self.settings.get(name, {}))
         return self._tasks[name]
+
+    def _setup_task(self, name: str, settings: dict):
+        config_class = TASK_DATACLASS_REGISTRY[name]
+        known = {f.name for f in fields(config_class)}
+        options = {k: v for k, v in {**settings, **self._common}.items()
+                   if k in known and not k.startswith("_") and v is not None}
+        options.pop("data", None)
+        if not options.get("bpe_dir"):
+            raise InputError("pass bpe_dir=, the folder of OFA's dict.txt, encoder.json and vocab.bpe")
+        return TASK_REGISTRY[name].setup_task(config_class(**options))
 
     def _generator(self, name: str, task, **generation):
         key = (name, tuple(sorted(generation.items())))
@@ -200,7 +207,7 @@ class OFAPredictor:
     def _answer_choice(self, candidates):
         settings = self.settings.setdefault("vqa_gen", {})
         if candidates is None:
-            wanted = {"unconstrained_training": True, "ans2label_file": None, "val_inference_type": None}
+            wanted = OPEN_ENDED
         else:
             if not candidates or not all(isinstance(c, str) and c.strip() for c in candidates):
                 raise InputError("candidates: a non-empty list of non-empty answers")
@@ -237,6 +244,121 @@ class OFAPredictor:
                 for i, (im, h, p) in enumerate(zip(images, hypotheses, premises))]
         labels = [t for t, _ in self._run("snli_ve", rows, generation)]
         return labels[0] if one else labels
+
+    # --- one batch, several prompt files ------------------------------------------------------------------
+    def mixed(self, requests: Sequence[dict], beam: int = 5) -> list:
+        """The outputs of requests that each name their own prompt file, served together: one encoder and one
+        beam search per batch, each sample with its own prompts and its task's instruction, preprocessing and
+        decoding rules. A request is a dict: {"prompts": FILE, "image": IMAGE} for a caption prompt file,
+        plus "question" (open-ended VQA) or "text" (grounding). Returns, in order, what caption(), answer()
+        and ground() return for them alone; tasks that score candidates (entailment, VQA with an answer list)
+        are refused. The prompts set with set_prompts() are kept."""
+        return [output for output, _ in self._mixed(requests, beam)]
+
+    def _mixed(self, requests: Sequence[dict], beam: int):
+        """(output, best hypothesis) of every request."""
+        if not requests:
+            return []
+        files = list(dict.fromkeys(_request_file(r, i) for i, r in enumerate(requests)))
+        tasks = {f: self._file_task(f) for f in files}
+        sizes = {tasks[f][1].cfg.patch_image_size for f in files}
+        if len(sizes) > 1:
+            raise InputError(f"the prompt files ask for different image sizes ({sorted(sizes)} px): one batch holds "
+                             "one; serve them in separate calls")
+        rows, rules = [], {}
+        for i, request in enumerate(requests):
+            name, task = tasks[request["prompts"]]
+            sample = task.build_sample(_request_row(name, request, i), train=False)
+            sample["id"] = i
+            settings = GENERATION[name]
+            rules[i] = _within_length(task.next_token_rule(sample["source"], settings), settings.get("max_len_b"),
+                                      task.dictionary.eos())
+            rows.append((files.index(request["prompts"]), name, task, sample))
+        longest = max(GENERATION[name].get("max_len_b", 200) for _, name, _, _ in rows)
+        generator = use_per_sample_rules(
+            SequenceGenerator([self.model], rows[0][2].target_dictionary, beam_size=beam, max_len_b=longest),
+            rules.get, "a batch mixing tasks")
+        collate = OFADataset([], rows[0][2], train=False).collater
+        stacks = (self.model.encoder, self.model.decoder)
+        in_use = [stack.prompts for stack in stacks]
+        attach_prompts(self.model, files)
+        self.model.to(self.device)
+        out = []
+        try:
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                batch = utils.apply_to_sample(lambda t: t.to(self.device), collate([r[3] for r in chunk]))
+                batch["net_input"]["prompt_ids"] = torch.tensor([r[0] for r in chunk], device=self.device)
+                if self.dtype is not None:
+                    batch["net_input"]["patch_images"] = batch["net_input"]["patch_images"].to(self.dtype)
+                with torch.no_grad():
+                    hypos = generator.generate([self.model], batch, bos_token=chunk[0][2].dictionary.bos())
+                for (_, name, task, sample), beams, meta in zip(chunk, hypos, batch["metas"]):
+                    best = beams[0] if beams else None  # None: the rules left no hypothesis within the length
+                    text = "" if best is None else task.decode(task.answer_tokens(best["tokens"], sample["source"]))
+                    out.append((_output(name, text, meta), best))
+        finally:
+            for stack, module in zip(stacks, in_use):
+                stack.set_prompts(module)
+        return out
+
+    def _file_task(self, path: str):
+        """(task name, task) a prompt file was tuned for, with the options it records (built once per file)."""
+        if path not in self._file_tasks:
+            record = read_prompts(path)[1].get("task")
+            if record is None:
+                raise InputError(f"{path} records no task (exported by an older version): a batch mixing prompt files "
+                                 "needs each file's task; export it again with python -m ofa_prompt.prompt_file export")
+            if record["name"] not in MIXABLE:
+                raise InputError(f"{path}: prompts for --task {record['name']}, which chooses among candidates rather "
+                                 f"than searching, so it cannot share a beam search with other tasks: run it on its "
+                                 f"own (set_prompts, then entail() or answer(candidates=...))")
+            options = {**record["options"], **(OPEN_ENDED if record["name"] == "vqa_gen" else {})}
+            self._file_tasks[path] = (record["name"], self._setup_task(record["name"], options))
+        return self._file_tasks[path]
+
+
+MIXABLE = {"caption": None, "vqa_gen": "question", "refcoco": "text"}  # task -> the request's text field
+
+
+def _request_file(request, i: int) -> str:
+    if not isinstance(request, dict) or "prompts" not in request or "image" not in request:
+        raise InputError(f"request {i}: a dict with 'prompts' (a prompt file) and 'image', got {request!r}")
+    return request["prompts"]
+
+
+def _request_row(name: str, request: dict, i: int) -> list:
+    """The TSV row the task would read for a request (reference columns are placeholders)."""
+    field = MIXABLE[name]
+    if field is not None and not isinstance(request.get(field), str):
+        raise InputError(f"request {i}: prompts for --task {name} need the '{field}' to go with the image")
+    image = load_image(request["image"], f"request {i}'s image")
+    if name == "caption":
+        return [str(i), image, PLACEHOLDER[name]]
+    if name == "vqa_gen":
+        return [str(i), image, request["question"], PLACEHOLDER[name], ""]
+    return [str(i), image, request["text"], PLACEHOLDER[name]]
+
+
+def _within_length(rule, max_len_b: Optional[int], eos: int):
+    """`rule`, ending the hypothesis after max_len_b tokens as the task's own generator would (the batch's
+    generator runs to the longest of the tasks' lengths)."""
+    if max_len_b is None:
+        return rule
+
+    def limited(tokens, lprobs):
+        if len(tokens) > max_len_b:
+            allow_only(lprobs, [eos])
+        elif rule is not None:
+            rule(tokens, lprobs)
+    return limited
+
+
+def _output(name: str, text: str, meta: dict):
+    if name == "refcoco":
+        return bins_to_box(text, meta["num_bins"], meta["max_image_size"], meta["w_resize_ratio"],
+                           meta["h_resize_ratio"])
+    return text
 
 
 from_pretrained = OFAPredictor.from_pretrained

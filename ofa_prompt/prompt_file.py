@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -23,7 +23,7 @@ from .atomic_file import atomic_path
 from .checkpoint import BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, store_model_args
 from .models.stack import build_prompt_encoder
 from .models.config import config_from
-from .tasks.saved_settings import saved_task
+from .checkpoint import saved_task
 from .models.prompt import fold, unfold
 
 logger = logging.getLogger(__name__)
@@ -172,9 +172,19 @@ def _check_fits(path: str, side: str, info: dict, cfg, target: str = "the model"
         raise ValueError(f"{path} was made for another architecture ({side}: {', '.join(diff)})")
 
 
-def attach_prompts(model, prompts: str, force_backbone: bool = False):
+def attach_prompts(model, prompts: Union[str, Sequence[str]], force_backbone: bool = False):
     """Use the prompts of file `prompts` on `model`'s backbone (checked against its architecture and, unless
-    forced, the backbone the prompts were tuned on); sides the file lacks lose their prompts."""
+    forced, the backbone the prompts were tuned on); sides the file lacks lose their prompts.
+
+    A list of files loads them all; each sample then names the one it uses by its index in the list, in
+    net_input["prompt_ids"] (one batch mixing prompt files: OFAPredictor.mixed)."""
+    if isinstance(prompts, (str, os.PathLike)):
+        model.set_prompts(_checked_prompts(model, prompts, force_backbone))
+    else:
+        model.set_prompts([_checked_prompts(model, path, force_backbone) for path in prompts])
+
+
+def _checked_prompts(model, prompts: str, force_backbone: bool) -> dict:
     kv, meta = read_prompts(prompts)
     for side in kv:
         _check_fits(prompts, side, meta["sides"][side], model.cfg)
@@ -182,7 +192,7 @@ def attach_prompts(model, prompts: str, force_backbone: bool = False):
         # load_model records the file it read the backbone from; in training it is --backbone
         in_use = getattr(model, "backbone_file", None) or model.cfg.backbone
         _check_backbone(prompts, meta, in_use, "pass force_backbone=True")
-    model.set_prompts(kv)
+    return kv
 
 
 def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = False):

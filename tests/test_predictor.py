@@ -217,3 +217,44 @@ def test_readme_snippet(tmp_path, monkeypatch, capsys):
     exec(compile(readme_snippet(), "README.md", "exec"), {})
     captions, answer = capsys.readouterr().out.splitlines()
     assert len(eval(captions)) == 2 and answer in ("black", "white", "grey")
+
+
+@pytest.mark.slow
+def test_fairseq_generate_takes_its_settings_and_prompts_from_a_prompt_file(reference, tmp_path):
+    """--path a backbone (pretraining record, no prompts) and --prompt-file: the task options come from the file
+    (word tokenizer, 64 px: not on the command line) and the outputs are the tuned checkpoint's own."""
+    tuned = caption_checkpoint(reference, tmp_path)
+    prompts = tmp_path / "caption.safetensors"
+    export_prompts(str(tuned), str(prompts))
+    state = read_checkpoint(str(tuned))
+    state["model"] = {k: v for k, v in state["model"].items() if "_prompt_encoder." not in k}
+    model_cfg = vars(state["cfg"]["model"])  # OFA's code wrote the reference fixtures: a Namespace
+    for key in [k for k in model_cfg if k.startswith(("encoder_prompt", "decoder_prompt"))]:
+        del model_cfg[key]
+    state["cfg"] = {**state["cfg"], "task": {"_name": "ofa", "num_bins": 1000}}
+    torch.save(state, tmp_path / "backbone.pt")
+    rows = tiny_data.rows("caption", 4, seed=4)
+    data = tmp_path / "test.tsv"
+    tiny_data.write(data, rows)
+
+    def run(*extra):
+        cmd = [f"{BIN}/fairseq-generate", str(data), "--user-dir", str(REPO / "ofa_prompt"), "--task", "caption",
+               "--bpe-dir", str(reference), "--gen-subset", "test", "--batch-size", "2", "--beam", "3",
+               "--max-len-b", "6", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    expected = run("--path", str(tuned))
+    got = run("--path", str(tmp_path / "backbone.pt"), "--prompt-file", str(prompts))
+    assert expected.returncode == 0 and got.returncode == 0, got.stderr[-3000:]
+    def hypotheses(p):  # id -> (score, text)
+        return {i: (float(score), text) for i, score, text in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", p.stdout, re.M)}
+
+    want, have = hypotheses(expected), hypotheses(got)
+    assert len(want) == 4 and {i: t for i, (_, t) in want.items()} == {i: t for i, (_, t) in have.items()}
+    assert all(abs(want[i][0] - have[i][0]) < 1e-5 for i in want)  # folded prompts: float rounding only
+    assert "prompts from" in got.stderr and "text_tokenizer" in got.stderr  # taken from the file, and said so
+    without = run("--path", str(tmp_path / "backbone.pt"), "--text-tokenizer", "word", "--patch-image-size", "64")
+    bare = hypotheses(without)
+    assert any(abs(bare[i][0] - have[i][0]) > 1e-3 for i in have)  # the prompts took effect
+    wrong = run("--path", str(tuned), "--prompt-file", str(prompts))
+    assert wrong.returncode != 0 and "has its own" in wrong.stderr and "Traceback" not in wrong.stderr

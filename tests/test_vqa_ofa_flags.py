@@ -58,7 +58,7 @@ def test_beam_search_vqa_eval_selects_beam_search(data):
         with torch.no_grad():
             hyps = [task.decode(h[0]["tokens"]) for h in task.generate(generator, [model], sample)]
         assert set(hyps) <= COLORS
-    assert used == ["BeamSearch", "allcand", "PrefixConstrainedBeamSearch"]
+    assert used == ["BeamSearch", "allcand", "PerSampleBeamSearch"]
 
 
 def test_beam_search_flag_with_a_source_prefix_names_the_flag(data):

@@ -1,11 +1,12 @@
 """Checkpoint files as fairseq and OFA write them: reading one without running pickled code, the model
-arguments it records (in each of its formats), and whether a file is whole."""
+arguments and the task it records (in each of its formats), and whether a file is whole."""
 import argparse
 import os
 import zipfile
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 
 def read_checkpoint(path: str, handle=None) -> dict:
@@ -64,3 +65,20 @@ def unreadable(path: str) -> Optional[str]:
         return f"entry {bad} fails its CRC check" if bad else None
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
         return f"truncated or corrupted: {type(e).__name__}: {e}"
+
+
+def saved_task(state: dict) -> Tuple[Optional[str], Dict[str, Any]]:
+    """(task name, task options) a checkpoint records, as fairseq reads it: `args` first, else cfg['task']."""
+    args = state.get("args")
+    if isinstance(args, argparse.Namespace):
+        options = dict(vars(args))
+        return options.get("task"), options
+    cfg = state.get("cfg")
+    task = cfg.get("task") if isinstance(cfg, (dict, DictConfig)) else getattr(cfg, "task", None)
+    if isinstance(task, DictConfig):
+        task = OmegaConf.to_container(task, enum_to_str=True)
+    elif isinstance(task, argparse.Namespace):
+        task = vars(task)
+    if not isinstance(task, dict):
+        return None, {}
+    return task.get("_name"), dict(task)

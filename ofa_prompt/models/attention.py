@@ -4,7 +4,7 @@ key/value cache for beam search.
 
 Tensors are batch-first inside the model: query [B, T, C], keys [B, S, C].
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,6 +13,14 @@ from fairseq.incremental_decoding_utils import with_incremental_state
 from torch import Tensor
 
 Prefix = Tuple[Tensor, Tensor]  # keys, values: [B or 1, heads, P, head_dim]
+
+
+class MaskedPrefix(NamedTuple):
+    """A prefix whose rows differ in length (a batch mixing prompt files): padding_mask [B, P], True where
+    a row's prefix is padding, so that the row attends exactly as it would to its own prompt alone."""
+    key: Tensor
+    value: Tensor
+    padding_mask: Tensor
 
 
 @with_incremental_state
@@ -55,13 +63,14 @@ class MultiheadAttention(nn.Module):
 
         bias: float [B or 1, H, T, S] added to the logits of the S real keys (position bias, causal
         mask). key_padding_mask: bool [B, S], True = ignore. prefix: prompt keys/values put in front
-        of the real ones; they get no bias and are never masked. Returns (out [B, T, C], weights or
+        of the real ones; they get no bias and are masked only where a MaskedPrefix is padding. Returns (out [B, T, C], weights or
         None), weights being the head-averaged probabilities over the real keys [B, T, S].
         """
         bsz, tgt_len, _ = query.shape
         q = self._heads(self.q_proj(query))
         cache = self.get_incremental_state(incremental_state, "cache") if incremental_state is not None else None
 
+        prefix_mask = getattr(prefix, "padding_mask", None)
         if self.cross and cache:  # encoder keys/values do not change between decoding steps
             k, v = cache["key"], cache["value"]
         else:
@@ -70,17 +79,21 @@ class MultiheadAttention(nn.Module):
             if not self.cross and cache:  # the cache already starts with the prefix
                 k = torch.cat([cache["key"], k], dim=2)
                 v = torch.cat([cache["value"], v], dim=2)
+                prefix_mask = cache.get("prefix_padding_mask")
             elif not self.cross and prefix is not None:
                 k = torch.cat([prefix[0].expand(bsz, -1, -1, -1), k], dim=2)
                 v = torch.cat([prefix[1].expand(bsz, -1, -1, -1), v], dim=2)
             if incremental_state is not None:
-                self.set_incremental_state(incremental_state, "cache", {"key": k, "value": v})
+                state = {"key": k, "value": v}
+                if prefix_mask is not None:
+                    state["prefix_padding_mask"] = prefix_mask
+                self.set_incremental_state(incremental_state, "cache", state)
 
         # bias and padding mask cover the real keys only; whatever is in front of them is prefix
         real_len = (bias.size(-1) if bias is not None else
                     key_padding_mask.size(1) if key_padding_mask is not None else k.size(2))
         n_prefix = k.size(2) - real_len
-        mask = self._logit_mask(bias, key_padding_mask, n_prefix, q.dtype)
+        mask = self._logit_mask(bias, key_padding_mask, n_prefix, q.dtype, prefix_mask)
 
         if need_weights:
             logits = torch.matmul(q * self.scaling, k.transpose(2, 3))
@@ -100,20 +113,37 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(attn), weights
 
     @staticmethod
-    def _logit_mask(bias, key_padding_mask, n_prefix: int, dtype) -> Optional[Tensor]:
-        """Additive [B|1, H|1, T|1, P+S] mask from the bias and the padding mask; zeros on the prefix."""
+    def _logit_mask(bias, key_padding_mask, n_prefix: int, dtype, prefix_mask=None) -> Optional[Tensor]:
+        """Additive [B|1, H|1, T|1, P+S] mask from the bias and the padding masks; on the prefix zeros,
+        -inf where `prefix_mask` ([B, P]) marks padding."""
         mask = bias
         if key_padding_mask is not None:
-            pad = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
-            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
-            mask = pad if mask is None else mask + pad
+            mask = _add(mask, _neg_inf_where(key_padding_mask, dtype))
         if mask is not None and n_prefix:
             mask = F.pad(mask, (n_prefix, 0))
+        if prefix_mask is not None:
+            real_len = (mask.size(-1) - n_prefix) if mask is not None else 0
+            mask = _add(mask, F.pad(_neg_inf_where(prefix_mask, dtype), (0, real_len)))
         return mask
 
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
         cache = self.get_incremental_state(incremental_state, "cache")
-        if cache:
-            cache = {name: t.index_select(0, new_order) for name, t in cache.items()}
-            self.set_incremental_state(incremental_state, "cache", cache)
+        if not cache:
+            return incremental_state
+        if self.cross and cache["key"].size(0) == new_order.numel():
+            # Beam search reorders hypotheses within each sentence's beams, which share one encoder output:
+            # the cross-attention cache only changes when finished sentences leave the batch (its size).
+            return incremental_state
+        cache = {name: t.index_select(0, new_order) for name, t in cache.items()}
+        self.set_incremental_state(incremental_state, "cache", cache)
         return incremental_state
+
+
+def _neg_inf_where(padding: Tensor, dtype) -> Tensor:
+    """[B, S] bool -> [B, 1, 1, S] additive mask: -inf where True."""
+    zeros = torch.zeros(padding.shape, dtype=dtype, device=padding.device)
+    return zeros.masked_fill(padding, float("-inf"))[:, None, None, :]
+
+
+def _add(mask: Optional[Tensor], extra: Tensor) -> Tensor:
+    return extra if mask is None else mask + extra

@@ -80,7 +80,7 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
         padding_mask = padding_mask if bool(padding_mask.any()) else None
         enc = encoder_out["encoder_out"][0].transpose(0, 1)
         enc_mask = encoder_out["encoder_padding_mask"][0] if encoder_out["encoder_padding_mask"] else None
-        prompts = self.decoder_prompt_encoder_output(bsz, incremental_state)
+        prompts = self.decoder_prompt_encoder_output(bsz, incremental_state, encoder_out.get("prompt_ids"))
 
         attn, inner_states = None, [x]
         for idx, layer in enumerate(self.layers):
@@ -101,14 +101,15 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
     def set_prompts(self, module):
         self.decoder_prompt_encoder = module
 
-    def decoder_prompt_encoder_output(self, bsz, incremental_state):
-        """Prompt keys/values for this call. During incremental decoding they are only needed on the
-        first step: the self-attention caches keep them in front of the real keys."""
+    def decoder_prompt_encoder_output(self, bsz, incremental_state, prompt_ids=None):
+        """Prompt keys/values for this call (`prompt_ids`: the encoder's record of each sample's prompt set,
+        reordered with the beams). During incremental decoding they are only needed on the first step: the
+        self-attention caches keep them in front of the real keys."""
         if self.decoder_prompt_encoder is None:
             return {}
         if incremental_state is not None and self.layers[0].self_attn.get_incremental_state(incremental_state, "cache"):
             return {}
-        return self.decoder_prompt_encoder(bsz)
+        return self.prefixes(bsz, prompt_ids[0] if prompt_ids else None)
 
     def output_layer(self, features):
         return self.output_projection(features)

@@ -64,6 +64,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         patch_masks: Optional[Tensor] = None,
         return_all_hiddens: bool = False,
         token_embeddings: Optional[Tensor] = None,
+        prompt_ids: Optional[Tensor] = None,
         **unused,
     ) -> Dict[str, List[Tensor]]:
         bsz, src_len = src_tokens.shape
@@ -89,7 +90,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
 
         abs_bias = self.pos_bias(self.pos_q_linear, self.pos_k_linear, pos, pos)
-        prompts = self.encoder_prompt_encoder(bsz) if self.encoder_prompt_encoder is not None else {}
+        prompts = self.prefixes(bsz, prompt_ids)
         states = [x] if return_all_hiddens else []
         for idx, layer in enumerate(self.layers):
             bias = abs_bias.clone()
@@ -109,6 +110,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             "src_tokens": [],
             "src_lengths": [],
             "position_embeddings": [pos],  # B x T x C, consumed by the decoder's cross-attention bias
+            "prompt_ids": [] if prompt_ids is None else [prompt_ids],  # B: the decoder's prompt sets too
         }
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
@@ -123,6 +125,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             "src_tokens": pick("src_tokens", 0),
             "src_lengths": pick("src_lengths", 0),
             "position_embeddings": pick("position_embeddings", 0),
+            "prompt_ids": pick("prompt_ids", 0) if "prompt_ids" in encoder_out else [],
         }
 
     def max_positions(self):

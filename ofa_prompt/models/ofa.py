@@ -4,7 +4,7 @@ are in archs.py, the configuration in config.py.
 """
 import logging
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 from fairseq.models import FairseqEncoderDecoderModel, register_model
@@ -14,11 +14,13 @@ from ..checkpoint import upgrade_state_dict
 from .config import OFAConfig, config_from
 from .decoder import OFADecoder
 from .encoder import OFAEncoder
-from .prompt import Prefix, StaticPrompt
+from .prompt import Prefix, PromptMix, StaticPrompt
 from .stack import embedding
 from .tuning import apply_tuning, is_prompt, resolve_tuning
 
 logger = logging.getLogger(__name__)
+
+PromptSet = Dict[str, Dict[int, Prefix]]  # side -> layer -> (key, value)
 
 def pretrained_checkpoint(args) -> Optional[str]:
     """The file fairseq-train starts from (--finetune-from-model, or --restore-file unless it is the
@@ -61,10 +63,11 @@ class OFAModel(FairseqEncoderDecoderModel):
         return cls(cfg, OFAEncoder(cfg, src_dict, enc_emb), OFADecoder(cfg, tgt_dict, dec_emb))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, patch_images=None, patch_masks=None,
-                features_only=False, alignment_layer=None, return_all_hiddens=False, **kwargs):
+                features_only=False, alignment_layer=None, return_all_hiddens=False, prompt_ids=None, **kwargs):
         with torch.autocast(src_tokens.device.type, torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
             encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, patch_images=patch_images,
-                                       patch_masks=patch_masks, return_all_hiddens=return_all_hiddens)
+                                       patch_masks=patch_masks, return_all_hiddens=return_all_hiddens,
+                                       prompt_ids=prompt_ids)
             out, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
                                       alignment_layer=alignment_layer, return_all_hiddens=return_all_hiddens)
         return out.float(), extra  # the loss (log-softmax over the vocabulary) in float32
@@ -84,13 +87,20 @@ class OFAModel(FairseqEncoderDecoderModel):
         the tuned tensors: fairseq-train's writer selects them (ofa_prompt.checkpoint.prompt_only_checkpoint)."""
         return self.state_dict()
 
-    def set_prompts(self, kv: Dict[str, Dict[int, Prefix]]):
+    def set_prompts(self, kv: Union[PromptSet, Sequence[PromptSet]]):
         """Swap in other prompts without reloading the backbone: {"encoder": {layer: (key, value)}, "decoder":
         ...} as folded tensors [heads, length, head_dim] (ofa_prompt.prompt_file reads them from prompt files
-        and checks them: attach_prompts); a side not in `kv` loses its prompts."""
+        and checks them: attach_prompts); a side not in `kv` loses its prompts.
+
+        A list of such sets loads them all (a PromptMix per side): each sample then names its set by index in
+        net_input["prompt_ids"], so one batch can mix prompt files."""
         for side, stack in (("encoder", self.encoder), ("decoder", self.decoder)):
-            module = StaticPrompt(kv[side]).to(stack.layer_norm.weight) if side in kv else None
-            stack.set_prompts(module)
+            if isinstance(kv, dict):
+                module = StaticPrompt(kv[side]) if side in kv else None
+            else:
+                entries = [one.get(side, {}) for one in kv]
+                module = PromptMix(entries) if any(entries) else None
+            stack.set_prompts(None if module is None else module.to(stack.layer_norm.weight))
 
     @property
     def fresh_prompts(self) -> bool:

@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn as nn
 
-from .attention import Prefix
+from .attention import MaskedPrefix, Prefix
 
 
 def parse_prompt_layers(spec: str, num_layers: int, option: str) -> List[int]:
@@ -65,19 +65,60 @@ class PromptEncoder(nn.Module):
 
 
 class StaticPrompt(nn.Module):
-    """Fixed per-layer prefixes (an exported prompt file): the same interface as PromptEncoder, no training."""
+    """Fixed per-layer prefixes (an exported prompt file): the same interface as PromptEncoder, no training.
+    Its tensors are the file's, not the model's: they stay out of its state dict (a backbone's checkpoint
+    loads strictly with them attached)."""
 
     def __init__(self, kv: Dict[int, Prefix]):
         super().__init__()
         self.layers = sorted(kv)
         for layer in self.layers:
-            self.register_buffer(f"key_{layer}", kv[layer][0].detach().reshape(1, *kv[layer][0].shape[-3:]))
-            self.register_buffer(f"value_{layer}", kv[layer][1].detach().reshape(1, *kv[layer][1].shape[-3:]))
+            self.register_buffer(f"key_{layer}", kv[layer][0].detach().reshape(1, *kv[layer][0].shape[-3:]),
+                                 persistent=False)
+            self.register_buffer(f"value_{layer}", kv[layer][1].detach().reshape(1, *kv[layer][1].shape[-3:]),
+                                 persistent=False)
         first = kv[self.layers[0]][0]
         self.num_heads, self.length, self.head_dim = first.shape[-3:]
 
     def forward(self, batch_size: int = 1) -> Dict[int, Prefix]:
         return {layer: (getattr(self, f"key_{layer}"), getattr(self, f"value_{layer}")) for layer in self.layers}
+
+
+class PromptMix(nn.Module):
+    """Several prompt sets on one stack, chosen per sample (a batch that mixes prompt files).
+
+    Entry j holds the folded prefixes of one prompt file ({layer: (key, value)}, [heads, P_j, head_dim];
+    empty: no prompts on this side). Each layer's prefixes are padded to the longest entry and masked, so a
+    sample attends exactly as it would to its own prompt alone."""
+
+    def __init__(self, entries: Sequence[Dict[int, Prefix]]):
+        super().__init__()
+        self.layers = sorted({layer for kv in entries for layer in kv})
+        self.size = len(entries)
+        dtype = next(kv[layer][0].dtype for kv in entries for layer in kv)
+        for layer in self.layers:
+            shapes = [kv[layer][0].shape[-3:] for kv in entries if layer in kv]
+            heads, head_dim = shapes[0][0], shapes[0][2]
+            longest = max(shape[1] for shape in shapes)
+            keys = torch.zeros(len(entries), heads, longest, head_dim, dtype=dtype)
+            values, padding = torch.zeros_like(keys), torch.ones(len(entries), longest, dtype=torch.bool)
+            for j, kv in enumerate(entries):
+                if layer in kv:
+                    key, value = (t.detach().reshape(heads, -1, head_dim) for t in kv[layer])
+                    keys[j, :, :key.size(1)], values[j, :, :value.size(1)] = key, value
+                    padding[j, :key.size(1)] = False
+            self.register_buffer(f"key_{layer}", keys, persistent=False)
+            self.register_buffer(f"value_{layer}", values, persistent=False)
+            self.register_buffer(f"padding_{layer}", padding, persistent=False)
+
+    def forward(self, prompt_ids: torch.Tensor) -> Dict[int, MaskedPrefix]:
+        """Per-layer prefixes of each sample's entry: prompt_ids [B] (entry indices)."""
+        if prompt_ids.numel() and not 0 <= int(prompt_ids.min()) <= int(prompt_ids.max()) < self.size:
+            raise ValueError(f"prompt_ids must lie in 0..{self.size - 1}, the prompt sets loaded; got "
+                             f"{sorted(set(prompt_ids.tolist()))}")
+        return {layer: MaskedPrefix(getattr(self, f"key_{layer}")[prompt_ids],
+                                    getattr(self, f"value_{layer}")[prompt_ids],
+                                    getattr(self, f"padding_{layer}")[prompt_ids]) for layer in self.layers}
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from torch import Tensor
 from .config import StackConfig
 from .layers import TransformerLayer, drop_path_rates
 from .position import image_bucket_matrix, num_image_buckets, token_bucket_matrix
-from .prompt import PromptEncoder, parse_prompt_layers
+from .prompt import PromptEncoder, PromptMix, parse_prompt_layers
 
 
 def embedding(num, dim, padding_idx=None, zero=False):
@@ -60,6 +60,20 @@ class TransformerStack:
 
     def set_prompts(self, module: Optional[nn.Module]):
         raise NotImplementedError
+
+    def prefixes(self, bsz: int, prompt_ids: Optional[Tensor] = None) -> dict:
+        """{layer: prefix} of this call: one prompt set for every sample, or with a PromptMix each
+        sample's own (`prompt_ids` [B], net_input's "prompt_ids")."""
+        prompts = self.prompts
+        if isinstance(prompts, PromptMix):
+            if prompt_ids is None:
+                raise ValueError("the model holds several prompt sets (a PromptMix): give each sample's in "
+                                 "net_input['prompt_ids']")
+            return prompts(prompt_ids)
+        if prompt_ids is not None:
+            raise ValueError("net_input['prompt_ids'] chooses among several prompt sets, but the model holds one "
+                             "(attach_prompts(model, [file, ...]) loads several)")
+        return {} if prompts is None else prompts(bsz)
 
     def pos_bias(self, q_linear, k_linear, q_pos, k_pos):
         """(q_linear(q_pos) . k_linear(k_pos)) * scaling, per head: [B, H, Tq, Tk]."""

@@ -16,7 +16,7 @@ from PIL import Image
 from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.sequence_generator import EnsembleModel
-from fairseq.tasks import FairseqTask
+from fairseq.tasks import TASK_REGISTRY, FairseqTask
 from omegaconf import DictConfig, open_dict
 
 from ..checkpoint import check_resume_file, claim_save_dir
@@ -25,14 +25,17 @@ from ..data.dictionary import build_ofa_dictionary
 from ..data.image import decode_image, image_size_of, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
+from ..errors import InputError
 from ..fairseq_compat import bf16_without_tpu, stop_after_update_on_sigterm
 from ..file_version import check_unchanged, file_version
 from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
-from .saved_settings import apply_saved_settings, explicit_keys
+from .saved_settings import SettingsError, apply_saved_settings, explicit_keys
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
+from ..per_sample_search import Rule
+from ..prompt_file import attach_prompts, read_prompts
 from ..schedule import default_total_updates, plan_lr_schedule
 
 logger = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ class OFATaskConfig(FairseqDataclass):
     ema_eval: bool = field(default=False, metadata={
         "help": "fairseq-generate: evaluate the EMA weights each --path checkpoint saved (fairseq-train --store-ema), "
                 "not its live ones, as OFA's evaluate.py --ema-eval; a checkpoint without EMA weights is an error"})
+    prompt_file: Optional[str] = field(default=None, metadata={
+        "help": "fairseq-generate: evaluate the prompts of this exported prompt file (python -m ofa_prompt.prompt_file "
+                "export) on the --path backbone; the task settings the file records apply as a checkpoint's do"})
     zero_shot: bool = field(default=False, metadata={
         "help": "refused: OFA's evaluate.py --zero-shot generates without the task's answer constraints, which is not "
                 "implemented; without it a pretrained checkpoint is evaluated with the task's own inference"})
@@ -96,6 +102,23 @@ class OFATask(FairseqTask):
         self._warned_ema = False
         self._readers = {}  # (path, columns) -> TSVReader
 
+    def attach_prompt_file(self, model, backbone: Optional[str]):
+        """--prompt-file: its prompts on a --path model built from `backbone` (whose weights fairseq loads next;
+        the prompts are not among them)."""
+        path = self.cfg.prompt_file
+        if model.encoder.prompts is not None or model.decoder.prompts is not None:
+            raise SettingsError(f"--prompt-file {path} brings the prompts, but the --path checkpoint {backbone} has its "
+                                "own: give --path the backbone they were tuned on (e.g. ofa_base.pt)")
+        check_unchanged(path, self.prompt_file_version, file_version(path) if os.path.isfile(path) else None,
+                        "between fairseq-generate's reading of its task settings and of its prompts")
+        model.backbone_file = backbone
+        try:
+            attach_prompts(model, path, force_backbone=model.cfg.force_backbone)
+        except ValueError as e:
+            raise SettingsError(f"--prompt-file: {e} (fairseq-generate: --model-overrides \"{{'force_backbone': True}}\")"
+                                if "force_backbone" in str(e) else f"--prompt-file: {e}") from None
+        logger.info("prompts from %s attached to the model of %s", path, backbone)
+
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
@@ -107,9 +130,15 @@ class OFATask(FairseqTask):
             raise ValueError("--zero-shot (OFA's unconstrained zero-shot generation) is not implemented: drop it; "
                              "fairseq-generate evaluates a pretrained checkpoint (ofa_large.pt) on this task with the "
                              "task's own inference (candidate answers, location bins), its settings from the command line")
-        versions = []
+        versions, prompt_record = [], None
+        if cfg.prompt_file:
+            _, meta = read_prompts(cfg.prompt_file)
+            prompt_record = (cfg.prompt_file, meta.get("task"))
+            if prompt_record[1] is not None and prompt_record[1]["name"] != cls.task_name():
+                raise SettingsError(f"--prompt-file {cfg.prompt_file} holds prompts for --task "
+                                    f"{prompt_record[1]['name']}, not --task {cls.task_name()}")
         if not kwargs.get("from_checkpoint"):  # fairseq-generate --path: the checkpoint's task settings
-            versions = apply_saved_settings(cfg, cls)
+            versions = apply_saved_settings(cfg, cls, prompt_record=prompt_record)
         if not cfg.bpe_dir:
             raise ValueError(f"--bpe-dir is required by --task {cls.__name__}: the folder holding OFA's dict.txt "
                              "(fairseq-generate also takes bpe_dir from --model-overrides, as OFA's scripts pass it)")
@@ -120,7 +149,13 @@ class OFATask(FairseqTask):
         use_task_scorer(cfg, explicit_keys(sys.argv[1:]))
         task = cls(cfg, dictionary)
         task.checkpoint_versions = versions
+        task.prompt_file_version = file_version(cfg.prompt_file) if cfg.prompt_file else None
         return task
+
+    @classmethod
+    def task_name(cls) -> str:
+        """The name this task is registered under (--task)."""
+        return next(name for name, task_cls in TASK_REGISTRY.items() if task_cls is cls)
 
     @property
     def source_dictionary(self):
@@ -254,6 +289,17 @@ class OFATask(FairseqTask):
         scores = score_candidates(models[0], sample, candidates, self, prefixes, chunk)
         return as_hypotheses(scores.argmax(1), scores, candidates, self.dictionary.eos())
 
+    # --- batches that mix tasks (OFAPredictor.mixed): one beam search, each sample by its task's rules ------
+    def next_token_rule(self, source: torch.Tensor, generation: dict) -> Optional[Rule]:
+        """What this task's generator allows next, for one sample (unpadded `source`), as a per-sample rule of
+        PerSampleBeamSearch; `generation`: the generator options. Tasks that score candidates have none."""
+        raise InputError(f"--task {self.task_name()} chooses among candidates rather than searching, so it cannot share a beam "
+                         "search with other tasks: run it on its own (OFAPredictor.entail, or answer with candidates)")
+
+    def answer_tokens(self, tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """The answer part of a generated hypothesis (tasks with a decoder prefix drop it)."""
+        return tokens
+
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         hypos = self.generate(generator, models, sample)
         for uid, ref, meta in zip(sample["uniq_ids"], sample["refs"], sample["metas"]):
@@ -272,6 +318,9 @@ class OFATask(FairseqTask):
 
     def build_model(self, cfg, from_checkpoint=False):
         if not from_checkpoint:  # fairseq-train, before its Trainer is built and loads a checkpoint
+            if self.cfg.prompt_file:
+                raise SettingsError("--prompt-file is for fairseq-generate (evaluating a prompt file on a backbone); "
+                                    "training starts from --finetune-from-model / --restore-file")
             ema.refuse_ema_eval(self.cfg)
             claim_save_dir(cfg)
             check_resume_file(cfg)
@@ -288,6 +337,9 @@ class OFATask(FairseqTask):
                 check_unchanged(path, version, file_version(path) if os.path.isfile(path) else None,
                                 "between fairseq-generate's reading of its task settings and of its weights")
         model = super().build_model(cfg, from_checkpoint)
+        if from_checkpoint and self.cfg.prompt_file:
+            self.attach_prompt_file(model, self.checkpoint_versions[index][0] if index < len(self.checkpoint_versions)
+                                    else None)
         if from_checkpoint and getattr(self.cfg, "ema_eval", False):
             ema.evaluate_ema_of(model, ema.generate_checkpoint(self.cfg, self._checkpoints_built - 1))
         if self.eval_enabled():

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from ..data.tokenize import clean_text
 from ..metrics.caption import BLEU_KEYS, CiderD, bleu4_from_stats, bleu_stats, scst_words, simple_tokenize
+from ..ngram_blocking import block_repeated_ngrams
 from .base import OFATask, OFATaskConfig, generation_options
 
 logger = logging.getLogger(__name__)
@@ -155,10 +156,22 @@ class CaptionTask(OFATask):
                              "for cross-entropy training (OFA's stage 1) leave out --scst")
         return criterion
 
+    @property
+    def text_tokens(self) -> torch.Tensor:
+        """Captions are text: no <mask>, image-code or location tokens (a bool mask over the dictionary)."""
+        return torch.arange(len(self.dictionary)) < self.dictionary.index("<mask>")
+
     def build_generator(self, models, args, **kwargs):
-        # captions are text: no <mask>, image-code or location tokens
-        allowed = torch.arange(len(self.dictionary)) < self.dictionary.index("<mask>")
-        return super().build_generator(self.restrict(models, allowed), args, **kwargs)
+        return super().build_generator(self.restrict(models, self.text_tokens), args, **kwargs)
+
+    def next_token_rule(self, source, generation):
+        blocked, n = ~self.text_tokens, generation.get("no_repeat_ngram_size", 0)
+
+        def rule(tokens, lprobs):
+            lprobs.masked_fill_(blocked, -float("inf"))
+            if n:
+                block_repeated_ngrams(tokens[None], lprobs, n)
+        return rule
 
     # --- rewards and scores -----------------------------------------------------------------------
     def scst_rewards(self, captions: List[List[str]], refs: List[List[str]]) -> List[List[float]]:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ..data.tokenize import clean_text
 from ..metrics.grounding import acc_at_iou, bins_to_box, quantize_box
+from ..per_sample_search import allow_only
 from .base import OFATask, OFATaskConfig
 
 
@@ -83,6 +84,14 @@ class RefcocoTask(OFATask):
         args = Namespace(**{**(dict(args.items()) if isinstance(args, DictConfig) else vars(args)),
                             "max_len_a": 0, "max_len_b": 4, "min_len": 4})
         return super().build_generator(self.restrict(models, self.allowed), args, **kwargs)
+
+    def next_token_rule(self, source, generation):
+        bins, eos = self.allowed.nonzero().flatten(), [self.dictionary.eos()]
+        bins = bins[bins != eos[0]]
+
+        def rule(tokens, lprobs):  # four location tokens after the bos, then eos (build_generator's lengths)
+            allow_only(lprobs, bins if len(tokens) <= 4 else eos)
+        return rule
 
     def sample_score(self, hypothesis, reference, meta):
         box = bins_to_box(hypothesis, meta["num_bins"], meta["max_image_size"], meta["w_resize_ratio"],

@@ -44,7 +44,6 @@ no tensor data is read and no pickled code runs.
 
 Errors are `SettingsError`s, input errors that the command-line tools print as one line (ofa_prompt.errors).
 """
-import argparse
 import ast
 import logging
 import os
@@ -57,7 +56,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..checkpoint import unreadable
+from ..checkpoint import saved_task, unreadable
 from ..errors import InputError
 from ..file_version import file_version
 
@@ -69,6 +68,7 @@ NOT_FROM_CHECKPOINT = {
     "ans2label_file": "a file on the training machine, relative to where training ran",
     "eval_cider_cached_tokens": "a file, and one only validation during training checks",
     "skip_bad_rows": "how this run treats bad rows of its own data: a test set is not cut silently",
+    "prompt_file": "what this run evaluates",
     "valid_batch_size": "memory only, on the machine that evaluates",
     "val_inference_type": "this run's inference method, like --beam (OFA's evaluate.py sets it from "
                           "--beam-search-vqa-eval, never from the checkpoint)",
@@ -111,23 +111,6 @@ def explicit_keys(argv: List[str]) -> Set[str]:
 def same(a, b) -> bool:
     """Equal values, also across the types a value may come in (96 and "96", an enum and its name)."""
     return a == b or str(getattr(a, "value", a)) == str(getattr(b, "value", b))
-
-
-def saved_task(state: dict) -> Tuple[Optional[str], Dict[str, Any]]:
-    """(task name, task options) a checkpoint records, as fairseq reads it: `args` first, else cfg['task']."""
-    args = state.get("args")
-    if isinstance(args, argparse.Namespace):
-        options = dict(vars(args))
-        return options.get("task"), options
-    cfg = state.get("cfg")
-    task = cfg.get("task") if isinstance(cfg, (dict, DictConfig)) else getattr(cfg, "task", None)
-    if isinstance(task, DictConfig):
-        task = OmegaConf.to_container(task, enum_to_str=True)
-    elif isinstance(task, argparse.Namespace):
-        task = vars(task)
-    if not isinstance(task, dict):
-        return None, {}
-    return task.get("_name"), dict(task)
 
 
 def inherited_keys(requested: str, trained: Optional[str], keys: Iterable[str], path: str = "checkpoint") -> Set[str]:
@@ -259,11 +242,14 @@ def checked(task_name: str, values: Dict[str, Any], source: str) -> Dict[str, An
     return {**values, **{k: getattr(merged[k], "value", merged[k]) for k in known}}
 
 
-def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None) -> List[tuple]:
+def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None,
+                         prompt_record: Optional[Tuple[str, Optional[dict]]] = None) -> List[tuple]:
     """Set the options of task config `cfg` (fairseq-generate's, whose root names --path) by the rules
     of this module; `task_cls` is the task's class (its default columns), `argv` the command line without
-    the program name (default sys.argv[1:]). Returns the (path, version) of each --path checkpoint as
-    read here, in fairseq's loading order: its weights must come from the same versions."""
+    the program name (default sys.argv[1:]). `prompt_record`: (file, its task record) of --prompt-file, whose
+    record stands in for the first checkpoint's (a backbone records its pretraining). Returns the (path,
+    version) of each --path checkpoint as read here, in fairseq's loading order: its weights must come from
+    the same versions."""
     if not isinstance(cfg, DictConfig):
         return []
     root = cfg._get_root()
@@ -279,6 +265,12 @@ def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None) -
     versions = [(path, file_version(path)) if os.path.isfile(path) else (path, None) for path in paths]
     first, others = paths[0], paths[1:]
     trained, saved = saved_task(read_state(first))
+    if prompt_record is not None and prompt_record[1] is not None:
+        first, others = prompt_record[0], []  # the prompts feed every model of an ensemble the same inputs
+        trained, saved = prompt_record[1]["name"], dict(prompt_record[1]["options"])
+    elif prompt_record is not None:
+        logger.warning("%s records no task (exported by an older version): the task settings come from %s and the "
+                       "command line", prompt_record[0], first)
     inherited = inherited_keys(task_name, trained, given, first)
     if trained is None:
         logger.warning("%s records no task settings: all of them come from the command line", first)

@@ -22,6 +22,7 @@ from fairseq.tasks import register_task
 
 from ..data.tokenize import clean_text
 from ..metrics.vqa import parse_answers, vqa_score
+from ..per_sample_search import Rule, allow_only, use_per_sample_rules
 from .base import DECODER_PROMPT_TYPES, OFATask, OFATaskConfig
 
 logger = logging.getLogger(__name__)
@@ -192,8 +193,7 @@ class VqaGenTask(OFATask):
             self.next_tokens = answer_trie(self.candidates, dictionary.eos())
             self._candidate_set = {tuple(c.tolist()) for c in self.candidates}
             self._answer_set = set(self.answers)
-        self._every_token = torch.arange(len(dictionary))
-        self._prefixes = {}  # sample id -> decoder prefix, for the batch being generated
+        self._rules = {}  # sample id -> its beam-search rule, for the batch being generated
         self._warned_free_rows = self._warned_no_hypothesis = False
 
     def eval_enabled(self):
@@ -272,29 +272,47 @@ class VqaGenTask(OFATask):
 
     # --- inference --------------------------------------------------------------------------------------
     def build_generator(self, models, args, **kwargs):
+        generator = super().build_generator(models, args, **kwargs)
         if self.inference_type == "beamsearch" and (self.next_tokens is not None or self.cfg.prompt_type != "none"):
-            kwargs["prefix_allowed_tokens_fn"] = self.allowed_next
-        return super().build_generator(models, args, **kwargs)
+            use_per_sample_rules(generator, lambda sample_id: self._rules[sample_id],
+                                 "VQA's beam search (it follows the answer trie and the --prompt-type prefix)")
+        return generator
 
-    def allowed_next(self, sample_id: int, tokens: torch.Tensor):
-        """beamsearch: force the sample's decoder prefix (--prompt-type), then follow the answer trie (with
-        --unconstrained-training: any token)."""
-        prefix = self._prefixes[sample_id]
-        if len(tokens) < len(prefix):
-            return [int(prefix[len(tokens)])]
-        if self.next_tokens is None:
-            return self._every_token  # an index tensor: no list of the whole vocabulary at every step
-        # a beam already off the trie (only when fewer answers than beams remain) can only end
-        return self.next_tokens.get(tuple(tokens[len(prefix):].tolist()), [self.dictionary.eos()])
+    def answer_rule(self, prefix: torch.Tensor) -> Optional[Rule]:
+        """beamsearch: force the sample's decoder prefix (from bos; --prompt-type), then follow the answer trie
+        (with --unconstrained-training: any token). None: nothing to force."""
+        if len(prefix) == 1 and self.next_tokens is None:
+            return None
+        eos = [self.dictionary.eos()]
+
+        def rule(tokens, lprobs):
+            if len(tokens) < len(prefix):
+                allow_only(lprobs, [int(prefix[len(tokens)])])
+            elif self.next_tokens is not None:
+                # a beam already off the trie (only when fewer answers than beams remain) can only end
+                allow_only(lprobs, self.next_tokens.get(tuple(tokens[len(prefix):].tolist()), eos))
+        return rule
+
+    def prefix_of(self, source: torch.Tensor) -> torch.Tensor:
+        """The decoder's forced start for a sample with (unpadded) `source`: bos, or the --prompt-type prefix."""
+        prefix = self.decoder_prefix(source)
+        return self.bos if prefix is None else prefix
+
+    def next_token_rule(self, source, generation):
+        if self.inference_type != "beamsearch":
+            super().next_token_rule(source, generation)  # refused: all-candidate scoring
+        return self.answer_rule(self.prefix_of(source))
+
+    def answer_tokens(self, tokens, source):
+        return tokens[len(self.prefix_of(source)) - 1:]  # hypotheses start after the bos
 
     def generate(self, generator, models, sample):
         if self.inference_type == "allcand":
             return self.choose_candidate(models, sample, self.candidates)
         pad = self.dictionary.pad()
-        prefixes = [self.decoder_prefix(s[s.ne(pad)]) for s in sample["net_input"]["src_tokens"]]
-        prefixes = [self.bos if p is None else p for p in prefixes]
+        sources = [s[s.ne(pad)] for s in sample["net_input"]["src_tokens"]]
         # fairseq's search names a sample by its id
-        self._prefixes = dict(zip(sample["id"].tolist(), prefixes))
+        self._rules = {i: self.answer_rule(self.prefix_of(s)) for i, s in zip(sample["id"].tolist(), sources)}
         hypos = super().generate(generator, models, sample)
         if any(not beams for beams in hypos) and not self._warned_no_hypothesis:
             self._warned_no_hypothesis = True
@@ -303,10 +321,9 @@ class VqaGenTask(OFATask):
                            "too): raise --max-len-b (or max_len_b in --eval-args); they are scored as empty "
                            "answers. Said once.")
         eos = torch.tensor([self.dictionary.eos()])
-        # hypotheses start after the bos: drop the rest of the prefix
-        return [[{**h, "tokens": h["tokens"][len(p) - 1:]} for h in beams]
+        return [[{**h, "tokens": self.answer_tokens(h["tokens"], source)} for h in beams]
                 or [{"tokens": eos, "score": -math.inf, "alignment": None, "positional_scores": eos * 0.0}]
-                for beams, p in zip(hypos, prefixes)]
+                for beams, source in zip(hypos, sources)]
 
     def sample_score(self, hypothesis, reference, meta):
         return vqa_score(hypothesis, reference)

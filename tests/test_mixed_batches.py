@@ -1,0 +1,99 @@
+"""OFAPredictor.mixed: requests naming different prompt files (of different tasks and lengths) served in one
+batch give what each gives alone with its own prompt file."""
+import pytest
+import torch
+from PIL import Image
+
+import tiny_data
+from conftest import build_micro, micro_args
+from ofa_prompt import from_pretrained
+from ofa_prompt.data.dictionary import build_ofa_dictionary
+from ofa_prompt.data.image import decode_image
+from ofa_prompt.errors import InputError
+from ofa_prompt.prompt_file import export_prompts
+
+SHARED = {"patch_image_size": 64, "num_bins": 100, "code_dict_size": 0, "text_tokenizer": "word"}
+# task -> prompt lengths (encoder, decoder; 0: none on that side)
+PROMPTS = {"caption": (3, 2), "vqa_gen": (6, 0), "refcoco": (2, 5), "snli_ve": (2, 2)}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A micro backbone over the tiny TSVs' words and one prompt file per task, each with its own lengths."""
+    folder = tmp_path_factory.mktemp("mixed")
+    tiny_data.write_dict(folder)
+    dictionary = build_ofa_dictionary(str(folder / "dict.txt"), 0, 100)
+    torch.manual_seed(0)
+    backbone = build_micro(dictionary=dictionary).state_dict()
+    head = {"args": None, "extra_state": {}, "optimizer_history": []}
+    torch.save({**head, "model": backbone, "cfg": {"model": {**vars(micro_args()), "_name": "ofa_prompt_tiny"},
+                                                   "task": {"_name": "ofa", **SHARED}}}, folder / "backbone.pt")
+    for seed, (task, (enc, dec)) in enumerate(PROMPTS.items()):
+        prompted = {**({"encoder_prompt": True, "encoder_prompt_length": enc} if enc else {}),
+                    **({"decoder_prompt": True, "decoder_prompt_length": dec} if dec else {})}
+        torch.manual_seed(seed + 1)
+        model = build_micro(dictionary=dictionary, **prompted)
+        for name, p in model.named_parameters():
+            if "_prompt_encoder." in name:
+                p.data.normal_(0, 0.3)  # prompts that change the outputs
+        state = {**backbone, **{k: v for k, v in model.state_dict().items() if "_prompt_encoder." in k}}
+        args = {**vars(micro_args(**prompted)), "_name": "ofa_prompt_tiny"}
+        torch.save({**head, "model": state, "cfg": {"model": args, "task": {"_name": task, **SHARED}}},
+                   folder / f"{task}.pt")
+        export_prompts(str(folder / f"{task}.pt"), str(folder / f"{task}.safetensors"))
+    return folder
+
+
+def requests(folder, n=6):
+    images = [decode_image(r[4]) for r in tiny_data.rows("refcoco", n, seed=3)]
+    kinds = [("caption", {}), ("vqa_gen", {"question": "what color is the square?"}),
+             ("refcoco", {"text": "the red square"})]
+    return [{"prompts": str(folder / f"{kinds[i % 3][0]}.safetensors"), "image": im, **kinds[i % 3][1]}
+            for i, im in enumerate(images)]
+
+
+def alone(model, request):
+    model.set_prompts(request["prompts"])
+    if "question" in request:
+        return model.answer(request["image"], request["question"])
+    if "text" in request:
+        return model.ground(request["image"], request["text"])
+    return model.caption(request["image"])
+
+
+def test_a_mixed_batch_gives_what_each_request_gives_alone(files):
+    model = from_pretrained(str(files / "backbone.pt"), bpe_dir=str(files), batch_size=4)
+    given = requests(files)
+    served = model._mixed(given, beam=5)
+    outputs = [out for out, _ in served]
+    assert outputs == [alone(model, r) for r in given]
+    # and the scores, from the hypotheses of each request run alone through the same search
+    for request, (_, best) in zip(given, served):
+        single = model._mixed([request], beam=5)[0][1]
+        assert torch.equal(single["tokens"], best["tokens"])
+        assert abs(float(single["score"]) - float(best["score"])) < 1e-5
+    # the files differ: serving every request with the caption file's prompts changes outputs
+    captions = [{**r, "prompts": str(files / "caption.safetensors")} for r in given if "question" not in r
+                and "text" not in r]
+    assert model.mixed(captions) == [alone(model, r) for r in captions]
+    assert isinstance(outputs[2], list) and len(outputs[2]) == 4  # a box in the image's pixels
+
+
+def test_a_mixed_batch_keeps_the_prompts_in_use(files):
+    model = from_pretrained(str(files / "backbone.pt"), bpe_dir=str(files),
+                            prompts=str(files / "caption.safetensors"))
+    image = Image.new("RGB", (32, 24), "red")
+    before = model.caption(image)
+    model.mixed(requests(files, 3))
+    assert model.caption(image) == before
+
+
+def test_mixed_requests_are_checked(files):
+    model = from_pretrained(str(files / "backbone.pt"), bpe_dir=str(files))
+    image = Image.new("RGB", (8, 8))
+    with pytest.raises(InputError, match="needs? the 'question'"):
+        model.mixed([{"prompts": str(files / "vqa_gen.safetensors"), "image": image}])
+    with pytest.raises(InputError, match="chooses among candidates"):
+        model.mixed([{"prompts": str(files / "snli_ve.safetensors"), "image": image}])
+    with pytest.raises(InputError, match="request 0: a dict with 'prompts'"):
+        model.mixed([image])
