@@ -1,6 +1,9 @@
+import re
 import sys
 
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', open("ofa_prompt/version.py", encoding="utf-8").read()).group(1)
 
 # fairseq 0.12.2 does not import on Python >= 3.11 (mutable dataclass defaults);
 # fairseq-fixed is the same code, importable as `fairseq`, that does.
@@ -8,7 +11,7 @@ FAIRSEQ = "fairseq-fixed==0.12.3.1" if sys.version_info >= (3, 11) else "fairseq
 
 setup(
     name="ofa_prompt",
-    version="0.1.0",
+    version=VERSION,
     description="Prefix prompt tuning for OFA as a fairseq plugin (--user-dir ofa_prompt)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

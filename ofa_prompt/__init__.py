@@ -13,4 +13,4 @@ from . import criterions, metrics, models, tasks  # noqa: F401,E402  (registrati
 from .hub import load_model  # noqa: F401,E402
 from .predictor import OFAPredictor, from_pretrained  # noqa: F401,E402
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401,E402

@@ -1,5 +1,6 @@
-"""OFA's TSV files, read lazily: one pass at start-up records where each row starts and checks it;
-rows are read on demand, from the file that pass read."""
+"""OFA's TSV files, read lazily: one pass at start-up records where each row starts and checks it (or an
+earlier run's record of that pass is used: row_index); rows are read on demand, from the file checked."""
+import json
 import logging
 import os
 from array import array
@@ -7,6 +8,7 @@ from typing import Callable, List, Optional, Sequence
 
 from ..errors import InputError
 from ..file_version import check_unchanged, file_version
+from . import row_index
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,10 @@ class TSVReader:
     changed in place (same inode, another size or time) is an error naming it, never rows of two versions."""
 
     def __init__(self, path: str, selected_cols: Sequence[int], check: Optional[Callable] = None,
-                 skip_bad_rows: bool = False):
+                 skip_bad_rows: bool = False, index_key: Optional[str] = None, stats: Optional[dict] = None):
+        """`index_key`: keep a record of the check (ofa_prompt.data.row_index) under this description of it,
+        and use the record instead of checking where one of this file version and key exists. `stats`: a
+        dict that `check` fills (counts over the rows), kept in the record and filled from it."""
         if os.path.isdir(path):
             raise IsADirectoryError(f"{path} is a folder: --data names TSV files (comma-separated)")
         if not os.path.isfile(path):
@@ -44,8 +49,24 @@ class TSVReader:
         self.skipped = self.blank = 0
         self._file = open(path, "rb")
         self._version = file_version(self._file.fileno())
+        self.from_index = False  # whether the rows came from a record of an earlier check
         try:
-            self._scan(check, skip_bad_rows)
+            if index_key is not None:  # what the outcome of the check depends on besides the caller's key
+                index_key = json.dumps([index_key, self.cols, skip_bad_rows])
+            record = row_index.load(path, self._version, index_key) if index_key is not None else None
+            if record is not None:
+                self.starts, self.ends, self.lines = record["starts"], record["ends"], record["lines"]
+                self.skipped, self.blank, self.from_index = record["skipped"], record["blank"], True
+                if stats is not None:
+                    stats.update(record["stats"])
+                logger.info("%s: %d rows, checked by an earlier run of this file version (its row index)", path,
+                            len(self.starts))
+            else:
+                self._scan(check, skip_bad_rows)
+            self._report()
+            if record is None and index_key is not None:
+                row_index.save(path, self._version, index_key, self.starts, self.ends, self.lines, self.skipped,
+                               self.blank, stats or {})
         except BaseException:
             self._file.close()
             raise
@@ -78,11 +99,13 @@ class TSVReader:
             self.ends.append(offset)
             self.lines.append(line_no)
         self._check_unchanged("while it was being checked at start-up")
+
+    def _report(self):
         if self.skipped or self.blank:
-            logger.warning("%s: %d rows read; skipped %d bad rows and %d blank lines", path, len(self.starts),
+            logger.warning("%s: %d rows read; skipped %d bad rows and %d blank lines", self.path, len(self.starts),
                            self.skipped, self.blank)
         if not self.starts:
-            raise BadRow(f"{path}: no usable rows")
+            raise BadRow(f"{self.path}: no usable rows")
 
     def columns_of(self, raw: bytes) -> List[str]:
         """The selected columns of a line. A row needs only the columns the task reads: counting from the

@@ -17,7 +17,7 @@ from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.sequence_generator import EnsembleModel
 from fairseq.tasks import TASK_REGISTRY, FairseqTask
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..checkpoint import check_resume_file, claim_save_dir
 from ..data.dataset import OFADataset
@@ -36,6 +36,7 @@ from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
 from ..prompt_file import attach_prompts, read_prompts
+from ..version import __version__
 from ..schedule import default_total_updates, plan_lr_schedule
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ class OFATaskConfig(FairseqDataclass):
     max_image_size: int = field(default=512, metadata={"help": "coordinate range the location bins cover"})
     imagenet_default_mean_and_std: bool = field(default=False, metadata={"help": "ImageNet normalization instead of 0.5/0.5"})
     skip_bad_rows: bool = field(default=False, metadata={"help": "skip (and count) bad TSV rows instead of stopping"})
+    no_tsv_index: bool = field(default=False, metadata={
+        "help": "check every TSV row at every start-up and keep no record of it; by default a record of the check is "
+                "kept beside the file (.NAME.ofa-index.npz, else under ~/.cache/ofa_prompt), and later runs on the "
+                "unchanged file with the same task options use it instead of checking again"})
     eval_args: str = field(default="{}", metadata={"help": 'generation options for validation, e.g. \'{"beam":5}\''})
     eval_print_samples: bool = field(default=False, metadata={"help": "log hypotheses and references in validation"})
     warmup_ratio: float = field(default=0.0, metadata={
@@ -180,10 +185,22 @@ class OFATask(FairseqTask):
             raise ValueError(f"--selected-cols={text}: {type(self).__name__} reads "
                              f"{len(self.default_cols.split(','))} column numbers ({self.column_names})")
         reader = self._readers.get((path, tuple(cols)))
+        self.row_stats = {}  # what check_row counts over the file being read
         if reader is None:  # each file is read and checked once, however many epochs (or plans) use it
-            reader = self._readers[path, tuple(cols)] = TSVReader(path, cols, self.check_row, self.cfg.skip_bad_rows)
+            key = None if self.cfg.no_tsv_index else self.row_check_key(cols)
+            reader = self._readers[path, tuple(cols)] = TSVReader(path, cols, self.check_row, self.cfg.skip_bad_rows,
+                                                                  key, self.row_stats)
             logger.info("%s: %d rows from %s (epoch %d)", split, len(reader), path, epoch)
         self.datasets[split] = OFADataset(reader, self, train=split == "train")
+
+    def row_check_key(self, cols: List[int]) -> str:
+        """What decides the outcome of checking a file's rows (ofa_prompt.data.row_index): the task, the columns
+        read, every task option but the file list, and the plugin's version (whose checks may change)."""
+        options = (OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True) if isinstance(self.cfg, DictConfig)
+                   else dict(vars(self.cfg)))
+        options.pop("data", None)
+        return json.dumps({"task": self.task_name(), "cols": cols, "options": options, "plugin": __version__},
+                          sort_keys=True, default=str)
 
     def training_rows(self, max_epoch: int) -> List[int]:
         """The number of training rows of each epoch 1..max_epoch (epochs cycle through the files)."""

@@ -69,6 +69,7 @@ NOT_FROM_CHECKPOINT = {
     "eval_cider_cached_tokens": "a file, and one only validation during training checks",
     "skip_bad_rows": "how this run treats bad rows of its own data: a test set is not cut silently",
     "prompt_file": "what this run evaluates",
+    "no_tsv_index": "how this run reads its own files",
     "valid_batch_size": "memory only, on the machine that evaluates",
     "val_inference_type": "this run's inference method, like --beam (OFA's evaluate.py sets it from "
                           "--beam-search-vqa-eval, never from the checkpoint)",

@@ -22,6 +22,7 @@ from fairseq.tasks import register_task
 
 from ..data.tokenize import clean_text
 from ..metrics.vqa import parse_answers, vqa_score
+from ..file_version import file_version
 from ..per_sample_search import Rule, allow_only, use_per_sample_rules
 from .base import DECODER_PROMPT_TYPES, OFATask, OFATaskConfig
 
@@ -205,20 +206,26 @@ class VqaGenTask(OFATask):
         self.check_text(clean_text(question), "question")
         refs = parse_answers(ref)
         if self._answer_set:
-            self._coverage.append(answer_coverage(refs, self._answer_set))
+            best_inside, best = answer_coverage(refs, self._answer_set)
+            self.row_stats["questions"] = self.row_stats.get("questions", 0) + 1
+            self.row_stats["outside"] = self.row_stats.get("outside", 0) + int(best_inside < best)
+            self.row_stats["reachable"] = self.row_stats.get("reachable", 0.0) + best_inside
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
-        self._coverage = []  # filled by check_row when a file is read (once per file)
         super().load_dataset(split, epoch, combine, **kwargs)
-        if self._coverage:
-            outside = sum(1 for best_inside, best in self._coverage if best_inside < best)
-            reachable = sum(best_inside for best_inside, _ in self._coverage) / len(self._coverage)
-            if outside:
-                logger.warning("%s: the most confident answer of %d of %d questions is not among the %d "
-                               "--ans2label-file answers: constrained inference cannot give it (the best VQA "
-                               "score reachable on these rows is %.4f), and training on them uses a loss over the "
-                               "whole vocabulary", self.datasets[split].reader.path, outside, len(self._coverage),
-                               len(self._answer_set), reachable)
+        stats = self.row_stats  # what check_row counted over the file (or an earlier run's check of it)
+        if stats.get("outside"):
+            logger.warning("%s: the most confident answer of %d of %d questions is not among the %d "
+                           "--ans2label-file answers: constrained inference cannot give it (the best VQA "
+                           "score reachable on these rows is %.4f), and training on them uses a loss over the "
+                           "whole vocabulary", self.datasets[split].reader.path, stats["outside"],
+                           stats["questions"], len(self._answer_set), stats["reachable"] / stats["questions"])
+
+    def row_check_key(self, cols):
+        answers = self.cfg.ans2label_file
+        # the answer list is read at start-up; its content decides the counts check_row makes
+        return super().row_check_key(cols) + json.dumps(
+            list(file_version(answers)) if answers and os.path.isfile(answers) else None)
 
     def question(self, question, objects):
         text = " " + clean_text(question, self.cfg.max_src_length)
