@@ -22,11 +22,14 @@ class OFADataset(FairseqDataset):
         return len(self.reader)
 
     def __getitem__(self, index):
+        row = self.reader[index]
         try:
-            sample = self.task.build_sample(self.reader[index], self.train)
+            sample = self.task.build_sample(row, self.train)
         except ValueError as e:  # content that passed the start-up check but fails on full decoding
             raise ValueError(f"{self.reader.where(index)}: {e}") from e
         sample["id"] = index
+        if self.task.cfg.image_feature_cache != "none":
+            sample["image_key"] = self.task.image_key(row)
         return sample
 
     def num_tokens(self, index):  # an upper bound: rows are only read when batched
@@ -72,6 +75,8 @@ class OFADataset(FairseqDataset):
             "refs": [s.get("ref") for s in samples],
             "metas": [s.get("meta", {}) for s in samples],
         }
+        if "image_key" in samples[0]:  # --image-feature-cache
+            batch["net_input"]["image_keys"] = torch.stack([s["image_key"] for s in samples])
         if any("conf" in s for s in samples):  # VQA's answer confidence; other tasks' rows (a mix) weigh 1
             batch["conf"] = torch.tensor([s.get("conf", 1.0) for s in samples], dtype=torch.float)
         return batch

@@ -27,6 +27,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         self.pos_q_linear = nn.Linear(dim, dim)
         self.pos_k_linear = nn.Linear(dim, dim)
         self.image_bucket_size = cfg.image_bucket_size
+        self.image_cache = None  # an ImageFeatureCache, attached by the task for --image-feature-cache
         self.max_source_positions = cfg.max_source_positions
 
     @property
@@ -36,9 +37,19 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
     def set_prompts(self, module):
         self.encoder_prompt_encoder = module
 
-    def embed_image(self, patch_images: Tensor):
-        """ResNet features projected to the model width: ([B, N, C] embeddings, [N] patch ids)."""
-        feats = self.embed_images(patch_images)
+    def embed_image(self, patch_images: Tensor, image_keys: Optional[Tensor] = None):
+        """ResNet features projected to the model width: ([B, N, C] embeddings, [N] patch ids). With an
+        image_cache (ofa_prompt.models.image_cache) and the images' keys, features seen before are looked up."""
+        if self.image_cache is None:
+            feats = self.embed_images(patch_images)
+        else:
+            if image_keys is None:
+                raise ValueError("the image feature cache needs net_input['image_keys'] (the task's datasets give "
+                                 "them with --image-feature-cache)")
+            if self.embed_images.training or any(p.requires_grad for p in self.embed_images.parameters()):
+                raise RuntimeError("--image-feature-cache: the ResNet is no longer frozen and in eval mode, so its "
+                                   "features are not fixed; train without the cache")
+            feats = self.image_cache.features(self.embed_images, patch_images, image_keys)
         h, w = feats.shape[-2:]
         x = self.image_proj(feats.flatten(2).transpose(1, 2)) * self.embed_scale
         if self.type_embedding is not None:
@@ -65,6 +76,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         return_all_hiddens: bool = False,
         token_embeddings: Optional[Tensor] = None,
         prompt_ids: Optional[Tensor] = None,
+        image_keys: Optional[Tensor] = None,
         **unused,
     ) -> Dict[str, List[Tensor]]:
         bsz, src_len = src_tokens.shape
@@ -75,7 +87,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         pos = self.pos_ln(self.embed_positions(text_pos)).expand(bsz, -1, -1)
         n_img = 0
         if patch_images is not None:
-            img, img_ids = self.embed_image(patch_images)
+            img, img_ids = self.embed_image(patch_images, image_keys)
             n_img = img.size(1)
             img_mask = torch.zeros(bsz, n_img, dtype=torch.bool, device=device)
             if patch_masks is not None:

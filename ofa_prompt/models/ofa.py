@@ -63,11 +63,12 @@ class OFAModel(FairseqEncoderDecoderModel):
         return cls(cfg, OFAEncoder(cfg, src_dict, enc_emb), OFADecoder(cfg, tgt_dict, dec_emb))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, patch_images=None, patch_masks=None,
-                features_only=False, alignment_layer=None, return_all_hiddens=False, prompt_ids=None, **kwargs):
+                features_only=False, alignment_layer=None, return_all_hiddens=False, prompt_ids=None, image_keys=None,
+                **kwargs):
         with torch.autocast(src_tokens.device.type, torch.bfloat16, enabled=self.cfg.autocast == "bf16"):
             encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, patch_images=patch_images,
                                        patch_masks=patch_masks, return_all_hiddens=return_all_hiddens,
-                                       prompt_ids=prompt_ids)
+                                       prompt_ids=prompt_ids, image_keys=image_keys)
             out, extra = self.decoder(prev_output_tokens, encoder_out=encoder_out, features_only=features_only,
                                       alignment_layer=alignment_layer, return_all_hiddens=return_all_hiddens)
         return out.float(), extra  # the loss (log-softmax over the vocabulary) in float32

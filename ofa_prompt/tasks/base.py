@@ -1,6 +1,7 @@
 """What OFA's downstream tasks share: dictionary, text and image processing, TSV datasets, validation
 by generation, and the per-sample records the `ofa_*` scorers read in fairseq-generate."""
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -11,6 +12,7 @@ from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import numpy as np
 import torch
 from PIL import Image
 from fairseq import metrics
@@ -32,6 +34,7 @@ from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
 from .saved_settings import SettingsError, apply_saved_settings, explicit_keys
+from ..models.image_cache import ImageFeatureCache
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
@@ -64,6 +67,13 @@ class OFATaskConfig(FairseqDataclass):
     max_image_size: int = field(default=512, metadata={"help": "coordinate range the location bins cover"})
     imagenet_default_mean_and_std: bool = field(default=False, metadata={"help": "ImageNet normalization instead of 0.5/0.5"})
     skip_bad_rows: bool = field(default=False, metadata={"help": "skip (and count) bad TSV rows instead of stopping"})
+    image_feature_cache: ChoiceEnum(["none", "memory", "disk"]) = field(default="none", metadata={
+        "help": "keep the frozen ResNet's features of each training and validation image (prompt tuning, adapters, "
+                "BitFit; refused for finetuning), so that later epochs look them up instead of computing them: "
+                "in memory, or in a memory-mapped file <save-dir>/image_features.npy"})
+    image_feature_cache_mb: int = field(default=4096, metadata={
+        "help": "the most --image-feature-cache may hold, in MB (ofa_base at 480 px: 3.5 MB an image in float32); "
+                "further images are computed as usual"})
     no_tsv_index: bool = field(default=False, metadata={
         "help": "check every TSV row at every start-up and keep no record of it; by default a record of the check is "
                 "kept beside the file (.NAME.ofa-index.npz, else under ~/.cache/ofa_prompt), and later runs on the "
@@ -106,6 +116,29 @@ class OFATask(FairseqTask):
         self._warned_target_cut = False
         self._warned_ema = False
         self._readers = {}  # (path, columns) -> TSVReader
+
+    def attach_image_cache(self, model):
+        """--image-feature-cache: valid only while the ResNet is frozen (OFAModel.train keeps it in eval mode then)
+        and the images are preprocessed the same way every epoch (OFATask.image has no random augmentation)."""
+        resnet = model.encoder.embed_images
+        if model.tuning == "finetune" or any(p.requires_grad for p in resnet.parameters()):
+            raise SettingsError(f"--image-feature-cache keeps the ResNet's features, which are the same every epoch "
+                                f"only while the ResNet is frozen (prompt tuning, adapters, BitFit); --tuning-method "
+                                f"{model.tuning} trains it: leave the cache out")
+        path = None
+        if self.cfg.image_feature_cache == "disk":
+            root = self.cfg._get_root() if isinstance(self.cfg, DictConfig) else None
+            save_dir = root.checkpoint.save_dir if root is not None and "checkpoint" in root else "."
+            path = os.path.join(save_dir, "image_features.npy")
+        model.encoder.image_cache = ImageFeatureCache(self.cfg.image_feature_cache_mb, path)
+
+    def image_key(self, cols) -> torch.Tensor:
+        """[2] int64: a digest of a row's image (column 1 of every task's row) and of how the task preprocesses
+        it, naming its features in --image-feature-cache."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(json.dumps([self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std]).encode())
+        digest.update(cols[1].encode() if isinstance(cols[1], str) else bytes(cols[1]))
+        return torch.from_numpy(np.frombuffer(digest.digest(), dtype=np.int64).copy())
 
     def attach_prompt_file(self, model, backbone: Optional[str]):
         """--prompt-file: its prompts on a --path model built from `backbone` (whose weights fairseq loads next;
@@ -354,6 +387,8 @@ class OFATask(FairseqTask):
                 check_unchanged(path, version, file_version(path) if os.path.isfile(path) else None,
                                 "between fairseq-generate's reading of its task settings and of its weights")
         model = super().build_model(cfg, from_checkpoint)
+        if not from_checkpoint and self.cfg.image_feature_cache != "none":
+            self.attach_image_cache(model)
         if from_checkpoint and self.cfg.prompt_file:
             self.attach_prompt_file(model, self.checkpoint_versions[index][0] if index < len(self.checkpoint_versions)
                                     else None)
@@ -377,6 +412,9 @@ class OFATask(FairseqTask):
         if not self._prepared_for_training:
             prepare_for_training(getattr(model, "module", model))
             self._prepared_for_training = True
+        cache = getattr(model, "module", model).encoder.image_cache
+        if cache is not None and epoch > 1:
+            logger.info(cache.report())
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **extra):
         # extra: fairseq's Trainer passes ema_model= too when --uses-ema; only validation uses it.

@@ -80,6 +80,9 @@ class MixTask(OFATask):
         if cfg.selected_cols:
             raise ValueError(f"--selected-cols={cfg.selected_cols}: give each task of --task mix its own "
                              "selected_cols in --mix-tasks")
+        if cfg.image_feature_cache != "none":
+            raise ValueError("--image-feature-cache is not applied to --task mix (pretraining trains the ResNet); "
+                             "leave it out")
         try:
             mixed = json.loads(cfg.mix_tasks)
         except json.JSONDecodeError as e:
