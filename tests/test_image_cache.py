@@ -100,6 +100,10 @@ def test_training_with_the_cache_equals_training_without(data):
         if a.requires_grad:
             assert torch.equal(a, b), name
     assert counting.images == 12  # 12 rows, 3 epochs: each image through the ResNet once
+    cached_task = setup_task("caption", data, "--image-feature-cache", "memory")
+    cached_task.image_cache = cached_model.encoder.image_cache
+    sample = cached_task.datasets["train"][0]
+    assert not sample["patch_image"].any()  # from the second epoch on, cached rows' images are not decoded
 
 
 def test_the_cache_is_refused_where_features_change(data):

@@ -3,6 +3,8 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
+from .image import CachedImage, image_size_of
+
 
 def rows_per_batch(batch_size, max_tokens, max_src_length: int) -> int:
     """Rows in each batch: --batch-size, else as many --max-src-length rows as fit in --max-tokens."""
@@ -22,14 +24,19 @@ class OFADataset(FairseqDataset):
         return len(self.reader)
 
     def __getitem__(self, index):
-        row = self.reader[index]
+        row, key = self.reader[index], None
         try:
+            if self.task.cfg.image_feature_cache != "none":
+                key = self.task.image_key(row)
+                if self.task.image_cache is not None and key in self.task.image_cache:
+                    # its features are kept: the model will not look at the pixels, so they are not decoded
+                    row = [row[0], CachedImage(*image_size_of(row[1])), *row[2:]]
             sample = self.task.build_sample(row, self.train)
         except ValueError as e:  # content that passed the start-up check but fails on full decoding
             raise ValueError(f"{self.reader.where(index)}: {e}") from e
         sample["id"] = index
-        if self.task.cfg.image_feature_cache != "none":
-            sample["image_key"] = self.task.image_key(row)
+        if key is not None:
+            sample["image_key"] = key
         return sample
 
     def num_tokens(self, index):  # an upper bound: rows are only read when batched

@@ -3,7 +3,8 @@
 Under prompt tuning, adapters or BitFit the ResNet is frozen and in eval mode, and OFA's preprocessing of
 caption, VQA, SNLI-VE and RefCOCO images has no random augmentation: an image's features are the same in
 every epoch. The ResNet forward is the largest single cost of a prompt-tuning step, so from the second
-epoch on the features are looked up instead of computed.
+epoch on the features are looked up instead of computed, and the dataset does not decode those images
+at all (OFADataset: a cached row's image becomes a CachedImage placeholder of its size).
 
 Features are keyed by a digest of the row's image bytes and the preprocessing settings (the dataset's
 `image_key`), and kept in memory or in a memory-mapped file (under --save-dir), up to a size limit; once
@@ -39,6 +40,14 @@ class ImageFeatureCache:
     def __deepcopy__(self, memo):  # an EMA copy of the model shares the cache: its ResNet is the same frozen one
         return self
 
+    def __getstate__(self):
+        # what travels to a spawned dataloader worker (with the task): which images are cached, not their features
+        return {**self.__dict__, "slots": [], "store": None}
+
+    def __contains__(self, key: Tensor) -> bool:
+        """Whether the features of the image with `key` ([2] int64, the dataset's image_key) are kept."""
+        return key.numpy().astype(np.int64).tobytes() in self.index
+
     @property
     def capacity(self) -> int:
         return self.limit_bytes // (int(np.prod(self.shape)) * torch.empty((), dtype=self.dtype).element_size())
@@ -50,7 +59,7 @@ class ImageFeatureCache:
 
     def features(self, resnet, images: Tensor, keys: Tensor) -> Tensor:
         """resnet(images), with the features of images seen before (keys [B, 2] int64) looked up."""
-        names = [bytes(k) for k in keys.cpu().numpy().astype(np.int64)]
+        names = [k.tobytes() for k in keys.cpu().numpy().astype(np.int64)]
         found = [self._get(name) for name in names]
         missing = [i for i, f in enumerate(found) if f is None]
         every = len(missing) == len(names)

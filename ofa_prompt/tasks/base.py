@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..checkpoint import check_resume_file, claim_save_dir
 from ..data.dataset import OFADataset
 from ..data.dictionary import build_ofa_dictionary
-from ..data.image import decode_image, image_size_of, to_tensor
+from ..data.image import CachedImage, decode_image, image_size_of, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
 from ..errors import InputError
@@ -111,6 +111,7 @@ class OFATask(FairseqTask):
         self.tokenizer = build_tokenizer(cfg.text_tokenizer, cfg.bpe_dir)
         self.bos, self.eos = torch.tensor([dictionary.bos()]), torch.tensor([dictionary.eos()])
         self.valid_generator = None
+        self.image_cache = None  # --image-feature-cache: the model's, once attached (attach_image_cache)
         self._ema_generator = None  # (EMA model, its validation generator), built at the first validation
         self._warned_truncation = False
         self._warned_target_cut = False
@@ -130,7 +131,7 @@ class OFATask(FairseqTask):
             root = self.cfg._get_root() if isinstance(self.cfg, DictConfig) else None
             save_dir = root.checkpoint.save_dir if root is not None and "checkpoint" in root else "."
             path = os.path.join(save_dir, "image_features.npy")
-        model.encoder.image_cache = ImageFeatureCache(self.cfg.image_feature_cache_mb, path)
+        model.encoder.image_cache = self.image_cache = ImageFeatureCache(self.cfg.image_feature_cache_mb, path)
 
     def image_key(self, cols) -> torch.Tensor:
         """[2] int64: a digest of a row's image (column 1 of every task's row) and of how the task preprocesses
@@ -280,6 +281,9 @@ class OFATask(FairseqTask):
     def image(self, image):
         """(tensor, original width, original height) of a row's image: base64 text, or an RGB PIL image
         (the Python API's, ofa_prompt.predictor)."""
+        if isinstance(image, CachedImage):  # the model looks its features up: the pixels are never read
+            size = self.cfg.patch_image_size
+            return torch.zeros(3, size, size), image.width, image.height
         img = image if isinstance(image, Image.Image) else decode_image(image)
         return to_tensor(img, self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std), img.width, img.height
 
