@@ -78,6 +78,23 @@ def test_batchnorm_statistics_update_when_finetuning():
     assert not torch.equal(before, model.state_dict()[key])
 
 
+def test_freeze_resnet_keeps_batchnorm_fixed_and_computes_as_eval_batchnorm():
+    """OFA's --freeze-resnet: BatchNorm layers with fixed statistics and affine parameters, in OFA's names, giving
+    what the trained BatchNorm gives in eval mode."""
+    plain, frozen = build_micro(), build_micro(freeze_resnet=True)
+    frozen.load_state_dict(plain.state_dict(), strict=False)
+    assert {k for k in frozen.state_dict() if "embed_images" in k} <= {k for k in plain.state_dict() if "embed_images" in k}
+    images = torch.rand(2, 3, 32, 32)
+    frozen.encoder.embed_images.load_state_dict({k: v for k, v in plain.encoder.embed_images.state_dict().items()
+                                                 if "num_batches" not in k})
+    with torch.no_grad():
+        assert (frozen.encoder.embed_images(images) - plain.eval().encoder.embed_images(images)).abs().max() < 1e-5
+    norms = {k: v.clone() for k, v in frozen.state_dict().items() if "embed_images" in k and ".bn" in k}
+    one_step(frozen)  # finetuning trains the convolutions, not the frozen norms
+    assert norms and all(torch.equal(v, frozen.state_dict()[k]) for k, v in norms.items())
+    assert not any("embed_images" in n and ".bn" in n for n, _ in frozen.named_parameters())
+
+
 @pytest.mark.parametrize("options, words", [
     (dict(encoder_prompt=True, encoder_prompt_length=0), "--encoder-prompt-length must be at least 1"),
     (dict(decoder_prompt=True, decoder_prompt_layers="7"), "decoder-prompt-layers=7"),

@@ -55,6 +55,12 @@ def upgrade_state_dict(model, state_dict, name="") -> set:
         del state_dict[key]
 
     own = model.full_state_dict()
+    # BatchNorm's step counter: --freeze-resnet's FrozenBatchNorm2d has none (OFA's drops it when loading),
+    # and a checkpoint trained with it lacks the counter a trainable BatchNorm starts from
+    for key in [k for k in state_dict if k.endswith(".num_batches_tracked") and k[len(prefix):] not in own]:
+        del state_dict[key]
+    for key in [k for k in own if k.endswith(".num_batches_tracked") and prefix + k not in state_dict]:
+        state_dict[prefix + key] = own[key]
     out_proj = prefix + "decoder.output_projection.weight"
     if out_proj not in state_dict and (prefix + "decoder.embed_tokens.weight") in state_dict \
             and model.cfg.share_decoder_input_output_embed:

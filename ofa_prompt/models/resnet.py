@@ -5,6 +5,8 @@ The blocks are timm's (OFA's are an adaptation of them): parameter names `conv1`
 together here rather than by timm's ResNet, because OFA stops after the third stage and spreads its
 stochastic depth over the blocks of those three only (timm's schedule would count a fourth).
 """
+import functools
+
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
@@ -25,12 +27,12 @@ RESNET_BLOCKS = {
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed affine parameters and statistics (OFA's --freeze-resnet)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__()
+    def __init__(self, num_features: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()  # device, dtype: timm's blocks pass them to every norm layer
         self.eps = eps
         for name, init in (("weight", torch.ones), ("bias", torch.zeros),
                            ("running_mean", torch.zeros), ("running_var", torch.ones)):
-            self.register_buffer(name, init(num_features))
+            self.register_buffer(name, init(num_features, device=device, dtype=dtype))
 
     def forward(self, x):
         scale = self.weight * (self.running_var + self.eps).rsqrt()
@@ -42,7 +44,7 @@ def make_norm(kind: str):
     if kind == "frozen":
         return FrozenBatchNorm2d
     if kind == "sync":  # OFA's --sync-bn uses eps 1e-3
-        return lambda c: nn.SyncBatchNorm(c, eps=1e-3)
+        return functools.partial(nn.SyncBatchNorm, eps=1e-3)
     return nn.BatchNorm2d
 
 
