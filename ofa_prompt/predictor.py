@@ -35,8 +35,9 @@ from .errors import InputError
 from .hub import load_model
 from .metrics.grounding import bins_to_box
 from .per_sample_search import allow_only, use_per_sample_rules
-from .prompt_file import attach_prompts, read_prompts
+from .prompt_file import attach_prompts, check_vocabulary, read_prompts
 from .checkpoint import saved_task
+from .tasks.base import generation_options
 from .tasks.saved_settings import SHARED, read_state
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class OFAPredictor:
         """Use the prompts of file `prompts` (prompt_file export) on the loaded backbone, with the task
         settings the file records."""
         _, meta = read_prompts(prompts)
+        self._check_vocabulary(prompts, meta)
         attach_prompts(self.model, prompts, force_backbone)
         self.model.to(self.device)
         record = meta.get("task")
@@ -159,7 +161,8 @@ class OFAPredictor:
         key = (name, tuple(sorted(generation.items())))
         if key not in self._generators:
             # fairseq's build_generator takes fairseq-generate's defaults for whatever is not given
-            self._generators[key] = task.build_generator([self.model], Namespace(**{**GENERATION[name], **generation}))
+            options = {**decoding_defaults(name, task), **generation}
+            self._generators[key] = task.build_generator([self.model], Namespace(**options))
         return self._generators[key]
 
     def _run(self, name: str, rows: List[list], generation: dict):
@@ -270,11 +273,11 @@ class OFAPredictor:
             name, task = tasks[request["prompts"]]
             sample = task.build_sample(_request_row(name, request, i), train=False)
             sample["id"] = i
-            settings = GENERATION[name]
+            settings = decoding_defaults(name, task)
             rules[i] = _within_length(task.next_token_rule(sample["source"], settings), settings.get("max_len_b"),
                                       task.dictionary.eos())
             rows.append((files.index(request["prompts"]), name, task, sample))
-        longest = max(GENERATION[name].get("max_len_b", 200) for _, name, _, _ in rows)
+        longest = max(decoding_defaults(name, task).get("max_len_b", 200) for _, name, task, _ in rows)
         generator = use_per_sample_rules(
             SequenceGenerator([self.model], rows[0][2].target_dictionary, beam_size=beam, max_len_b=longest),
             rules.get, "a batch mixing tasks")
@@ -302,10 +305,18 @@ class OFAPredictor:
                 stack.set_prompts(module)
         return out
 
+    def _check_vocabulary(self, prompts: str, meta: dict):
+        try:
+            check_vocabulary(prompts, meta, self._common.get("bpe_dir"))
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
     def _file_task(self, path: str):
         """(task name, task) a prompt file was tuned for, with the options it records (built once per file)."""
         if path not in self._file_tasks:
-            record = read_prompts(path)[1].get("task")
+            meta = read_prompts(path)[1]
+            self._check_vocabulary(path, meta)
+            record = meta.get("task")
             if record is None:
                 raise InputError(f"{path} records no task (exported by an older version): a batch mixing prompt files "
                                  "needs each file's task; export it again with python -m ofa_prompt.prompt_file export")
@@ -318,6 +329,17 @@ class OFAPredictor:
         return self._file_tasks[path]
 
 
+def decoding_defaults(name: str, task) -> dict:
+    """Generation options where the caller gives none: the task's validation options (--eval-args, which a
+    prompt file's task record carries: the decoding its prompts were validated with) over OFA's evaluation
+    scripts' (GENERATION)."""
+    validated = generation_options("--eval-args", getattr(task.cfg, "eval_args", None) or "{}")
+    return {**GENERATION[name], **{k: v for k, v in validated.items() if k in GENERATION_KEYS}}
+
+
+# the options of --eval-args that decide what is generated (not how it is printed or scored)
+GENERATION_KEYS = ("beam", "max_len_a", "max_len_b", "min_len", "lenpen", "unnormalized", "no_repeat_ngram_size",
+                   "unkpen", "temperature")
 MIXABLE = {"caption": None, "vqa_gen": "question", "refcoco": "text"}  # task -> the request's text field
 
 

@@ -71,8 +71,34 @@ def export_prompts(checkpoint: str, out: str) -> dict:
     if task in TUNED_TASKS:  # the settings the prompts were tuned with (predictor.set_prompts uses them)
         meta["task"] = {"name": task, "options": {k: v for k, v in options.items() if _plain(v)
                                                   and not k.startswith("_") and k not in NOT_RECORDED}}
+    vocabulary = _dictionary_file(options.get("bpe_dir"), checkpoint)
+    if vocabulary is not None:  # the token ids the prompts were tuned with
+        meta["vocabulary"] = {"dict_sha256": file_fingerprint(vocabulary)["sha256"]}
     _atomic(out, lambda tmp: save_file(tensors, tmp, metadata={"ofa_prompt": json.dumps(meta)}))
     return meta
+
+
+def _dictionary_file(bpe_dir: Optional[str], relative_to: str) -> Optional[str]:
+    """The dict.txt of a recorded --bpe-dir, where it can be found (as given, or relative to the checkpoint's
+    folder); None where it cannot (a path on the training machine)."""
+    if not bpe_dir:
+        return None
+    for folder in (bpe_dir, os.path.join(os.path.dirname(os.path.abspath(relative_to)), bpe_dir)):
+        if os.path.isfile(os.path.join(folder, "dict.txt")):
+            return os.path.join(folder, "dict.txt")
+    return None
+
+
+def check_vocabulary(prompts: str, meta: dict, bpe_dir: Optional[str]):
+    """A prompt file that records the dictionary it was tuned with must meet the same dict.txt in `bpe_dir`."""
+    recorded = meta.get("vocabulary", {}).get("dict_sha256")
+    if not recorded or not bpe_dir or not os.path.isfile(os.path.join(bpe_dir, "dict.txt")):
+        return
+    ours = file_fingerprint(os.path.join(bpe_dir, "dict.txt"))["sha256"]
+    if ours != recorded:
+        raise ValueError(f"{prompts} was tuned with another dictionary (dict.txt sha256 {recorded[:12]}) than "
+                         f"{bpe_dir}/dict.txt (sha256 {ours[:12]}): the token ids would not mean the same words; "
+                         "give the BPE folder the prompts were tuned with")
 
 
 # task options that name files on the training machine, or say how training ran

@@ -97,3 +97,29 @@ def test_mixed_requests_are_checked(files):
         model.mixed([{"prompts": str(files / "snli_ve.safetensors"), "image": image}])
     with pytest.raises(InputError, match="request 0: a dict with 'prompts'"):
         model.mixed([image])
+
+
+def test_prompt_files_record_their_dictionary_and_validated_decoding(files, tmp_path):
+    """A prompt file keeps the sha256 of the dict.txt it was tuned with (another one is an error naming both) and
+    the task's --eval-args, which become the decoding defaults."""
+    import shutil
+
+    from ofa_prompt.checkpoint import read_checkpoint
+    from ofa_prompt.prompt_file import read_prompts
+
+    state = read_checkpoint(str(files / "caption.pt"))
+    state["cfg"]["task"] = {**state["cfg"]["task"], "bpe_dir": str(files), "eval_args": '{"beam": 2, "max_len_b": 2}'}
+    torch.save(state, tmp_path / "short.pt")
+    export_prompts(str(tmp_path / "short.pt"), str(tmp_path / "short.safetensors"))
+    assert len(read_prompts(str(tmp_path / "short.safetensors"))[1]["vocabulary"]["dict_sha256"]) == 64
+    model = from_pretrained(str(files / "backbone.pt"), bpe_dir=str(files), prompts=str(tmp_path / "short.safetensors"))
+    image = Image.new("RGB", (32, 24), "red")
+    assert len(model.caption(image).split()) <= 2  # the recorded max_len_b
+    assert len(model.caption(image, max_len_b=8).split()) > 2  # the caller's options still win
+    other = tmp_path / "other_bpe"
+    shutil.copytree(files, other, ignore=shutil.ignore_patterns("*.pt", "*.safetensors"))
+    lines = (other / "dict.txt").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]  # as many entries, two words trading ids
+    (other / "dict.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="tuned with another dictionary"):
+        from_pretrained(str(files / "backbone.pt"), bpe_dir=str(other), prompts=str(tmp_path / "short.safetensors"))

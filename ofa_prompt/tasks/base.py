@@ -38,7 +38,7 @@ from ..models.image_cache import ImageFeatureCache
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
-from ..prompt_file import attach_prompts, read_prompts
+from ..prompt_file import attach_prompts, check_vocabulary, read_prompts
 from ..version import __version__
 from ..schedule import default_total_updates, plan_lr_schedule
 
@@ -152,6 +152,7 @@ class OFATask(FairseqTask):
                         "between fairseq-generate's reading of its task settings and of its prompts")
         model.backbone_file = backbone
         try:
+            check_vocabulary(path, read_prompts(path)[1], self.cfg.bpe_dir)
             attach_prompts(model, path, force_backbone=model.cfg.force_backbone)
         except ValueError as e:
             raise SettingsError(f"--prompt-file: {e} (fairseq-generate: --model-overrides \"{{'force_backbone': True}}\")"
