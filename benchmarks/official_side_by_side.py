@@ -92,6 +92,8 @@ COMPARED = ("encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_layers", "enc
             "max_source_positions", "max_target_positions", "encoder_prompt", "decoder_prompt",
             "encoder_prompt_length", "decoder_prompt_length", "encoder_prompt_projection",
             "decoder_prompt_projection")
+# what OFA's model code assumes (getattr defaults) for options its Namespace may lack (OFATask's)
+OFFICIAL_ABSENT = dict(freeze_resnet=False)
 
 
 # --- shared by both sides ---------------------------------------------------------------------------------
@@ -246,6 +248,8 @@ def official_setup(ofa_dir, workdir, queue):
             for name, p in model.named_parameters():
                 if "_prompt_encoder." in name:
                     p.copy_(torch.randn(p.shape, generator=g))
+                elif name.endswith("c_attn"):  # --scale-heads' per-head scales (ones)
+                    p.copy_(0.5 + torch.rand(p.shape, generator=g))
                 elif p.dim() == 1 and ("norm" in name or "_ln" in name or "layernorm" in name):
                     base = 1.0 if name.endswith("weight") else 0.0
                     p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
@@ -300,8 +304,9 @@ def our_model(prompt, weights, official=None):
     torch.manual_seed(SEED)
     model = OFAModel.build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
     if official is not None:  # the same configuration as the official model's Namespace
-        wrong = [f"{k}: ours {getattr(model.cfg, k)!r}, official {official.get(k)!r}" for k in COMPARED
-                 if getattr(model.cfg, k) != official.get(k) and not (k.endswith("_prompt_length") and not prompt)]
+        theirs = {**OFFICIAL_ABSENT, **official}
+        wrong = [f"{k}: ours {getattr(model.cfg, k)!r}, official {theirs.get(k)!r}" for k in COMPARED
+                 if getattr(model.cfg, k) != theirs.get(k)]
         if wrong:
             raise ValueError("configurations differ: " + "; ".join(wrong))
     state = torch.load(weights, weights_only=True)
@@ -326,7 +331,7 @@ def our_check(weights, workdir, official_args_, queue):
         batch = make_batch()
         out = {}
         for prompt in (True, False):
-            model, d = our_model(prompt, weights, official_args_ if prompt else None)
+            model, d = our_model(prompt, weights, official_args_ if prompt else None)  # (checked once)
             model.eval()
             ref = reference[prompt]
             with torch.no_grad():
@@ -336,6 +341,8 @@ def our_check(weights, workdir, official_args_, queue):
             out[prompt] = dict(max_abs_diff=(logits - ref["logits"]).abs().max().item(),
                                max_abs_logit=ref["logits"].abs().max().item(),
                                same_hypotheses=same, hypotheses=sum(len(ts) for ts in ref["tokens"]))
+        # how far the prompts move the official logits: the scale on which the agreement above is small
+        out["prompt_effect"] = (reference[True]["logits"] - reference[False]["logits"]).abs().max().item()
         queue.put(out)
     except BaseException as e:  # noqa: BLE001
         queue.put(dict(error=f"{type(e).__name__}: {e}"))
@@ -391,7 +398,10 @@ def extract_ofa(repo, dest):
         if archive.returncode != 0:
             raise SystemExit(f"cannot read OFA's code from {repo}: {archive.stderr.decode().strip()}")
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(dest, filter="data")
+            try:
+                tar.extractall(dest, filter="data")
+            except TypeError:  # Python without extraction filters (before 3.8.17 / 3.11.4)
+                tar.extractall(dest)
     commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     if not os.path.isfile(os.path.join(dest, "models", "ofa", "unify_transformer.py")):
         raise SystemExit(f"{repo} has no models/ofa/unify_transformer.py: not an OFA repository")
@@ -426,7 +436,6 @@ def main():
     if not os.path.isdir(a.ofa_repo):
         raise SystemExit(f"OFA repository not found at {a.ofa_repo}: give it with --ofa-repo PATH or OFA_REPO")
     sys.path.insert(0, ROOT)  # this project's package, for our side's processes
-    os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     workdir = tempfile.mkdtemp(prefix="ofa_side_by_side_")
     try:
         ofa_dir = os.path.join(workdir, "ofa")
@@ -439,16 +448,16 @@ def main():
         print(f"official sequence generator: {setup['generator']}", file=sys.stderr, flush=True)
 
         configs = {  # name: (function, arguments)
-            "official prompt": (official_run, (ofa_dir, weights, True)),
+            "official prompt": (official_run, (ofa_dir, weights, True, a.steps)),
             "ours prompt": (our_run, (weights, True, a.steps, False)),
             "ours prompt, cached features": (our_run, (weights, True, a.steps, True)),
-            "official finetune": (official_run, (ofa_dir, weights, False)),
+            "official finetune": (official_run, (ofa_dir, weights, False, a.steps)),
             "ours finetune": (our_run, (weights, False, a.steps, False)),
         }
         res, loads = {name: [] for name in configs}, []
         for r in range(a.repetitions):
             for name, (fn, args) in configs.items():
-                res[name].append(run(fn, *args, *((a.steps,) if fn is official_run else ())))
+                res[name].append(run(fn, *args))
                 loads.append(os.getloadavg()[0])
             print(f"  repetition {r + 1}/{a.repetitions} done", file=sys.stderr, flush=True)
     finally:
@@ -463,7 +472,8 @@ def main():
           f"{os.environ.get('BENCH_THREADS', torch.get_num_threads())} threads")
     print("same weights: max |logits ours - official| = "
           f"{check[True]['max_abs_diff']:.2e} with prompts, {check[False]['max_abs_diff']:.2e} without "
-          f"(max |logit| {check[True]['max_abs_logit']:.1f} / {check[False]['max_abs_logit']:.1f}); beam-5 "
+          f"(max |logit| {check[True]['max_abs_logit']:.2f} / {check[False]['max_abs_logit']:.2f}; the prompts move the "
+          f"official logits by up to {check['prompt_effect']:.2f}); beam-5 "
           f"hypotheses identical: {check[True]['same_hypotheses']}/{check[True]['hypotheses']} with prompts, "
           f"{check[False]['same_hypotheses']}/{check[False]['hypotheses']} without")
     print(f"medians of {a.repetitions} interleaved repetitions (min-max), each the median of {a.steps} steps after "

@@ -75,3 +75,40 @@ def test_only_fresh_prompts_are_initialized(reference):
     assert loaded.fresh_prompts is False  # prompts from a checkpoint are never overwritten
     started = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference), "encoder_prompt": True})
     assert started.fresh_prompts is True
+
+
+def test_a_prompt_file_is_the_starting_point(tmp_path):
+    """--prompt-init FILE: the new prompts start as the file's keys/values (tuned on another task, or on the
+    pretraining mix), which must fit their layers and length."""
+    from ofa_prompt.models.prompt import fold
+    from ofa_prompt.prompt_file import read_prompts
+
+    prompted = dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=3, decoder_prompt_length=5)
+    source = tmp_path / "source.safetensors"
+    torch.manual_seed(7)
+    tuned = build_micro(**prompted)
+    save_prompt_file(tuned, prompted, tmp_path, source)
+    kv = read_prompts(str(source))[0]
+    torch.manual_seed(0)
+    model = build_micro(**prompted)
+    init_prompts(model, str(source), prompt_file=kv)
+    for side, stack in (("encoder", model.encoder), ("decoder", model.decoder)):
+        for layer, (k, v) in fold(stack.prompts).items():
+            assert torch.allclose(k, kv[side][layer][0]) and torch.allclose(v, kv[side][layer][1])
+    longer = build_micro(**{**prompted, "decoder_prompt_length": 6})
+    with pytest.raises(ValueError, match=r"decoder prompts are \[heads, length, head_dim\] = \[4, 5, 16\]"):
+        init_prompts(longer, str(source), prompt_file=kv)
+    with pytest.raises(ValueError, match="no reparameterization MLP"):
+        init_prompts(build_micro(**prompted, encoder_prompt_projection=True), str(source), prompt_file=kv)
+    with pytest.raises(ValueError, match="no decoder prompts"):
+        init_prompts(model, str(source), prompt_file={"encoder": kv["encoder"]})
+
+
+def save_prompt_file(model, prompted, folder, out):
+    from conftest import micro_args
+    from ofa_prompt.prompt_file import export_prompts
+
+    args = {**vars(micro_args(**prompted)), "_name": "ofa_prompt_tiny"}
+    torch.save({"args": None, "model": model.state_dict(), "extra_state": {}, "optimizer_history": [],
+                "cfg": {"model": args, "task": {"_name": "caption"}}}, folder / "source.pt")
+    export_prompts(str(folder / "source.pt"), str(out))

@@ -139,6 +139,24 @@ def test_prompt_init_applies_when_training_starts_and_not_on_resume(data, refere
     assert "@ 1 updates" in resumed and "prompts initialized" not in resumed  # the trained prompts are kept
 
 
+def test_prompt_init_from_a_prompt_file(data, reference, tmp_path):
+    """--prompt-init FILE through fairseq-train: another run's exported prompts are the starting point."""
+    from ofa_prompt.prompt_file import export_prompts
+
+    start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4", "--max-update", "1"]
+    run(train_args(data, reference, tmp_path / "first", *start))
+    export_prompts(str(tmp_path / "first" / "checkpoint_last.pt"), str(tmp_path / "first.safetensors"))
+    log = run(train_args(data, reference, tmp_path / "second", *start, "--prompt-init", str(tmp_path / "first.safetensors"),
+                         "--lr", "0"))
+    assert f"prompts initialized with --prompt-init={tmp_path / 'first.safetensors'}" in log
+    first, second = prompts(tmp_path / "first" / "checkpoint_last.pt"), prompts(tmp_path / "second" / "checkpoint_last.pt")
+    assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)  # lr 0: still the file's prompts
+    bad = subprocess.run(train_args(data, reference, tmp_path / "third", *start, "--prompt-init", "vocabb"),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--prompt-init=vocabb: neither one of random, vocab, activations" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_two_gloo_processes_equal_one_with_double_update_freq(data, reference, tmp_path):
     common = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "2", "--max-update", "2",
               "--dropout", "0", "--prompt-dropout", "0"]

@@ -9,7 +9,6 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from .prompt_init import PROMPT_INITS
 from .resnet import RESNET_BLOCKS
 from .tuning import TUNING_METHODS
 
@@ -80,9 +79,11 @@ class OFAConfig(FairseqDataclass):
     decoder_prompt_layers: str = field(
         default="all", metadata={"help": "decoder layers with prompts: all, bottom-K, top-K or indices like 0,2,5"})
     prompt_dropout: float = field(default=0.2, metadata={"help": "dropout on the prompt keys/values in training (OFA: 0.2)"})
-    prompt_init: ChoiceEnum(PROMPT_INITS) = field(
+    prompt_init: str = field(
         default="random", metadata={"help": "initialization of new prompts: random (OFA), vocab (projections of token "
-                                            "embeddings), activations (the backbone's keys/values of real tokens)"})
+                                            "embeddings), activations (the backbone's keys/values of real tokens), or "
+                                            "a prompt file (python -m ofa_prompt.prompt_file export) to start from: "
+                                            "prompts tuned on another task or on the pretraining mix"})
     prompt_init_seed: int = field(default=1, metadata={"help": "seed of the tokens that vocab/activations start from"})
     # baselines of the paper
     tuning_method: ChoiceEnum(TUNING_METHODS) = field(

@@ -7,11 +7,13 @@ tuning's main limitation).
   reparameterization the MLP input embedding starts as e_t instead.
 * `activations`: the keys/values the frozen model itself computes for a sequence of P real tokens in
   every layer (prefix-tuning's "real word activations"); needs a plain table (no reparameterization).
+* a prompt file: its keys/values (of the same layers and length), e.g. prompts tuned on another task
+  (SPoT's transfer) or on the pretraining mix with the backbone frozen; needs a plain table.
 
-They run once, on the loaded backbone, when training starts (see the criterion), and only on prompts
-that did not come from a checkpoint.
+They run once, on the loaded backbone, when training starts (models.tuning.prepare_for_training, called
+by the task), and only on prompts that did not come from a checkpoint.
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -60,15 +62,39 @@ def backbone_states(model, side: str, tokens: torch.Tensor):
     return [state.transpose(0, 1) for state in states]
 
 
+def from_file(stack, side: str, kv: Dict[int, tuple], path: str) -> torch.Tensor:
+    """The table of `stack`'s prompts holding the prompt file's keys/values (which must fit them exactly)."""
+    prompt = stack.prompts
+    if prompt.trans is not None:
+        raise ValueError(f"--prompt-init={path}: a prompt file holds keys/values, with no reparameterization MLP to "
+                         f"start --{side}-prompt-projection from; leave the projection out")
+    if sorted(kv) != prompt.layers:
+        raise ValueError(f"--prompt-init={path}: its {side} prompts are in layers {sorted(kv)}, this model's in "
+                         f"{prompt.layers} (--{side}-prompt-layers)")
+    shape = tuple(next(iter(kv.values()))[0].shape)
+    want = (prompt.num_heads, prompt.length, prompt.head_dim)
+    if shape != want:
+        raise ValueError(f"--prompt-init={path}: its {side} prompts are [heads, length, head_dim] = {list(shape)}, "
+                         f"this model's {list(want)} (--{side}-prompt-length, the width)")
+    return unfold(kv, prompt.layers)
+
+
 @torch.no_grad()
-def init_prompts(model, method: str, seed: int = 0):
+def init_prompts(model, method: str, seed: int = 0, prompt_file: Optional[Dict[str, dict]] = None):
+    """Initialize the model's new prompts by `method` (PROMPT_INITS), or from the keys/values `prompt_file`
+    ({side: {layer: (key, value)}}, read from the prompt file named by `method`)."""
     if method == "random":
         return
-    if method not in PROMPT_INITS:
-        raise ValueError(f"--prompt-init={method}: choose one of {PROMPT_INITS}")
+    if method not in PROMPT_INITS and prompt_file is None:
+        raise ValueError(f"--prompt-init={method}: choose one of {PROMPT_INITS}, or name a prompt file")
     for side, stack in (("encoder", model.encoder), ("decoder", model.decoder)):
         prompt = stack.prompts
         if prompt is None:
+            continue
+        if prompt_file is not None:
+            if side not in prompt_file:
+                raise ValueError(f"--prompt-init={method}: the file has no {side} prompts for --{side}-prompt")
+            prompt.embedding.weight.copy_(from_file(stack, side, prompt_file[side], method))
             continue
         device = prompt.embedding.weight.device
         tokens = sample_tokens(stack.dictionary, prompt.length, seed).to(device)

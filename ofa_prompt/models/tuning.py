@@ -53,10 +53,11 @@ def apply_tuning(model, method: str, cfg=None):
     return count_trainable(model)
 
 
-def prepare_for_training(model):
+def prepare_for_training(model, prompt_file=None):
     """What happens once when training starts, after fairseq has loaded the checkpoint (the task's
-    begin_epoch calls it): the tuning method's freeze is enforced, fresh prompts get --prompt-init, and
-    the trainable share is reported."""
+    begin_epoch calls it): the tuning method's freeze is enforced, fresh prompts get --prompt-init (with
+    `prompt_file`, the keys/values of the prompt file it names, which the task reads), and the trainable
+    share is reported."""
     method = model.tuning
     wrong = [n for n, p in model.named_parameters() if p.requires_grad != is_trainable(n, method)
              and not (method == "finetune" and "embed_tokens" in n)]
@@ -65,7 +66,7 @@ def prepare_for_training(model):
                        "re-applying the freeze", len(wrong), method, wrong[0])
         apply_tuning(model, method, model.cfg)
     if model.cfg.prompt_init != "random" and model.fresh_prompts:
-        init_prompts(model, model.cfg.prompt_init, model.cfg.prompt_init_seed)
+        init_prompts(model, model.cfg.prompt_init, model.cfg.prompt_init_seed, prompt_file)
         logger.info("prompts initialized with --prompt-init=%s", model.cfg.prompt_init)
     trainable, total = count_trainable(model)
     logger.info("tuning method %s: %d of %d parameters trainable (%.3f%%)", method, trainable, total,

@@ -35,6 +35,7 @@ from ..metrics.scorers import use_task_scorer
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
 from .saved_settings import SettingsError, apply_saved_settings, explicit_keys
 from ..models.image_cache import ImageFeatureCache
+from ..models.prompt_init import PROMPT_INITS
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
@@ -415,7 +416,15 @@ class OFATask(FairseqTask):
         # of a run prepares the model for training (freeze, --prompt-init, the trainable share)
         super().begin_epoch(epoch, model)
         if not self._prepared_for_training:
-            prepare_for_training(getattr(model, "module", model))
+            inner = getattr(model, "module", model)
+            start = inner.cfg.prompt_init
+            prompt_file = None
+            if start not in PROMPT_INITS and inner.fresh_prompts:
+                if not os.path.isfile(start):
+                    raise SettingsError(f"--prompt-init={start}: neither one of {', '.join(PROMPT_INITS)} nor a prompt "
+                                        "file (python -m ofa_prompt.prompt_file export)")
+                prompt_file = read_prompts(start)[0]
+            prepare_for_training(inner, prompt_file)
             self._prepared_for_training = True
         cache = getattr(model, "module", model).encoder.image_cache
         if cache is not None and epoch > 1:
