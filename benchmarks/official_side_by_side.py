@@ -182,9 +182,11 @@ def net_input(batch):
 # --- the official side (a fresh process; OFA's `models`, `data`, `utils` packages importable) -------------
 
 def import_official(ofa_dir):
-    """OFA's OFAModel, its architecture and base-architecture functions and its SequenceGenerator (None if
-    that does not import), from the extracted code, against the installed fairseq."""
-    sys.path.insert(0, ofa_dir)
+    """OFA's OFAModel, its architecture and base-architecture functions and its SequenceGenerator (fairseq's
+    if OFA's does not import), with a description of the generator; from the extracted code, against the
+    installed fairseq."""
+    if ofa_dir not in sys.path:
+        sys.path.insert(0, ofa_dir)
     # OFA's models/__init__.py imports models.ofa, which also imports ofa_speech; they import as they are
     # with fairseq-fixed 0.12.3.1 on Python 3.11, so no stubs are needed here. Should one fail, stub it here
     # (this process only), e.g. sys.modules["models.ofa.ofa_speech"] = types.ModuleType(...), with the reason.
