@@ -65,7 +65,8 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
         self_bias = self.pos_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos[:, q_pos], tgt_pos)
         src_pos = encoder_out["position_embeddings"][0]
         cross_bias = self.pos_bias(self.cross_pos_q_linear, self.cross_pos_k_linear,
-                                   tgt_pos[:, q_pos].expand(src_pos.size(0), -1, -1), src_pos)
+                                   tgt_pos[:, q_pos].expand(src_pos.size(0), -1, -1), src_pos,
+                                   self.cross_position_keys(encoder_out, src_pos, incremental_state))
         if incremental_state is None:
             self_bias = self_bias + self.causal_mask(tgt_len, self_bias)
 
@@ -93,6 +94,16 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
                 attn = layer_attn
         x = self.layer_norm(x)
         return x, {"attn": [attn], "inner_states": [s.transpose(0, 1) for s in inner_states]}
+
+    def cross_position_keys(self, encoder_out, src_pos, incremental_state) -> Optional[Tensor]:
+        """The source positions' keys of the cross-attention position bias, which do not change while a
+        generation decodes: computed at its first step and kept in its encoder output (which the encoder's
+        reorder_encoder_out carries along with the beams); None outside incremental decoding."""
+        if incremental_state is None:
+            return None
+        if not encoder_out.get("cross_position_keys"):
+            encoder_out["cross_position_keys"] = [self.pos_keys(self.cross_pos_k_linear, src_pos)]
+        return encoder_out["cross_position_keys"][0]
 
     @property
     def prompts(self):

@@ -138,6 +138,8 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             "src_lengths": pick("src_lengths", 0),
             "position_embeddings": pick("position_embeddings", 0),
             "prompt_ids": pick("prompt_ids", 0) if "prompt_ids" in encoder_out else [],
+            # the decoder's cache of the cross-attention position keys (OFADecoder.cross_position_keys)
+            "cross_position_keys": pick("cross_position_keys", 0) if "cross_position_keys" in encoder_out else [],
         }
 
     def max_positions(self):

@@ -75,11 +75,16 @@ class TransformerStack:
                              "(attach_prompts(model, [file, ...]) loads several)")
         return {} if prompts is None else prompts(bsz)
 
-    def pos_bias(self, q_linear, k_linear, q_pos, k_pos):
-        """(q_linear(q_pos) . k_linear(k_pos)) * scaling, per head: [B, H, Tq, Tk]."""
+    def pos_bias(self, q_linear, k_linear, q_pos, k_pos, k: Optional[Tensor] = None):
+        """(q_linear(q_pos) . k_linear(k_pos)) * scaling, per head: [B, H, Tq, Tk]; `k`: pos_keys(k_linear,
+        k_pos) computed before."""
         q = q_linear(q_pos).unflatten(-1, (self.num_heads, -1)).transpose(1, 2) * self.pos_scaling
-        k = k_linear(k_pos).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        k = self.pos_keys(k_linear, k_pos) if k is None else k
         return torch.matmul(q, k.transpose(2, 3))
+
+    def pos_keys(self, k_linear, k_pos):
+        """k_linear(k_pos) per head: [B, H, Tk, head_dim]."""
+        return k_linear(k_pos).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def token_rel_bias(self, layer: int, q_idx: Tensor, k_idx: Tensor) -> Tensor:
         """[H, len(q_idx), len(k_idx)] relative bias between text positions."""
