@@ -34,6 +34,7 @@ class ImageFeatureCache:
         self.slots: List[Tensor] = []  # in memory: one tensor per slot
         self.store: Optional[np.memmap] = None  # on disk: [slots, *shape]
         self.shape = self.dtype = None
+        self.item_bytes = 0  # the features of one image
         self.hits = self.misses = 0
         self._full_said = False
 
@@ -50,12 +51,12 @@ class ImageFeatureCache:
 
     @property
     def capacity(self) -> int:
-        return self.limit_bytes // (int(np.prod(self.shape)) * torch.empty((), dtype=self.dtype).element_size())
+        """How many images fit in the limit (known once the first features are seen)."""
+        return self.limit_bytes // self.item_bytes
 
     @property
     def size_bytes(self) -> int:
-        return len(self.index) * int(np.prod(self.shape or ())) * (
-            torch.empty((), dtype=self.dtype).element_size() if self.dtype is not None else 0)
+        return len(self.index) * self.item_bytes
 
     def features(self, resnet, images: Tensor, keys: Tensor) -> Tensor:
         """resnet(images), with the features of images seen before (keys [B, 2] int64) looked up."""
@@ -86,10 +87,10 @@ class ImageFeatureCache:
             return
         if self.shape is None:
             self.shape, self.dtype = tuple(value.shape), value.dtype
+            self.item_bytes = value.numel() * value.element_size()
             logger.info("image feature cache: %s features of %s, %.2f MB an image; room for %d images in %d MB%s",
-                        str(self.dtype).replace("torch.", ""), list(self.shape),
-                        value.numel() * value.element_size() / 2 ** 20, self.capacity, self.limit_bytes // 2 ** 20,
-                        f" ({self.path})" if self.path else " (memory)")
+                        str(self.dtype).replace("torch.", ""), list(self.shape), self.item_bytes / 2 ** 20,
+                        self.capacity, self.limit_bytes // 2 ** 20, f" ({self.path})" if self.path else " (memory)")
         if tuple(value.shape) != self.shape or value.dtype != self.dtype:
             raise ValueError(f"image features of shape {list(value.shape)} ({value.dtype}) after {list(self.shape)} "
                              f"({self.dtype}): one cache holds one image size")
