@@ -45,18 +45,18 @@ BENCH_THREADS sets torch's threads in every run (default: torch's).
 import argparse
 import io
 import json
-import multiprocessing as mp
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from types import SimpleNamespace
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import ratio, reports_errors, run, set_threads, shown, timed_beam, timed_steps  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OFA_REPO = "/work/.mirror/OFA-Sys+OFA/repo"
@@ -118,61 +118,8 @@ def make_batch():
                 patch_masks=torch.ones(b, dtype=torch.bool))
 
 
-def status_mb(field):
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-def reset_peak_rss():
-    with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets the peak resident set size
-        f.write("5")
-
-
-def set_threads():
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
-
-
 def without_prompts(state_dict):
     return {k: v for k, v in state_dict.items() if "_prompt_encoder." not in k}
-
-
-def timed_steps(model, batch, steps, before_step=None):
-    """Median time and peak RSS growth of `steps` training steps after a warm-up one."""
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    target = batch["prev_output_tokens"]
-
-    def step():
-        logits = model(**batch)[0]
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()  # warm-up: optimizer state allocated, caches built
-    reset_peak_rss()
-    before = status_mb("VmRSS")
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    peak = status_mb("VmHWM")
-    params = list(model.parameters())  # tied weights once
-    return dict(step_ms=1000 * statistics.median(times), mem_growth_mb=peak - before,
-                trainable=sum(p.numel() for p in params if p.requires_grad), total=sum(p.numel() for p in params))
-
-
-@torch.no_grad()
-def timed_beam(generate, steps):
-    generate()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        generate()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
 
 
 def net_input(batch):
@@ -239,57 +186,51 @@ def json_safe(args):
     return {k: v for k, v in vars(args).items() if isinstance(v, (bool, int, float, str, type(None)))}
 
 
+@reports_errors
 def official_setup(ofa_dir, workdir, queue):
     """Build the official prompt model with a fixed seed, re-draw its LayerNorms and prompts (seeded),
     save the state dict; record the eval logits and beam hypotheses of it and of its no-prompt twin."""
-    try:
-        set_threads()
-        model, d, args = official_model(ofa_dir, prompt=True)
-        g = torch.Generator().manual_seed(SEED + 1)
+    set_threads()
+    model, d, args = official_model(ofa_dir, prompt=True)
+    g = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_prompt_encoder." in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif name.endswith("c_attn"):  # --scale-heads' per-head scales (ones)
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif p.dim() == 1 and ("norm" in name or "_ln" in name or "layernorm" in name):
+                base = 1.0 if name.endswith("weight") else 0.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = os.path.join(workdir, "official_ofa_tiny.pt")
+    torch.save(state, weights)
+    batch = make_batch()
+    reference = {}
+    for prompt in (True, False):
+        m = model if prompt else official_model(ofa_dir, prompt=False, weights=weights)[0]
+        m.eval()
         with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "_prompt_encoder." in name:
-                    p.copy_(torch.randn(p.shape, generator=g))
-                elif name.endswith("c_attn"):  # --scale-heads' per-head scales (ones)
-                    p.copy_(0.5 + torch.rand(p.shape, generator=g))
-                elif p.dim() == 1 and ("norm" in name or "_ln" in name or "layernorm" in name):
-                    base = 1.0 if name.endswith("weight") else 0.0
-                    p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        weights = os.path.join(workdir, "official_ofa_tiny.pt")
-        torch.save(state, weights)
-        batch = make_batch()
-        reference = {}
-        for prompt in (True, False):
-            m = model if prompt else official_model(ofa_dir, prompt=False, weights=weights)[0]
-            m.eval()
-            with torch.no_grad():
-                logits = m(**batch)[0]
-                hypos = official_generator(ofa_dir, m, d).generate([m], net_input(batch))
-            reference[prompt] = dict(logits=logits, tokens=[[h["tokens"] for h in hs] for hs in hypos])
-        torch.save(reference, os.path.join(workdir, "official_outputs.pt"))
-        generator = import_official(ofa_dir)[4]
-        queue.put(dict(weights=weights, args=json_safe(args), generator=generator,
-                       prompt_params=sum(v.numel() for k, v in state.items() if "_prompt_encoder." in k)))
-    except BaseException as e:  # noqa: BLE001
-        queue.put(dict(error=f"{type(e).__name__}: {e}"))
-        raise
+            logits = m(**batch)[0]
+            hypos = official_generator(ofa_dir, m, d).generate([m], net_input(batch))
+        reference[prompt] = dict(logits=logits, tokens=[[h["tokens"] for h in hs] for hs in hypos])
+    torch.save(reference, os.path.join(workdir, "official_outputs.pt"))
+    generator = import_official(ofa_dir)[4]
+    queue.put(dict(weights=weights, args=json_safe(args), generator=generator,
+                   prompt_params=sum(v.numel() for k, v in state.items() if "_prompt_encoder." in k)))
 
 
+@reports_errors
 def official_run(ofa_dir, weights, prompt, steps, queue):
-    try:
-        set_threads()
-        model, d, _ = official_model(ofa_dir, prompt, weights)
-        batch = make_batch()
-        out = timed_steps(model, batch, steps)
-        model.eval()
-        gen = official_generator(ofa_dir, model, d)
-        sample = net_input(batch)
-        out["beam5_ms"] = timed_beam(lambda: gen.generate([model], sample), steps)
-        queue.put(out)
-    except BaseException as e:  # noqa: BLE001
-        queue.put(dict(error=f"{type(e).__name__}: {e}"))
-        raise
+    set_threads()
+    model, d, _ = official_model(ofa_dir, prompt, weights)
+    batch = make_batch()
+    out = timed_steps(model, batch, steps)
+    model.eval()
+    gen = official_generator(ofa_dir, model, d)
+    sample = net_input(batch)
+    out["beam5_ms"] = timed_beam(lambda: gen.generate([model], sample), steps)
+    queue.put(out)
 
 
 # --- this project's side (a fresh process) ---------------------------------------------------------------
@@ -325,67 +266,48 @@ def our_generator(model, d):
     return lambda sample: gen.generate([model], sample, bos_token=d.bos())
 
 
+@reports_errors
 def our_check(weights, workdir, official_args_, queue):
     """Our logits and beam hypotheses against the official ones, same weights, same batch."""
-    try:
-        set_threads()
-        reference = torch.load(os.path.join(workdir, "official_outputs.pt"), weights_only=True)
-        batch = make_batch()
-        out = {}
-        for prompt in (True, False):
-            model, d = our_model(prompt, weights, official_args_ if prompt else None)  # (checked once)
-            model.eval()
-            ref = reference[prompt]
-            with torch.no_grad():
-                logits = model(**batch)[0]
-                hypos = our_generator(model, d)(net_input(batch))
-            same = sum(torch.equal(h["tokens"], t) for hs, ts in zip(hypos, ref["tokens"]) for h, t in zip(hs, ts))
-            out[prompt] = dict(max_abs_diff=(logits - ref["logits"]).abs().max().item(),
-                               max_abs_logit=ref["logits"].abs().max().item(),
-                               same_hypotheses=same, hypotheses=sum(len(ts) for ts in ref["tokens"]))
-        # how far the prompts move the official logits: the scale on which the agreement above is small
-        out["prompt_effect"] = (reference[True]["logits"] - reference[False]["logits"]).abs().max().item()
-        queue.put(out)
-    except BaseException as e:  # noqa: BLE001
-        queue.put(dict(error=f"{type(e).__name__}: {e}"))
-        raise
+    set_threads()
+    reference = torch.load(os.path.join(workdir, "official_outputs.pt"), weights_only=True)
+    batch = make_batch()
+    out = {}
+    for prompt in (True, False):
+        model, d = our_model(prompt, weights, official_args_ if prompt else None)  # (checked once)
+        model.eval()
+        ref = reference[prompt]
+        with torch.no_grad():
+            logits = model(**batch)[0]
+            hypos = our_generator(model, d)(net_input(batch))
+        same = sum(torch.equal(h["tokens"], t) for hs, ts in zip(hypos, ref["tokens"]) for h, t in zip(hs, ts))
+        out[prompt] = dict(max_abs_diff=(logits - ref["logits"]).abs().max().item(),
+                           max_abs_logit=ref["logits"].abs().max().item(),
+                           same_hypotheses=same, hypotheses=sum(len(ts) for ts in ref["tokens"]))
+    # how far the prompts move the official logits: the scale on which the agreement above is small
+    out["prompt_effect"] = (reference[True]["logits"] - reference[False]["logits"]).abs().max().item()
+    queue.put(out)
 
 
+@reports_errors
 def our_run(weights, prompt, steps, cache, queue):
-    try:
-        set_threads()
-        from ofa_prompt.models.image_cache import ImageFeatureCache
+    set_threads()
+    from ofa_prompt.models.image_cache import ImageFeatureCache
 
-        model, d = our_model(prompt, weights)
-        batch = make_batch()
-        if cache:  # every image's features cached after the warm-up step (epochs after the first)
-            model.encoder.image_cache = ImageFeatureCache(4096)
-            batch["image_keys"] = torch.arange(2 * SHAPE["batch"]).view(SHAPE["batch"], 2)
-        out = timed_steps(model, batch, steps)
-        if not cache:
-            model.eval()
-            generate, sample = our_generator(model, d), net_input(batch)
-            out["beam5_ms"] = timed_beam(lambda: generate(sample), steps)
-        queue.put(out)
-    except BaseException as e:  # noqa: BLE001
-        queue.put(dict(error=f"{type(e).__name__}: {e}"))
-        raise
+    model, d = our_model(prompt, weights)
+    batch = make_batch()
+    if cache:  # every image's features cached after the warm-up step (epochs after the first)
+        model.encoder.image_cache = ImageFeatureCache(4096)
+        batch["image_keys"] = torch.arange(2 * SHAPE["batch"]).view(SHAPE["batch"], 2)
+    out = timed_steps(model, batch, steps)
+    if not cache:
+        model.eval()
+        generate, sample = our_generator(model, d), net_input(batch)
+        out["beam5_ms"] = timed_beam(lambda: generate(sample), steps)
+    queue.put(out)
 
 
 # --- the driver ------------------------------------------------------------------------------------------
-
-def run(fn, *args):
-    """fn(*args, queue) in a fresh spawned process; its result, or SystemExit with the worker's error."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=fn, args=(*args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    if "error" in out:
-        raise SystemExit(f"{fn.__name__} failed: {out['error']}")
-    return out
-
 
 def extract_ofa(repo, dest):
     """OFA's code into dest: from a checkout's folders, or `git archive` of a git directory's HEAD.
@@ -408,22 +330,6 @@ def extract_ofa(repo, dest):
     if not os.path.isfile(os.path.join(dest, "models", "ofa", "unify_transformer.py")):
         raise SystemExit(f"{repo} has no models/ofa/unify_transformer.py: not an OFA repository")
     return commit or "unknown commit"
-
-
-def median(values):
-    return statistics.median(values), min(values), max(values)
-
-
-def shown(values, digits=0):
-    m, lo, hi = median(values)
-    return f"{m:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
-
-
-def ratio(ours, official):
-    """Median of the paired ratios ours_i / official_i, with their range."""
-    r = [a / b for a, b in zip(ours, official)]
-    m, lo, hi = median(r)
-    return f"{m:.2f}x ({lo:.2f}-{hi:.2f})"
 
 
 def main():

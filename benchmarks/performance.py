@@ -13,16 +13,15 @@ ratios are printed with the load average. --scaling adds prompt lengths 16-256 a
 """
 import argparse
 import json
-import multiprocessing as mp
 import os
-import statistics
 import sys
-import time
 from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import ratio, run, set_threads, shown, timed_beam, timed_steps  # noqa: E402
 
 SIZES = {
     "tiny": dict(arch="ofa_prompt_tiny", image=256, batch=4, vocab=59457, src=24, tgt=16),
@@ -59,83 +58,31 @@ def build(size, prompt, length=64, batch_size=None):
     return model, d, batch
 
 
-def status_mb(field):
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-def reset_peak_rss():
-    with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets the peak resident set size
-        f.write("5")
-
-
 def train_steps(size, prompt, steps, cache, length, batch_size, queue):
     """Median step time and peak memory growth of `steps` training steps (after a warm-up), then the beam-5
     generation time, in this (fresh) process. cache: None, "hit" (every image's features cached: epochs after
     the first) or "miss" (a new cache every step: the first epoch, paying for storing the features)."""
+    from fairseq.sequence_generator import SequenceGenerator
+
     from ofa_prompt.models.image_cache import ImageFeatureCache
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    set_threads()
     model, d, batch = build(size, prompt, length, batch_size)
     if cache is not None:
         model.encoder.image_cache = ImageFeatureCache(4096)
         batch["image_keys"] = torch.arange(2 * len(batch["src_tokens"])).view(-1, 2)
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    target = batch["prev_output_tokens"]
 
-    def step():
-        if cache == "miss":
-            model.encoder.image_cache = ImageFeatureCache(4096)
-        logits, _ = model(**batch)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def fresh_cache():
+        model.encoder.image_cache = ImageFeatureCache(4096)
 
-    step()  # warm-up: optimizer state allocated, caches built
-    reset_peak_rss()
-    before = status_mb("VmRSS")
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    peak = status_mb("VmHWM")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    out = dict(step_ms=1000 * statistics.median(times), mem_growth_mb=peak - before, trainable=trainable, total=total)
+    out = timed_steps(model, batch, steps, fresh_cache if cache == "miss" else None)
     if cache is None:
-        out["beam5_ms"] = beam_ms(model, d, batch, steps)
+        model.eval()
+        # fixed output length so that every run decodes the same number of steps
+        gen = SequenceGenerator([model], d, beam_size=5, max_len_a=0, max_len_b=12, min_len=12)
+        sample = {"net_input": {k: v for k, v in batch.items() if k != "prev_output_tokens"}}
+        out["beam5_ms"] = timed_beam(lambda: gen.generate([model], sample), steps)
     queue.put(out)
-
-
-@torch.no_grad()
-def beam_ms(model, d, batch, steps):
-    from fairseq.sequence_generator import SequenceGenerator
-
-    model.eval()
-    # fixed output length so that every run decodes the same number of steps
-    gen = SequenceGenerator([model], d, beam_size=5, max_len_a=0, max_len_b=12, min_len=12)
-    sample = {"net_input": {k: v for k, v in batch.items() if k != "prev_output_tokens"}}
-    gen.generate([model], sample)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        gen.generate([model], sample)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
-
-
-def run(fn, *args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=fn, args=(*args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
 
 
 def interleaved(configs, repetitions, steps):
@@ -147,22 +94,6 @@ def interleaved(configs, repetitions, steps):
             loads.append(os.getloadavg()[0])
         print(f"  repetition {r + 1}/{repetitions} done", file=sys.stderr, flush=True)
     return results, loads
-
-
-def median(values):
-    return statistics.median(values), min(values), max(values)
-
-
-def shown(values, unit=""):
-    m, lo, hi = median(values)
-    return f"{m:.0f}{unit} ({lo:.0f}-{hi:.0f})"
-
-
-def ratio(a, b):
-    """Median of the paired ratios a_i / b_i, with their range."""
-    r = [x / y for x, y in zip(a, b)]
-    m, lo, hi = median(r)
-    return f"{m:.2f}x ({lo:.2f}-{hi:.2f})"
 
 
 def main():
