@@ -35,7 +35,7 @@ from .errors import InputError
 from .hub import load_model
 from .metrics.grounding import bins_to_box
 from .per_sample_search import allow_only, use_per_sample_rules
-from .prompt_file import attach_prompts, check_vocabulary, read_prompts
+from .prompt_file import attach_prompts, read_prompts
 from .checkpoint import saved_task
 from .tasks.base import generation_options
 from .tasks.saved_settings import SHARED, read_state
@@ -122,8 +122,7 @@ class OFAPredictor:
         """Use the prompts of file `prompts` (prompt_file export) on the loaded backbone, with the task
         settings the file records."""
         _, meta = read_prompts(prompts)
-        self._check_vocabulary(prompts, meta)
-        attach_prompts(self.model, prompts, force_backbone)
+        attach_prompts(self.model, prompts, force_backbone, self._common.get("bpe_dir"))
         self.model.to(self.device)
         record = meta.get("task")
         if record is None:
@@ -284,7 +283,7 @@ class OFAPredictor:
         collate = OFADataset([], rows[0][2], train=False).collater
         stacks = (self.model.encoder, self.model.decoder)
         in_use = [stack.prompts for stack in stacks]
-        attach_prompts(self.model, files)
+        attach_prompts(self.model, files, bpe_dir=self._common.get("bpe_dir"))
         self.model.to(self.device)
         out = []
         try:
@@ -305,18 +304,10 @@ class OFAPredictor:
                 stack.set_prompts(module)
         return out
 
-    def _check_vocabulary(self, prompts: str, meta: dict):
-        try:
-            check_vocabulary(prompts, meta, self._common.get("bpe_dir"))
-        except ValueError as e:
-            raise InputError(str(e)) from None
-
     def _file_task(self, path: str):
         """(task name, task) a prompt file was tuned for, with the options it records (built once per file)."""
         if path not in self._file_tasks:
-            meta = read_prompts(path)[1]
-            self._check_vocabulary(path, meta)
-            record = meta.get("task")
+            record = read_prompts(path)[1].get("task")
             if record is None:
                 raise InputError(f"{path} records no task (exported by an older version): a batch mixing prompt files "
                                  "needs each file's task; export it again with python -m ofa_prompt.prompt_file export")

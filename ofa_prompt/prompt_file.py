@@ -20,10 +20,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic_file import atomic_path
-from .checkpoint import BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, store_model_args
+from .checkpoint import BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, saved_task, store_model_args
 from .models.stack import build_prompt_encoder
 from .models.config import config_from
-from .checkpoint import saved_task
+from .errors import InputError
 from .models.prompt import fold, unfold
 
 logger = logging.getLogger(__name__)
@@ -89,14 +89,18 @@ def _dictionary_file(bpe_dir: Optional[str], relative_to: str) -> Optional[str]:
     return None
 
 
-def check_vocabulary(prompts: str, meta: dict, bpe_dir: Optional[str]):
+class VocabularyMismatch(InputError, ValueError):
+    """A prompt file meeting a dict.txt other than the one it was tuned with."""
+
+
+def _check_vocabulary(prompts: str, meta: dict, bpe_dir: Optional[str]):
     """A prompt file that records the dictionary it was tuned with must meet the same dict.txt in `bpe_dir`."""
     recorded = meta.get("vocabulary", {}).get("dict_sha256")
     if not recorded or not bpe_dir or not os.path.isfile(os.path.join(bpe_dir, "dict.txt")):
         return
     ours = file_fingerprint(os.path.join(bpe_dir, "dict.txt"))["sha256"]
     if ours != recorded:
-        raise ValueError(f"{prompts} was tuned with another dictionary (dict.txt sha256 {recorded[:12]}) than "
+        raise VocabularyMismatch(f"{prompts} was tuned with another dictionary (dict.txt sha256 {recorded[:12]}) than "
                          f"{bpe_dir}/dict.txt (sha256 {ours[:12]}): the token ids would not mean the same words; "
                          "give the BPE folder the prompts were tuned with")
 
@@ -198,20 +202,23 @@ def _check_fits(path: str, side: str, info: dict, cfg, target: str = "the model"
         raise ValueError(f"{path} was made for another architecture ({side}: {', '.join(diff)})")
 
 
-def attach_prompts(model, prompts: Union[str, Sequence[str]], force_backbone: bool = False):
-    """Use the prompts of file `prompts` on `model`'s backbone (checked against its architecture and, unless
-    forced, the backbone the prompts were tuned on); sides the file lacks lose their prompts.
+def attach_prompts(model, prompts: Union[str, Sequence[str]], force_backbone: bool = False,
+                   bpe_dir: Optional[str] = None):
+    """Use the prompts of file `prompts` on `model`'s backbone (checked against its architecture, the
+    dict.txt of `bpe_dir` if given, and, unless forced, the backbone the prompts were tuned on); sides the
+    file lacks lose their prompts.
 
     A list of files loads them all; each sample then names the one it uses by its index in the list, in
     net_input["prompt_ids"] (one batch mixing prompt files: OFAPredictor.mixed)."""
     if isinstance(prompts, (str, os.PathLike)):
-        model.set_prompts(_checked_prompts(model, prompts, force_backbone))
+        model.set_prompts(_checked_prompts(model, prompts, force_backbone, bpe_dir))
     else:
-        model.set_prompts([_checked_prompts(model, path, force_backbone) for path in prompts])
+        model.set_prompts([_checked_prompts(model, path, force_backbone, bpe_dir) for path in prompts])
 
 
-def _checked_prompts(model, prompts: str, force_backbone: bool) -> dict:
+def _checked_prompts(model, prompts: str, force_backbone: bool, bpe_dir: Optional[str]) -> dict:
     kv, meta = read_prompts(prompts)
+    _check_vocabulary(prompts, meta, bpe_dir)
     for side in kv:
         _check_fits(prompts, side, meta["sides"][side], model.cfg)
     if not force_backbone:

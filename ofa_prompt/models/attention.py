@@ -91,9 +91,10 @@ class MultiheadAttention(nn.Module):
 
         # bias and padding mask cover the real keys only; whatever is in front of them is prefix
         real_len = (bias.size(-1) if bias is not None else
-                    key_padding_mask.size(1) if key_padding_mask is not None else k.size(2))
+                    key_padding_mask.size(1) if key_padding_mask is not None else
+                    k.size(2) - (prefix_mask.size(1) if prefix_mask is not None else 0))
         n_prefix = k.size(2) - real_len
-        mask = self._logit_mask(bias, key_padding_mask, n_prefix, q.dtype, prefix_mask)
+        mask = self._logit_mask(bias, key_padding_mask, n_prefix, real_len, q.dtype, prefix_mask)
 
         if need_weights:
             logits = torch.matmul(q * self.scaling, k.transpose(2, 3))
@@ -113,7 +114,7 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(attn), weights
 
     @staticmethod
-    def _logit_mask(bias, key_padding_mask, n_prefix: int, dtype, prefix_mask=None) -> Optional[Tensor]:
+    def _logit_mask(bias, key_padding_mask, n_prefix: int, real_len: int, dtype, prefix_mask=None) -> Optional[Tensor]:
         """Additive [B|1, H|1, T|1, P+S] mask from the bias and the padding masks; on the prefix zeros,
         -inf where `prefix_mask` ([B, P]) marks padding."""
         mask = bias
@@ -122,7 +123,6 @@ class MultiheadAttention(nn.Module):
         if mask is not None and n_prefix:
             mask = F.pad(mask, (n_prefix, 0))
         if prefix_mask is not None:
-            real_len = (mask.size(-1) - n_prefix) if mask is not None else 0
             mask = _add(mask, F.pad(_neg_inf_where(prefix_mask, dtype), (0, real_len)))
         return mask
 

@@ -126,8 +126,8 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         }
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
-        def pick(key, dim):
-            return [t.index_select(dim, new_order) for t in encoder_out[key]]
+        def pick(key, dim):  # an entry may be absent (an encoder output built elsewhere): empty
+            return [t.index_select(dim, new_order) for t in encoder_out.get(key, [])]
 
         return {
             "encoder_out": pick("encoder_out", 1),
@@ -137,9 +137,9 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             "src_tokens": pick("src_tokens", 0),
             "src_lengths": pick("src_lengths", 0),
             "position_embeddings": pick("position_embeddings", 0),
-            "prompt_ids": pick("prompt_ids", 0) if "prompt_ids" in encoder_out else [],
+            "prompt_ids": pick("prompt_ids", 0),
             # the decoder's cache of the cross-attention position keys (OFADecoder.cross_position_keys)
-            "cross_position_keys": pick("cross_position_keys", 0) if "cross_position_keys" in encoder_out else [],
+            "cross_position_keys": pick("cross_position_keys", 0),
         }
 
     def max_positions(self):

@@ -39,7 +39,7 @@ from ..models.prompt_init import PROMPT_INITS
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
-from ..prompt_file import attach_prompts, check_vocabulary, read_prompts
+from ..prompt_file import attach_prompts, read_prompts
 from ..version import __version__
 from ..schedule import default_total_updates, plan_lr_schedule
 
@@ -153,8 +153,7 @@ class OFATask(FairseqTask):
                         "between fairseq-generate's reading of its task settings and of its prompts")
         model.backbone_file = backbone
         try:
-            check_vocabulary(path, read_prompts(path)[1], self.cfg.bpe_dir)
-            attach_prompts(model, path, force_backbone=model.cfg.force_backbone)
+            attach_prompts(model, path, force_backbone=model.cfg.force_backbone, bpe_dir=self.cfg.bpe_dir)
         except ValueError as e:
             raise SettingsError(f"--prompt-file: {e} (fairseq-generate: --model-overrides \"{{'force_backbone': True}}\")"
                                 if "force_backbone" in str(e) else f"--prompt-file: {e}") from None
