@@ -1,15 +1,22 @@
-"""Shared machinery of the experiment scripts: the synthetic benchmark and its cached micro backbone
-(the demo's), training and evaluation through stock fairseq-train / fairseq-generate (commands built
-from configs/demo/caption_prompt.yaml with overrides), and result tables and plots."""
+"""Shared machinery of the experiment scripts: the synthetic benchmark and its backbones (the demo's micro
+one and larger ones, each pretrained once on the pretraining mix and cached), runs of stock fairseq-train /
+fairseq-generate (commands built from configs/demo/caption_prompt.yaml with overrides) kept in one run
+store that every study shares, seeds and their statistics, result tables and plots with error bars."""
+import functools
+import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -19,6 +26,7 @@ for noisy in ("matplotlib", "PIL"):  # their DEBUG lines (a line per PNG chunk) 
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 BASE_CONFIG = os.path.join(REPO, "configs", "demo", "caption_prompt.yaml")
+PRETRAIN_CONFIG = os.path.join(REPO, "configs", "demo", "pretrain.yaml")
 TASKS = {
     "caption": dict(task="caption", file="caption", cols="0,4,2", scoring="ofa_caption", metric="CIDEr", extra=[]),
     "vqa": dict(task="vqa_gen", file="vqa", cols="0,5,2,3,4", scoring="ofa_vqa", metric="accuracy",
@@ -28,76 +36,114 @@ TASKS = {
     "snli_ve": dict(task="snli_ve", file="snli_ve", cols="0,2,3,4,5", scoring="ofa_snli_ve", metric="accuracy",
                     extra=["task_options.add-caption=true", "task_options.max-src-length=64"]),
 }
-# learning rates per method for the micro backbone (prompts need a large one, as in the paper)
 NO_PROMPTS = ["train.encoder-prompt=false", "train.decoder-prompt=false", "train.encoder-prompt-length=null",
               "train.decoder-prompt-length=null"]  # the base config's prompt options would be an error without prompts
+PROMPT_LENGTH = 64  # the paper's recommendation
+PROMPT_LR = 0.03  # the paper's prompt-tuning learning rate (configs/methods/prompt.yaml)
+
+
+def prompt_length(n):
+    return [f"train.encoder-prompt-length={n}", f"train.decoder-prompt-length={n}"]
+
+
+# Learning rates of the other methods were chosen on the micro backbone (finetuning from 1e-4..1e-3, adapters
+# 1e-4..1e-2, BitFit 1e-3..1e-1); prompt tuning takes the paper's recommended setup: length 64 in every layer
+# of both sides, lr 0.03.
 METHODS = {
     "finetune": ["tuning=finetune", *NO_PROMPTS, "train.lr=5e-4"],
-    "prompt": ["tuning=prompt", "train.lr=0.1"],
+    "prompt": ["tuning=prompt", *prompt_length(PROMPT_LENGTH), f"train.lr={PROMPT_LR}"],
     "adapter": ["tuning=adapter", *NO_PROMPTS, "train.adapter=true", "train.adapter-dim=32", "train.lr=1e-3"],
     "bitfit": ["tuning=bitfit", *NO_PROMPTS, "train.bitfit=true", "train.lr=1e-2"],
 }
+
+
+@dataclass(frozen=True)
+class Size:
+    """A backbone size: encoder and decoder of `layers` layers of `width` (FFN twice as wide), ResNet-18
+    stem, pretrained the demo's way (configs/demo/pretrain.yaml)."""
+    name: str
+    width: int
+    layers: int
+    heads: int
+
+    def overrides(self) -> List[str]:
+        return [f"train.{side}-{key}={value}" for side in ("encoder", "decoder")
+                for key, value in (("layers", self.layers), ("embed-dim", self.width),
+                                   ("ffn-embed-dim", 2 * self.width), ("attention-heads", self.heads))]
+
+
+# micro is the demo's backbone (configs/demo/common.yaml); the largest pretrains in about 20 minutes on 2 cores
+SIZES = {s.name: s for s in (Size("micro", 64, 2, 4), Size("small", 128, 3, 4), Size("medium", 256, 4, 8))}
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def ensure_backbone(quick: bool) -> str:
-    """The demo's synthetic data and micro backbone: scripts/demo.sh makes them once, and again when
-    configs/demo changes (the experiments must not tune a stale backbone)."""
-    demo = os.path.join(REPO, ".cache", "demo-quick" if quick else "demo")
+def demo_dir(quick: bool) -> str:
+    return os.path.join(REPO, ".cache", "demo-quick" if quick else "demo")
+
+
+def _set_demo_env(quick: bool):
+    demo = demo_dir(quick)
     os.environ["DEMO_DIR"], os.environ["DEMO_DATA"] = demo, os.path.join(demo, "data")
     os.environ["DEMO_RUNS"] = os.path.join(demo, "runs")
+
+
+@functools.lru_cache(maxsize=None)
+def ensure_backbone(quick: bool, size: str = "micro") -> str:
+    """The synthetic data and the backbone of `size`, pretrained on the pretraining mix: scripts/demo.sh
+    makes the data and the micro backbone once (again when configs/demo changes); a larger backbone is
+    pretrained the same way, with its size's overrides, and cached beside it with its recipe."""
+    _set_demo_env(quick)
     env = {**os.environ, "DEMO_QUICK": "1" if quick else "0", "DEMO_BACKBONE_ONLY": "1"}
-    subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh")], cwd=REPO, env=env, check=True)
-    return os.path.join(demo, "runs", "backbone.pt")
+    subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh")], cwd=REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL if size != "micro" else None)
+    runs = os.environ["DEMO_RUNS"]
+    if size == "micro":
+        return os.path.join(runs, "backbone.pt")
+    backbone = os.path.join(runs, f"backbone_{size}.pt")
+    overrides = SIZES[size].overrides() + (["train.max-update=4", "train.log-interval=1"] if quick else [])
+    with open(os.path.join(REPO, "configs", "demo", "common.yaml"), "rb") as a, open(PRETRAIN_CONFIG, "rb") as b:
+        recipe = hashlib.sha1(a.read() + b.read() + " ".join(overrides).encode()).hexdigest()[:12]
+    if os.path.isfile(backbone) and read_text(backbone + ".recipe") == recipe:
+        return backbone
+    save = os.path.join(runs, f"pretrain_{size}")
+    shutil.rmtree(save, ignore_errors=True)
+    cmd = build_command(PRETRAIN_CONFIG, [*overrides, f"train.save-dir={save}"])
+    log(f"pretraining the {size} backbone on the pretraining mix ({save}.log)")
+    start = time.time()
+    run_logged(cmd, save + ".log")
+    shutil.copy(os.path.join(save, "checkpoint_last.pt"), backbone)
+    with open(backbone + ".recipe", "w") as f:
+        f.write(recipe)
+    log(f"  {size} backbone pretrained in {time.time() - start:.0f} s")
+    return backbone
 
 
-def task_overrides(task: str, split_data=True):
+def read_text(path) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def task_overrides(task: str):
     t = TASKS[task]
     data = f"$DEMO_DATA/downstream_{t['file']}"
     return [f"task={t['task']}", f"data={data}_train.tsv,{data}_valid.tsv", f"test_data={data}_test.tsv",
             f"task_options.selected-cols={t['cols']}", f"generate.scoring={t['scoring']}", *t["extra"]]
 
 
-def run(cmd, log_path):
+def run_logged(cmd, log_path, env=None):
     with open(log_path, "w") as f:
-        p = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if p.returncode:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f"command failed ({log_path}):\n{' '.join(cmd)}\n{tail}")
+        p = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
     with open(log_path) as f:
-        return f.read()
-
-
-def train(name: str, out: str, task: str, overrides, updates: int):
-    """Train with stock fairseq-train; returns (checkpoint, seconds, log text)."""
-    save = os.path.join(out, "runs", name)
-    # a fresh run: fairseq-train would resume from an earlier run's checkpoint_last.pt (made maybe with
-    # another backbone) and, once that reached --max-update, report its old result as new
-    shutil.rmtree(save, ignore_errors=True)
-    os.makedirs(save)
-    cmd = build_command(BASE_CONFIG, [*task_overrides(task), *overrides, f"train.save-dir={save}",
-                                      f"train.max-update={updates}", f"train.total-num-update={max(updates, 1)}",
-                                      f"train.warmup-updates={min(50, max(updates // 4, 1))}", "train.log-interval=10"])
-    log(f"train {name}: {' '.join(cmd[:3])} ... ({updates} updates)")
-    start = time.time()
-    text = run(cmd, os.path.join(out, "runs", f"{name}.train.log"))
-    return os.path.join(save, "checkpoint_last.pt"), time.time() - start, text
-
-
-def evaluate(name: str, out: str, task: str, checkpoint: str, overrides=()) -> float:
-    """The task's metric from stock fairseq-generate on the test split."""
-    cmd = build_command(BASE_CONFIG, [*task_overrides(task), *overrides], checkpoint=checkpoint)
-    text = run(cmd, os.path.join(out, "runs", f"{name}.generate.log"))
-    metric = TASKS[task]["metric"]
-    found = re.findall(rf"Generate test with beam=\d+: .*?{re.escape(metric)}: ([\d.]+)", text)
-    if not found:
-        raise RuntimeError(f"no {metric} in {name}'s fairseq-generate output")
-    log(f"  {name}: {metric} {float(found[-1]):.4f}")
-    return float(found[-1])
+        text = f.read()
+    if p.returncode:
+        raise RuntimeError(f"command failed ({log_path}):\n{' '.join(cmd)}\n{text[-3000:]}")
+    return text
 
 
 def validation(task: str, every: int):
@@ -135,8 +181,138 @@ def trainable(text: str):
     return int(trained.replace(",", "")), int(total.replace(",", ""))
 
 
-def save_results(out: str, name: str, rows, header, note: str, command: str):
-    """results.md (table + how it was made), results.json."""
+def test_score(text: str, metric: str) -> float:
+    found = re.findall(rf"Generate test with beam=\d+: .*?{re.escape(metric)}: ([\d.]+)", text)
+    if not found:
+        raise ValueError(f"no {metric} in the fairseq-generate output")
+    return float(found[-1])
+
+
+# ---------------------------------------------------------------------------------------------- the run store
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a study and its test score: `task` tuned from the `size` backbone with `options`
+    (fairseq overrides) for `updates` updates, validated every `every` updates (checkpoint_best.pt is the
+    one scored on the test split). Runs of the same settings are shared by every study."""
+    task: str
+    label: str  # names the options, e.g. "prompt" or "prompt_init-vocab"
+    options: tuple
+    updates: int
+    every: int
+    seed: int = 1
+    size: str = "micro"
+
+    @property
+    def name(self) -> str:
+        return f"{self.size}/{self.task}_{self.label}_u{self.updates}_s{self.seed}"
+
+
+def store_dir(quick: bool) -> str:
+    """Where runs are kept: $STUDY_RUNS, or .cache/study-runs (quick: study-runs-quick)."""
+    return os.environ.get("STUDY_RUNS") or os.path.join(REPO, ".cache", "study-runs-quick" if quick else "study-runs")
+
+
+def run_commands(run: Run, quick: bool, backbone: str):
+    save = os.path.join(store_dir(quick), run.name)
+    train = build_command(BASE_CONFIG, [
+        *task_overrides(run.task), *SIZES[run.size].overrides(), f"restore_file={backbone}", *run.options,
+        *validation(run.task, run.every), f"train.seed={run.seed}", f"train.save-dir={save}",
+        f"train.max-update={run.updates}", f"train.total-num-update={max(run.updates, 1)}",
+        f"train.warmup-updates={min(50, max(run.updates // 4, 1))}", "train.log-interval=10"])
+    generate = build_command(BASE_CONFIG, [*task_overrides(run.task), *SIZES[run.size].overrides()],
+                             checkpoint=os.path.join(save, "checkpoint_best.pt"))
+    return save, train, generate
+
+
+def execute(run: Run, quick: bool, threads: Optional[int] = None) -> dict:
+    """Train and score `run`, or return its stored result when the same commands (and the same backbone
+    file) ran before. The result: test score, validation curve, updates per epoch, parameter counts,
+    seconds of training, checkpoint."""
+    backbone = ensure_backbone(quick, run.size)
+    save, train, generate = run_commands(run, quick, backbone)
+    key = hashlib.sha1(json.dumps([train, generate, os.path.getmtime(backbone)]).encode()).hexdigest()
+    done = save + ".json"
+    if os.path.isfile(done):
+        with open(done) as f:
+            stored = json.load(f)
+        if stored.get("key") == key and os.path.isfile(stored["checkpoint"]):
+            return {**stored, "stored": True}
+    # a fresh run: fairseq-train would resume from an earlier run's checkpoint_last.pt (made maybe with
+    # another backbone) and, once that reached --max-update, report its old result as new
+    shutil.rmtree(save, ignore_errors=True)
+    os.makedirs(save)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    start = time.time()
+    text = run_logged(train, save + ".train.log", env)
+    seconds = time.time() - start
+    curve, per_epoch = validation_curve(text)
+    n, total = trainable(text)
+    score = test_score(run_logged(generate, save + ".generate.log", env), TASKS[run.task]["metric"])
+    result = dict(key=key, name=run.name, score=score, curve=curve, per_epoch=per_epoch, trained=n, total=total,
+                  seconds=seconds, checkpoint=os.path.join(save, "checkpoint_best.pt"))
+    with open(done, "w") as f:
+        json.dump(result, f)
+    return {**result, "stored": False}
+
+
+def execute_all(runs: Sequence[Run], quick: bool, workers: int = 1) -> Dict[Run, dict]:
+    """Every run (stored ones are read back), `workers` at a time, each on cores / workers threads; one
+    progress line per finished run."""
+    runs = list(dict.fromkeys(runs))
+    for size in dict.fromkeys(r.size for r in runs):  # pretrain before the pool: once, not once per worker
+        ensure_backbone(quick, size)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    results, start = {}, time.time()
+
+    def one(run):
+        result = execute(run, quick, threads)
+        results[run] = result
+        elapsed = time.time() - start
+        how = "stored run" if result["stored"] else f"trained in {result['seconds']:.0f} s"
+        log(f"[{len(results)}/{len(runs)}] {run.name}: {TASKS[run.task]['metric']} {result['score']:.4f} "
+            f"({how}; {elapsed / 60:.1f} min so far)")
+
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(one, r) for r in runs]:
+            future.result()
+    return results
+
+
+# -------------------------------------------------------------------------------------------------- statistics
+
+def mean_std(values: Sequence[float]):
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = [float(v) for v in values]
+    if not values or any(math.isnan(v) for v in values):
+        raise ValueError(f"mean_std needs numbers, got {values}")
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def pm(values: Sequence[float], digits: int = 4) -> str:
+    """'mean ± std' of the values, the value alone when there is one, '-' when there are none."""
+    if not values:
+        return "-"
+    m, s = mean_std(values)
+    return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def first_reaching(curve, target: float):
+    """The first (updates, score, seconds) point of a validation curve at or above `target`, or None."""
+    return next((p for p in curve if p[1] >= target), None)
+
+
+def best_point(curve):
+    """The earliest point with the best validation score."""
+    return max(curve, key=lambda p: (p[1], -p[0]))
+
+
+# ---------------------------------------------------------------------------------------------- tables, plots
+
+def save_results(out: str, name: str, rows, header, note: str, command: str, extra: Optional[dict] = None):
+    """results.md (table + how it was made), results.json (the table and `extra`, e.g. the per-seed values)."""
     os.makedirs(out, exist_ok=True)
     lines = [f"# {name}", "", note, "", f"Made with `{command}`.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -144,43 +320,97 @@ def save_results(out: str, name: str, rows, header, note: str, command: str):
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"header": header, "rows": rows}, f, indent=1)
+        json.dump({"header": header, "rows": rows, **(extra or {})}, f, indent=1)
     print("\n".join(lines[6:]))
 
 
-def plot(path, title, series, xlabel, ylabel, kind="line", xticks=None):
-    """series: {label: (xs, ys)}; kind 'bar' draws grouped bars over xticks."""
+@dataclass
+class Series:
+    """One line (or bar group) of a plot: the mean of each point's values, with a standard-deviation bar
+    when a point has several (seeds)."""
+    xs: list
+    values: List[List[float]] = field(default_factory=list)
+
+    def means(self):  # a point without values (e.g. no seed reached a target) is not drawn
+        return [mean_std(v)[0] if v else math.nan for v in self.values]
+
+    def errors(self):
+        return [mean_std(v)[1] if v else math.nan for v in self.values]
+
+
+def plot(path, title, series: Dict[str, Series], xlabel, ylabel, kind="line", xticks=None, logx=False, axes=None):
+    """Lines (or grouped bars over `xticks`) with error bars of one standard deviation over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7 if kind == "bar" else 6, 4))
+    own = axes is None
+    if own:
+        fig, axes = plt.subplots(figsize=(7 if kind == "bar" else 6, 4))
+    ax = axes
     if kind == "bar":
         width = 0.8 / max(len(series), 1)
-        for i, (label, (xs, ys)) in enumerate(series.items()):
-            ax.bar([x + i * width for x in range(len(ys))], ys, width, label=label)
+        for i, (label, s) in enumerate(series.items()):
+            ax.bar([x + i * width for x in range(len(s.values))], s.means(), width, yerr=s.errors(), capsize=3,
+                   label=label)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(xticks))], xticks)
     else:
-        for label, (xs, ys) in series.items():
-            ax.plot(xs, ys, marker="o", label=label)
+        for label, s in series.items():
+            ax.errorbar(s.xs, s.means(), yerr=s.errors(), marker="o", capsize=3, label=label)
+        if logx:
+            ax.set_xscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if kind == "bar":  # beside the plot: bars fill the whole height
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     else:
-        ax.legend()
+        ax.legend(fontsize=8)
+    if own:
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def plot_grid(path, panels):
+    """Several plots side by side: panels is a list of plot() keyword dicts (without path)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(len(panels), 2)
+    rows = math.ceil(len(panels) / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    for ax, panel in zip(grid.flat, panels):
+        plot(None, axes=ax, **panel)
+    for ax in list(grid.flat)[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def cli(description):
+def cli(description, updates=200, every=25):
     import argparse
 
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="a few updates on the quick demo data (for tests)")
-    ap.add_argument("--out", help="output folder (default docs/<experiment>, quick: .cache/experiments/<experiment>)")
-    ap.add_argument("--updates", type=int, help="training updates per run (default 200, quick 3)")
+    ap.add_argument("--out", help="output folder (default docs/<study>, quick: .cache/experiments/<study>)")
+    ap.add_argument("--updates", type=int, help=f"training updates per run (default {updates}, quick 3)")
+    ap.add_argument("--every", type=int, help=f"validate every N updates (default {every}, quick 1)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 1 2 3, quick 1)")
+    ap.add_argument("--workers", type=int, default=2, help="runs at a time, sharing the cores (default 2)")
     return ap
+
+
+def settings(a, study: str, updates=200, every=25):
+    """(updates, every, seeds, out) of the parsed command line, with the quick defaults."""
+    return (a.updates or (3 if a.quick else updates), a.every or (1 if a.quick else every),
+            a.seeds or ([1] if a.quick else [1, 2, 3]),
+            a.out or os.path.join(REPO, f".cache/experiments/{study}" if a.quick else f"docs/{study}"))
+
+
+def command_line(script: str, argv) -> str:
+    return f"python experiments/{script} " + " ".join(argv if argv is not None else sys.argv[1:])

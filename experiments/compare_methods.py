@@ -1,61 +1,82 @@
-"""The paper's Tables 1-2 in miniature: finetuning, prompt tuning, adapters and BitFit on the same
-frozen-or-not micro backbone, for the synthetic benchmark's downstream tasks.
+"""The paper's Tables 1-2 in miniature: finetuning, prompt tuning, adapters and BitFit on one backbone, for
+the synthetic benchmark's four downstream tasks, each with several seeds.
 
-    python experiments/compare_methods.py [--tasks caption snli_ve ...] [--updates 200] [--every 25] [--quick]
+    python experiments/compare_methods.py [--size micro] [--tasks caption vqa ...] [--seeds 1 2 3] [--quick]
 
-Each run validates by generation every --every updates (OFA's --eval-cider / --eval-acc, greedy) and
-keeps checkpoint_best.pt; the test split is scored on that checkpoint with fairseq-generate (beam 5).
+Each run validates by generation every --every updates (OFA's --eval-cider / --eval-acc, greedy) and keeps
+checkpoint_best.pt; the test split is scored on that checkpoint with fairseq-generate (beam 5).
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (METHODS, REPO, TASKS, cli, ensure_backbone, evaluate, log, plot, save_results, train,  # noqa: E402
-                    trainable, validation, validation_curve)
+from common import (METHODS, SIZES, TASKS, Run, Series, best_point, cli, command_line, execute_all, log,  # noqa: E402
+                    mean_std, plot_grid, pm, save_results, settings)
+
+
+def method_runs(tasks, methods, seeds, updates, every, size="micro"):
+    return [Run(task, method, tuple(METHODS[method]), updates, every, seed, size)
+            for task in tasks for method in methods for seed in seeds]
+
+
+def shares(results, task, method, seeds, size, updates, every):
+    """A method's test score over finetuning's, seed by seed (the same seed's finetuning run)."""
+    def score(m, seed):
+        return results[Run(task, m, tuple(METHODS[m]), updates, every, seed, size)]["score"]
+    return [score(method, s) / score("finetune", s) for s in seeds if score("finetune", s) > 0]
+
+
+def summarize(results, tasks, methods, seeds, updates, every, size="micro"):
+    """Rows of the comparison table and the per-seed values behind them."""
+    rows, per_seed = [], {}
+    for task in tasks:
+        for method in methods:
+            rs = [results[Run(task, method, tuple(METHODS[method]), updates, every, s, size)] for s in seeds]
+            scores = [r["score"] for r in rs]
+            best = [best_point(r["curve"]) for r in rs]
+            share = shares(results, task, method, seeds, size, updates, every) if "finetune" in methods else []
+            per_seed[f"{task}/{method}"] = dict(score=scores, share=share, best_valid=[b[1] for b in best],
+                                                 updates_to_best=[b[0] for b in best], seconds=[r["seconds"] for r in rs])
+            n, total = rs[0]["trained"], rs[0]["total"]
+            rows.append([task, method, TASKS[task]["metric"], pm(scores), pm(share, 2) if share else "-",
+                         f"{min(scores):.4f} .. {max(scores):.4f}", f"{n:,} ({100 * n / total:.2f}%)",
+                         pm([b[1] for b in best]), pm([b[0] for b in best], 0),
+                         f"{mean_std([r['seconds'] for r in rs])[0]:.0f}"])
+    return rows, per_seed
+
+
+HEADER = ["task", "method", "metric", "test score (mean ± sd)", "share of finetuning", "seed range",
+          "trainable parameters", "best validation score", "updates to best", "train seconds"]
+
+
+def plot_methods(path, tasks, methods, per_seed, title):
+    """One panel per task (its own metric), a bar per method with the seeds' standard deviation."""
+    panels = [dict(title=f"{task} ({title})", xlabel="method", ylabel=TASKS[task]["metric"], kind="bar",
+                   xticks=[""], series={m: Series([0], [per_seed[f"{task}/{m}"]["score"]]) for m in methods})
+              for task in tasks]
+    plot_grid(path, panels)
 
 
 def main(argv=None):
     ap = cli(__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="micro", choices=list(SIZES))
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--every", type=int, help="validate every N updates (default 25, quick 1)")
     a = ap.parse_args(argv)
-    updates, every = a.updates or (3 if a.quick else 200), a.every or (1 if a.quick else 25)
-    out = a.out or os.path.join(REPO, ".cache/experiments/compare_methods" if a.quick else "docs/compare_methods")
-    ensure_backbone(a.quick)
-    rows, scores = [], {m: [] for m in a.methods}
-    for task in a.tasks:
-        for method in a.methods:
-            name = f"{task}_{method}"
-            ckpt, seconds, text = train(name, out, task, METHODS[method] + validation(task, every), updates)
-            curve, per_epoch = validation_curve(text)
-            best_updates, best_valid, best_seconds = max(curve, key=lambda p: (p[1], -p[0]))  # earliest best
-            score = evaluate(name, out, task, ckpt.replace("checkpoint_last.pt", "checkpoint_best.pt"))
-            n, total = trainable(text)
-            scores[method].append(score)
-            rows.append([task, method, f"{score:.4f}", TASKS[task]["metric"], f"{n:,} ({100 * n / total:.2f}%)",
-                         f"{best_valid:.4f}", best_updates, f"{best_updates / per_epoch:.1f}", f"{best_seconds:.0f}",
-                         f"{seconds:.0f}"])
-            log(f"{task} {method}: test {score:.4f}, best validation {best_valid:.4f} at update {best_updates}")
-    save_results(out, "Method comparison", rows,
-                 ["task", "method", "test score", "metric", "trainable parameters", "best validation score",
-                  "updates to best", "epochs to best", "seconds to best", f"seconds for {updates} updates"],
-                 f"Micro OFA backbone pretrained on the synthetic pretraining mix, tuned {updates} updates per "
+    updates, every, seeds, out = settings(a, "compare_methods")
+    runs = method_runs(a.tasks, a.methods, seeds, updates, every, a.size)
+    log(f"{len(runs)} runs ({a.size} backbone, seeds {seeds}, {updates} updates each)")
+    results = execute_all(runs, a.quick, a.workers)
+    rows, per_seed = summarize(results, a.tasks, a.methods, seeds, updates, every, a.size)
+    save_results(out, f"Method comparison ({a.size} backbone)", rows, HEADER,
+                 f"The {a.size} OFA backbone pretrained on the synthetic pretraining mix, tuned {updates} updates per "
                  f"run on each downstream task (batch 32), validated (greedy) every {every} updates; the test split "
-                 "is scored on the best validation checkpoint by fairseq-generate (beam 5). Seconds are wall time of "
-                 "fairseq-train from its first epoch, validation included.",
-                 "python experiments/compare_methods.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    plot_methods(os.path.join(out, "methods.png"), a.tasks, scores)
-    return rows
-
-
-def plot_methods(path, tasks, scores):
-    """Grouped bars per task; relative to finetuning's score when it ran (CIDEr and accuracies differ in scale)."""
-    base = scores.get("finetune")
-    if base and all(base):
-        scores = {m: [v / b for v, b in zip(s, base)] for m, s in scores.items()}
-    plot(path, "Methods on the synthetic benchmark", {m: (list(range(len(tasks))), s) for m, s in scores.items()},
-         "task", "test score / finetuning's" if base and all(base) else "test score", kind="bar", xticks=tasks)
+                 f"is scored on the best validation checkpoint by fairseq-generate (beam 5). Seeds {seeds}: mean ± "
+                 "sample standard deviation; the share of finetuning is taken seed by seed. Seconds are wall time of "
+                 f"fairseq-train, {a.workers} runs at a time on 2 cores.",
+                 command_line("compare_methods.py", argv), extra=dict(per_seed=per_seed, seeds=seeds, size=a.size))
+    plot_methods(os.path.join(out, "methods.png"), a.tasks, a.methods, per_seed, f"{a.size}, {len(seeds)} seeds")
+    return per_seed
 
 
 if __name__ == "__main__":

@@ -1,52 +1,142 @@
-"""Convergence, the paper's main limitation of prompt tuning: validation score against updates for
-finetuning and for prompt tuning with each --prompt-init and a higher-learning-rate recipe; reports
-the updates (and epochs) each needs to reach 95% of finetuning's best score.
+"""Convergence, the paper's main limitation of prompt tuning, and two remedies beyond it: validation score
+against updates for finetuning and for prompt tuning from each start, with several seeds; the updates and the
+wall time each start needs to reach 95% of finetuning's best validation score, and its final test score.
 
-    python experiments/convergence.py [--task caption] [--updates 300] [--every 50] [--quick]
+    python experiments/convergence.py [--tasks caption vqa ...] [--inits random vocab pretrained transfer ...]
+                                      [--seeds 1 2 3] [--updates 200] [--every 25] [--quick]
+
+Starts (--prompt-init): `random` (OFA's), `vocab`, `activations`; `pretrained`: a prompt tuned on the
+pretraining mix with the backbone frozen (the paper's "prompt learning during pretraining", its future work),
+exported with `python -m ofa_prompt.prompt_file export` and used to start every downstream prompt;
+`transfer`: the prompt file another task tuned (SPoT-style), same seed; `lr0.1`: random start with a 3x
+learning rate.
 """
+import hashlib
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (METHODS, REPO, TASKS, cli, ensure_backbone, log, plot, save_results, train,  # noqa: E402
-                    validation, validation_curve)
+from common import (METHODS, PRETRAIN_CONFIG, SIZES, TASKS, Run, Series, build_command, cli,  # noqa: E402
+                    command_line, ensure_backbone, execute_all, first_reaching, log, mean_std, plot_grid, pm,
+                    read_text, run_logged, save_results, settings, store_dir)
 
-RUNS = {
-    "finetune": METHODS["finetune"],
-    "prompt, random init": METHODS["prompt"],
-    "prompt, vocab init": METHODS["prompt"] + ["train.prompt-init=vocab"],
-    "prompt, activations init": METHODS["prompt"] + ["train.prompt-init=activations"],
-    "prompt, random init, lr x3": METHODS["prompt"] + ["train.lr=0.3"],
-}
+INITS = ["random", "vocab", "activations", "pretrained", "transfer", "lr0.1"]
+# the task whose tuned prompt starts each task's prompt under `transfer`
+TRANSFER_FROM = {"caption": "vqa", "vqa": "caption", "refcoco": "caption", "snli_ve": "vqa"}
+
+
+def export(checkpoint: str, out: str) -> str:
+    if not os.path.isfile(out) or os.path.getmtime(out) < os.path.getmtime(checkpoint):
+        run_logged([sys.executable, "-m", "ofa_prompt.prompt_file", "export", checkpoint, out], out + ".log")
+    return out
+
+
+def digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:10]
+
+
+def pretrained_prompt(quick: bool, size: str, updates: int) -> str:
+    """A prompt tuned on the synthetic pretraining mix (all four tasks) with the backbone frozen: the
+    downstream prompts' start under `pretrained`; made once per backbone and length of pretraining."""
+    backbone = ensure_backbone(quick, size)
+    save = os.path.join(store_dir(quick), size, f"prompt_pretraining_u{updates}")
+    out = save + ".safetensors"
+    cmd = build_command(PRETRAIN_CONFIG, [*SIZES[size].overrides(), f"restore_file={backbone}", *METHODS["prompt"],
+                                          "train.encoder-prompt=true", "train.decoder-prompt=true",
+                                          f"train.save-dir={save}", f"train.max-update={updates}",
+                                          f"train.total-num-update={updates}",
+                                          f"train.warmup-updates={min(50, max(updates // 4, 1))}"])
+    key = digest(backbone) + " ".join(cmd)
+    if os.path.isfile(out) and read_text(out + ".key") == key:
+        return out
+    log(f"prompt pretraining on the mix, {size} backbone frozen, {updates} updates")
+    shutil.rmtree(save, ignore_errors=True)
+    run_logged(cmd, save + ".train.log")
+    export(os.path.join(save, "checkpoint_last.pt"), out)
+    with open(out + ".key", "w") as f:
+        f.write(key)
+    return out
+
+
+def init_run(task, init, seed, updates, every, size, start_file=None) -> Run:
+    if init == "random":
+        return Run(task, "prompt", tuple(METHODS["prompt"]), updates, every, seed, size)
+    if init == "lr0.1":
+        return Run(task, "prompt_lr0.1", tuple(METHODS["prompt"] + ["train.lr=0.1"]), updates, every, seed, size)
+    start = start_file or init
+    label = f"prompt_init-{init}" + (f"-{digest(start_file)}" if start_file else "")
+    return Run(task, label, tuple(METHODS["prompt"] + [f"train.prompt-init={start}"]), updates, every, seed, size)
 
 
 def main(argv=None):
     ap = cli(__doc__.split("\n\n")[0])
-    ap.add_argument("--task", default="caption", choices=list(TASKS))
-    ap.add_argument("--every", type=int, help="validate every N updates (default 25, quick 1)")
+    ap.add_argument("--size", default="micro", choices=list(SIZES))
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--inits", nargs="+", default=INITS[:5], choices=INITS)
+    ap.add_argument("--pretrain-updates", type=int, help="updates of prompt pretraining (default 600, quick 3)")
     a = ap.parse_args(argv)
-    updates, every = a.updates or (3 if a.quick else 300), a.every or (1 if a.quick else 25)
-    out = a.out or os.path.join(REPO, ".cache/experiments/convergence" if a.quick else "docs/convergence")
-    ensure_backbone(a.quick)
-    curves = {}
-    for label, options in RUNS.items():
-        name = f"{a.task}_{label.replace(', ', '_').replace(' ', '_')}"
-        _, _, text = train(name, out, a.task, options + validation(a.task, every), updates)
-        points, updates_per_epoch = validation_curve(text)
-        curves[label] = ([u for u, _, _ in points], [s for _, s, _ in points])
-        log(f"{label}: best {max(curves[label][1]):.4f}")
-    target = 0.95 * max(curves["finetune"][1])
-    rows = []
-    for label, (us, ss) in curves.items():
-        reached = next((u for u, s in zip(us, ss) if s >= target), None)
-        rows.append([label, f"{max(ss):.4f}", reached if reached is not None else f"not within {updates}",
-                     f"{reached / updates_per_epoch:.1f}" if reached is not None else "-"])
-    save_results(out, f"Convergence ({a.task})", rows, ["run", "best validation score", "updates to 95% of finetuning's best",
-                                                         "epochs"],
-                 f"Validation {'CIDEr' if a.task == 'caption' else 'score'} (greedy decoding) every {every} updates, "
-                 f"{updates} updates per run, {updates_per_epoch} updates per epoch; target {target:.4f} = 95% of "
-                 "finetuning's best.", "python experiments/convergence.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    plot(os.path.join(out, "convergence.png"), f"Convergence ({a.task})", curves, "updates", "validation score")
+    updates, every, seeds, out = settings(a, "convergence")
+    quick, size = a.quick, a.size
+    ft = [Run(t, "finetune", tuple(METHODS["finetune"]), updates, every, s, size) for t in a.tasks for s in seeds]
+    first = [init_run(t, i, s, updates, every, size) for t in a.tasks for s in seeds
+             for i in a.inits if i not in ("pretrained", "transfer")]
+    if "transfer" in a.inits:  # the source tasks' own prompts (random start) must be tuned first
+        first += [init_run(TRANSFER_FROM[t], "random", s, updates, every, size) for t in a.tasks for s in seeds]
+    results = execute_all(ft + first, quick, a.workers)
+    second, start_of = [], {}
+    for t in a.tasks:
+        for s in seeds:
+            if "pretrained" in a.inits:
+                start = pretrained_prompt(quick, size, a.pretrain_updates or (3 if quick else 600))
+                start_of[t, s, "pretrained"] = init_run(t, "pretrained", s, updates, every, size, start)
+            if "transfer" in a.inits:
+                source = results[init_run(TRANSFER_FROM[t], "random", s, updates, every, size)]["checkpoint"]
+                start = export(source, source.replace(".pt", f".{TRANSFER_FROM[t]}.safetensors"))
+                start_of[t, s, "transfer"] = init_run(t, "transfer", s, updates, every, size, start)
+            second += [start_of[t, s, i] for i in ("pretrained", "transfer") if (t, s, i) in start_of]
+    results.update(execute_all(second, quick, a.workers))
+
+    def run_of(t, s, i):
+        return start_of.get((t, s, i)) or init_run(t, i, s, updates, every, size)
+
+    rows, panels, per_seed = [], [], {}
+    for t in a.tasks:
+        ft_best = [max(p[1] for p in results[r]["curve"]) for r in ft if r.task == t]
+        target = 0.95 * mean_std(ft_best)[0]
+        ft_reach = [first_reaching(results[r]["curve"], target) for r in ft if r.task == t]
+        ft_updates = mean_std([p[0] for p in ft_reach if p])[0] if any(ft_reach) else None
+        series = {}
+        for label, runs in [("finetune", [r for r in ft if r.task == t])] + \
+                [(f"prompt, {i}", [run_of(t, s, i) for s in seeds]) for i in a.inits]:
+            rs = [results[r] for r in runs]
+            reach = [first_reaching(r["curve"], target) for r in rs]
+            got = [p for p in reach if p]
+            within = (mean_std([p[0] for p in got])[0] <= 2 * ft_updates) if got and ft_updates and \
+                len(got) == len(rs) else False
+            rows.append([t, label, f"{len(got)}/{len(rs)}", pm([p[0] for p in got], 0) if got else "-",
+                         f"{mean_std([p[0] for p in got])[0] / ft_updates:.1f}x" if got and ft_updates else "-",
+                         pm([p[2] for p in got], 0) if got else "-",
+                         pm([max(p[1] for p in r["curve"]) for r in rs]), pm([r["score"] for r in rs]),
+                         "yes" if within and label != "finetune" else ("-" if label == "finetune" else "no")])
+            per_seed[f"{t}/{label}"] = dict(reached=[p[0] if p else None for p in reach], test=[r["score"] for r in rs],
+                                            curves=[r["curve"] for r in rs])
+            xs = [p[0] for p in rs[0]["curve"]]
+            series[label] = Series(xs, [[r["curve"][k][1] for r in rs] for k in range(len(xs))])
+        panels.append(dict(title=f"{t} (target {target:.3f} = 95% of finetuning's best)", xlabel="updates",
+                           ylabel=f"validation {TASKS[t]['metric']} (greedy)", series=series))
+    save_results(out, f"Convergence ({size} backbone)", rows,
+                 ["task", "run", "seeds reaching 95% of finetuning's best", "updates to reach", "x finetuning's updates",
+                  "seconds to reach", "best validation score", "test score", "within 2x finetuning's updates"],
+                 f"Validation (greedy generation) every {every} updates, {updates} updates per run, seeds {seeds}; the "
+                 "target of each task is 95% of finetuning's best validation score (mean over seeds); updates and "
+                 "seconds to reach it are over the seeds that reached it (seconds: wall time of fairseq-train, "
+                 f"{a.workers} runs at a time on 2 cores); test score on the best checkpoint (beam 5). "
+                 f"Transfer sources: {', '.join(f'{t} from {TRANSFER_FROM[t]}' for t in a.tasks)}.",
+                 command_line("convergence.py", argv), extra=dict(per_seed=per_seed, seeds=seeds))
+    plot_grid(os.path.join(out, "convergence.png"), panels)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""The paper's adversarial analysis in miniature: FGSM on the image (optionally on the text
-embeddings) at several epsilons, for the checkpoints of each tuning method.
+"""The paper's adversarial analysis in miniature: FGSM on the image pixels and on the text embeddings at
+several epsilons, for every tuning method's checkpoints of compare_methods.py, on every task and seed.
 
-    python experiments/robustness.py [--task snli_ve] [--from docs/compare_methods] [--text] [--quick]
+    python experiments/robustness.py [--tasks ...] [--attacks image text] [--seeds 1 2 3] [--quick]
 
 x_adv = clip(x + eps * sign(grad_x loss), -1, 1) with the teacher-forced loss of the reference answer;
-images live in [-1, 1] (OFA's normalization). Needs the checkpoints of compare_methods.py.
+images live in [-1, 1] (OFA's normalization); text: the token embeddings, unclipped. The checkpoints are the
+method comparison's (trained here first when the run store lacks them). A weaker model loses less to an
+attack, so each drop is relative to the same model's clean score, and the table says where the clean scores
+of a method and of finetuning differ by more than --match (relative) to compare them.
 """
+import hashlib
+import json
 import os
 import sys
 from argparse import Namespace
@@ -13,9 +18,11 @@ from argparse import Namespace
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import METHODS, REPO, TASKS, cli, ensure_backbone, log, plot, save_results  # noqa: E402
+from common import (METHODS, SIZES, TASKS, Series, cli, command_line, ensure_backbone, execute_all, log,  # noqa: E402
+                    mean_std, plot_grid, pm, save_results, settings)
+from compare_methods import method_runs  # noqa: E402
 
-from fairseq import checkpoint_utils  # noqa: E402
+EPS = {"image": [0.0, 0.02, 0.05, 0.1], "text": [0.0, 0.05, 0.1, 0.5]}
 
 
 def loss_and_inputs(model, sample, on_text: bool):
@@ -45,13 +52,16 @@ def attacked(model, sample, eps: float, on_text: bool):
     return {**sample, "net_input": net}
 
 
-def score(ckpt: str, task_name: str, eps_list, on_text: bool, max_batches: int):
+def score(ckpt: str, task_name: str, eps_list, on_text: bool, max_batches: int, beam: int):
+    """{eps: mean per-sample score} on the first max_batches test batches of 32."""
+    from fairseq import checkpoint_utils
+
     data = os.path.join(os.environ["DEMO_DATA"], f"downstream_{TASKS[task_name]['file']}_test.tsv")
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": data})
     model = models[0].eval()
     task.load_dataset("test")
     ds = task.datasets["test"]
-    generator = task.build_generator([model], Namespace(beam=5, max_len_b=40))
+    generator = task.build_generator([model], Namespace(beam=beam, max_len_b=40))
     out = {}
     for eps in eps_list:
         total, n = 0.0, 0
@@ -66,38 +76,76 @@ def score(ckpt: str, task_name: str, eps_list, on_text: bool, max_batches: int):
     return out
 
 
+def stored_score(result: dict, task: str, eps_list, on_text: bool, max_batches: int, beam: int):
+    """score() of a run's checkpoint, kept beside it (keyed by the run and the attack's settings)."""
+    key = hashlib.sha1(json.dumps([result["key"], eps_list, on_text, max_batches, beam]).encode()).hexdigest()[:12]
+    path = result["checkpoint"].replace(".pt", f".fgsm-{key}.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return {float(k): v for k, v in json.load(f).items()}
+    out = score(result["checkpoint"], task, eps_list, on_text, max_batches, beam)
+    with open(path, "w") as f:
+        json.dump(out, f)
+    return out
+
+
+def relative_drop(clean: float, attacked_score: float) -> float:
+    """The share of the clean score an attack takes away (negative when the attack helped)."""
+    if clean <= 0:
+        raise ValueError(f"a relative drop needs a positive clean score, got {clean}")
+    return (clean - attacked_score) / clean
+
+
 def main(argv=None):
     ap = cli(__doc__.split("\n\n")[0])
-    ap.add_argument("--task", default="snli_ve", choices=list(TASKS))
-    ap.add_argument("--from", dest="source", help="compare_methods.py output folder with runs/<task>_<method>/")
-    ap.add_argument("--eps", nargs="+", type=float, default=[0.0, 0.01, 0.02, 0.05, 0.1])
-    ap.add_argument("--text", action="store_true", help="attack the text embeddings instead of the image")
-    ap.add_argument("--max-batches", type=int, default=4, help="test batches of 32 per epsilon")
+    ap.add_argument("--size", default="micro", choices=list(SIZES))
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--attacks", nargs="+", default=list(EPS), choices=list(EPS))
+    ap.add_argument("--max-batches", type=int, default=2, help="test batches of 32 per epsilon (default 2)")
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--match", type=float, default=0.15,
+                    help="clean scores of a method and finetuning further apart than this (relative) are flagged")
     a = ap.parse_args(argv)
-    ensure_backbone(a.quick)
-    source = a.source or os.path.join(REPO, ".cache/experiments/compare_methods" if a.quick else "docs/compare_methods")
-    out = a.out or os.path.join(REPO, ".cache/experiments/robustness" if a.quick else "docs/robustness")
-    os.makedirs(out, exist_ok=True)
-    series, rows = {}, []
-    for method in METHODS:
-        ckpt = os.path.join(source, "runs", f"{a.task}_{method}", "checkpoint_best.pt")
-        if not os.path.isfile(ckpt):
-            log(f"skipping {method}: no {ckpt} (run compare_methods.py first)")
-            continue
-        result = score(ckpt, a.task, a.eps, a.text, 1 if a.quick else a.max_batches)
-        series[method] = (a.eps, [result[e] for e in a.eps])
-        rows.append([method] + [f"{result[e]:.4f}" for e in a.eps] + [f"{result[a.eps[-1]] - result[a.eps[0]]:+.4f}"])
-        log(f"{method}: " + ", ".join(f"eps {e}: {result[e]:.4f}" for e in a.eps))
-    if not rows:
-        raise SystemExit(f"no checkpoints under {source}/runs: run experiments/compare_methods.py first")
-    target = "text embeddings" if a.text else "image"
-    save_results(out, f"FGSM robustness ({a.task}, {target})", rows,
-                 ["method"] + [f"eps {e}" for e in a.eps] + ["change"],
-                 f"FGSM on the {target} of the {a.task} test split ({TASKS[a.task]['metric']}), checkpoints of "
-                 f"compare_methods.py; images in [-1, 1].",
-                 "python experiments/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    plot(os.path.join(out, f"robustness_{a.task}_{'text' if a.text else 'image'}.png"),
-         f"FGSM on the {target} ({a.task})", series, "epsilon", TASKS[a.task]["metric"])
+    updates, every, seeds, out = settings(a, "robustness")
+    runs = method_runs(a.tasks, a.methods, seeds, updates, every, a.size)
+    results = execute_all(runs, a.quick, a.workers)  # the method comparison's checkpoints
+    ensure_backbone(a.quick, a.size)
+    rows, panels, per_seed = [], [], {}
+    for attack in a.attacks:
+        eps = EPS[attack]
+        for task in a.tasks:
+            series = {}
+            clean_ft = None
+            for method in a.methods:
+                got = [stored_score(results[r], task, eps, attack == "text", 1 if a.quick else a.max_batches, a.beam)
+                       for r in runs if r.task == task and r.label == method]
+                log(f"{attack} {task} {method}: " + ", ".join(f"eps {e}: {pm([g[e] for g in got])}" for e in eps))
+                clean = [g[0.0] for g in got]
+                if method == "finetune":
+                    clean_ft = mean_std(clean)[0]
+                drops = {e: [relative_drop(g[0.0], g[e]) for g in got if g[0.0] > 0] for e in eps[1:]}
+                per_seed[f"{attack}/{task}/{method}"] = {str(e): [g[e] for g in got] for e in eps}
+                gap = abs(mean_std(clean)[0] - clean_ft) / clean_ft if clean_ft else None
+                rows.append([attack, task, method, *(pm([g[e] for g in got]) for e in eps),
+                             *(f"{100 * mean_std(drops[e])[0]:.0f}% ± {100 * mean_std(drops[e])[1]:.0f}%"
+                               if drops[e] else "-" for e in eps[1:]),
+                             "-" if method == "finetune" or gap is None else
+                             (f"clean {100 * gap:.0f}% apart: not comparable" if gap > a.match else "yes")])
+                series[method] = Series(eps, [[g[e] for g in got] for e in eps])
+            panels.append(dict(title=f"FGSM on the {attack} ({task})", xlabel="epsilon", ylabel=TASKS[task]["metric"],
+                               series=series))
+    n = max(len(e) for e in EPS.values())
+    save_results(out, f"FGSM robustness ({a.size} backbone)", rows,
+                 ["attack", "task", "method", *(f"eps {i}" for i in range(n)), *(f"drop at eps {i}" for i in range(1, n)),
+                  f"clean score within {100 * a.match:.0f}% of finetuning's"],
+                 f"FGSM on the test split's first {a.max_batches} batches of 32, beam {a.beam}, checkpoints of the "
+                 f"method comparison ({updates} updates, seeds {seeds}; mean ± sd over seeds). Epsilons: image "
+                 f"{EPS['image']} (pixels in [-1, 1]), text {EPS['text']} (embeddings). A drop is relative to the same "
+                 "checkpoint's clean score, taken seed by seed.",
+                 command_line("robustness.py", argv), extra=dict(per_seed=per_seed, eps=EPS, seeds=seeds))
+    plot_grid(os.path.join(out, "robustness.png"), panels)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,161 @@
+"""The table of the paper's claims that leads docs/README.md, from the studies' results.json files: for each
+claim the paper's figure, ours (mean ± sd over seeds, and the backbone size) and whether it holds here.
+
+    python experiments/claims.py [--docs docs]
+
+A claim "holds" when our difference points the paper's way by more than the seeds' spread (the standard
+error of the difference), "does not hold" when it points the other way by more than that, and is "not
+resolved" in between. Studies that have not been run are listed as such.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import REPO, TASKS, mean_std  # noqa: E402
+
+BEGIN, END = "<!-- claims: begin (python experiments/claims.py) -->", "<!-- claims: end -->"
+
+
+def load(docs, *parts):
+    path = os.path.join(docs, *parts, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = json.load(f)
+    return data if "per_seed" in data else None  # results of the single-seed scripts before this table
+
+
+def verdict(a, b):
+    """Whether mean(a) > mean(b) beyond the standard error of the difference (seeds a and b)."""
+    if not a or not b:
+        return "not measured"
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    if ma - mb > se:
+        return "holds"
+    return "does not hold" if mb - ma > se else "not resolved (within the seeds' spread)"
+
+
+def pct(values):
+    if not values:
+        return "-"
+    m, s = mean_std(values)
+    return f"{100 * m:.0f}% ± {100 * s:.0f}%"
+
+
+def claim_rows(docs):
+    rows = []
+    compare = load(docs, "compare_methods")
+    if compare:
+        seeds = compare["per_seed"]
+        size = compare.get("size", "micro")
+        pt = [v for t in TASKS for v in seeds.get(f"{t}/prompt", {}).get("share", [])]
+        rows.append(["Prompt tuning is comparable to finetuning", "OFA-Large: 99.2% of finetuning's score (mean of the 4 tasks, Table 1)",
+                     f"{pct(pt)} of finetuning's score ({size}, 4 tasks x {len(compare['seeds'])} seeds)",
+                     "holds" if mean_std(pt)[0] >= 0.95 else "does not hold at this size"])
+        for other in ("adapter", "bitfit"):
+            ot = [v for t in TASKS for v in seeds.get(f"{t}/{other}", {}).get("share", [])]
+            if ot:
+                rows.append([f"Prompt tuning beats {'Adapter' if other == 'adapter' else 'BitFit'}",
+                             "better on every task (Table 2, OFA-Large: CIDEr 141.4 against 139.5 / 138.8)",
+                             f"share of finetuning: prompt {pct(pt)}, {other} {pct(ot)} ({size})", verdict(pt, ot)])
+        spread = {m: [mean_std(seeds[f"{t}/{m}"]["score"])[1] / max(mean_std(seeds[f"{t}/{m}"]["score"])[0], 1e-9)
+                      for t in TASKS if f"{t}/{m}" in seeds] for m in ("prompt", "finetune")}
+        rows.append(["Prompt tuning trains unstably", "a stated limitation (no figure)",
+                     f"seed-to-seed sd / mean: prompt {pct(spread['prompt'])}, finetune {pct(spread['finetune'])} "
+                     f"({size}, over tasks)", verdict(spread["prompt"], spread["finetune"])])
+    scale = load(docs, "scale")
+    if scale:
+        sizes = list(scale["params"])
+        pooled = scale["pooled"]["prompt"]
+        rows.append(["The gap to finetuning closes as the model grows", "share of finetuning: Base 96.8%, Large 99.2% (Table 1)",
+                     ", ".join(f"{s} ({scale['params'][s] / 1e6:.1f} M): {pct(pooled[s])}" for s in sizes),
+                     verdict(pooled[sizes[-1]], pooled[sizes[0]])])
+    robust = load(docs, "robustness")
+    if robust:
+        for attack in ("image", "text"):
+            eps = robust["eps"][attack][-1]
+            drops = {}
+            for m in ("prompt", "finetune"):
+                drops[m] = [(c - a) / c for t in TASKS if f"{attack}/{t}/{m}" in robust["per_seed"]
+                            for c, a in zip(robust["per_seed"][f"{attack}/{t}/{m}"]["0.0"],
+                                            robust["per_seed"][f"{attack}/{t}/{m}"][str(eps)]) if c > 0]
+            if drops["prompt"] and drops["finetune"]:
+                rows.append([f"Prompt tuning is more robust to FGSM ({attack})", "smaller drop than finetuning on every task (Figure 3, no figures given)",
+                             f"drop at eps {eps}: prompt {pct(drops['prompt'])}, finetune {pct(drops['finetune'])} "
+                             "(relative to each clean score, over tasks and seeds)",
+                             verdict(drops["finetune"], drops["prompt"])])
+    length = load(docs, "ablations", "length")
+    if length:
+        per = length["per_seed"]
+        best = max(per, key=lambda k: mean_std(per[k])[0])
+        rows.append(["Length matters; 64 is recommended", "Table 6: 64 best (92.29), 10 lowest but one (91.84)",
+                     f"best {best}: {mean_std(per[best])[0]:.4f}; length 64: {mean_std(per['length 64'])[0]:.4f} "
+                     f"± {mean_std(per['length 64'])[1]:.4f} ({length['task']}, {length['size']})",
+                     verdict(per["length 64"], per["length 10"]) + " (64 against 10)"])
+    for depth in (load(docs, "ablations", "depth"), load(docs, "ablations", "medium_caption", "depth")):
+        if depth:
+            per = depth["per_seed"]
+            rows.append([f"Encoder-only prompts beat decoder-only ({depth['size']})", "Table 3: encoder-only better on every task (CIDEr 141.1 against 140.8)",
+                         f"encoder only {mean_std(per['encoder only'])[0]:.4f} ± {mean_std(per['encoder only'])[1]:.4f},"
+                         f" decoder only {mean_std(per['decoder only'])[0]:.4f} ± "
+                         f"{mean_std(per['decoder only'])[1]:.4f} ({depth['task']})",
+                         verdict(per["encoder only"], per["decoder only"])])
+            rows.append([f"Prompts in both encoder and decoder are best ({depth['size']})", "both better than either (Table 3)",
+                         f"both {mean_std(per['both'])[0]:.4f} ± {mean_std(per['both'])[1]:.4f}",
+                         verdict(per["both"], max((per["encoder only"], per["decoder only"]),
+                                                  key=lambda v: mean_std(v)[0]))])
+    reparam = load(docs, "ablations", "reparam")
+    if reparam:
+        per = reparam["per_seed"]
+        rows.append(["Reparameterization (MLP) is task-dependent", "Table 4: helps RefCOCO, hurts SNLI-VE and VQA",
+                     f"MLP {mean_std(per['MLP reparameterization'])[0]:.4f} ± "
+                     f"{mean_std(per['MLP reparameterization'])[1]:.4f}, none "
+                     f"{mean_std(per['no reparameterization'])[0]:.4f} ± {mean_std(per['no reparameterization'])[1]:.4f}"
+                     f" ({reparam['task']})", "MLP " + verdict(per["MLP reparameterization"],
+                                                             per["no reparameterization"]).replace("holds", "helps")
+                     .replace("does not hold", "hurts")])
+    conv = load(docs, "convergence")
+    if conv:
+        for row in conv["rows"]:
+            if row[1] == "prompt, random":
+                rows.append([f"Prompt tuning converges slowly ({row[0]})", "at least 40 epochs on RefCOCO; 1.9x / 2.0x finetuning's GPU hours on RefCOCO / SNLI-VE (Table 5)",
+                             f"{row[2]} seeds reach 95% of finetuning's best, in {row[3]} updates ({row[4]})",
+                             "holds" if row[2].startswith("0/") or (row[4] != "-" and float(row[4][:-1]) > 1)
+                             else "does not hold"])
+    missing = [name for name, parts in (("method comparison", ("compare_methods",)), ("scale", ("scale",)),
+                                        ("robustness", ("robustness",)), ("length ablation", ("ablations", "length")),
+                                        ("depth ablation", ("ablations", "depth")),
+                                        ("reparameterization", ("ablations", "reparam")),
+                                        ("convergence", ("convergence",))) if load(docs, *parts) is None]
+    if missing:
+        rows.append(["(not yet measured with seeds)", "", ", ".join(missing), "-"])
+    return rows
+
+
+def table(rows):
+    lines = ["| claim | the paper | ours (mean ± sd over seeds) | here |", "|---|---|---|---|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--docs", default=os.path.join(REPO, "docs"))
+    a = ap.parse_args(argv)
+    text = table(claim_rows(a.docs))
+    readme = os.path.join(a.docs, "README.md")
+    with open(readme) as f:
+        old = f.read()
+    if BEGIN not in old:
+        raise SystemExit(f"{readme} has no '{BEGIN}' marker for the table")
+    head, rest = old.split(BEGIN, 1)
+    with open(readme, "w") as f:
+        f.write(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
