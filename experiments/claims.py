@@ -25,7 +25,7 @@ def load(docs, *parts):
         return None
     with open(path) as f:
         data = json.load(f)
-    return data if "per_seed" in data else None  # results of the single-seed scripts before this table
+    return data if "seeds" in data else None  # not the single-seed results of the scripts before this table
 
 
 def verdict(a, b):
