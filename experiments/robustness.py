@@ -22,7 +22,7 @@ from common import (METHODS, SIZES, TASKS, Series, cli, command_line, ensure_bac
                     mean_std, plot_grid, pm, save_results, settings)
 from compare_methods import method_runs  # noqa: E402
 
-EPS = {"image": [0.0, 0.02, 0.05, 0.1], "text": [0.0, 0.05, 0.1, 0.5]}
+EPS = {"image": [0.0, 0.02, 0.05, 0.1], "text": [0.0, 0.05, 0.1, 0.5]}  # as many of each: one table
 
 
 def loss_and_inputs(model, sample, on_text: bool):
@@ -135,9 +135,11 @@ def main(argv=None):
                 series[method] = Series(eps, [[g[e] for g in got] for e in eps])
             panels.append(dict(title=f"FGSM on the {attack} ({task})", xlabel="epsilon", ylabel=TASKS[task]["metric"],
                                series=series))
-    n = max(len(e) for e in EPS.values())
+    def eps_names(start=0):  # the two attacks' epsilons differ: a column names both
+        return ["eps " + " / ".join(f"{EPS[k][i]} ({k})" for k in a.attacks) for i in range(start, len(EPS["image"]))]
+
     save_results(out, f"FGSM robustness ({a.size} backbone)", rows,
-                 ["attack", "task", "method", *(f"eps {i}" for i in range(n)), *(f"drop at eps {i}" for i in range(1, n)),
+                 ["attack", "task", "method", "clean", *eps_names(1), *(f"drop at {n}" for n in eps_names(1)),
                   f"clean score within {100 * a.match:.0f}% of finetuning's"],
                  f"FGSM on the test split's first {a.max_batches} batches of 32, beam {a.beam}, checkpoints of the "
                  f"method comparison ({updates} updates, seeds {seeds}; mean ± sd over seeds). Epsilons: image "

@@ -16,6 +16,11 @@ from common import (METHODS, SIZES, TASKS, Run, Series, cli, command_line, execu
 from compare_methods import method_runs, shares  # noqa: E402
 
 
+def backbone_params(results, size) -> int:
+    """The backbone's parameter count: the smallest total of the size's runs (prompts and adapters add theirs)."""
+    return min(r["total"] for run, r in results.items() if run.size == size)
+
+
 def share_table(results, sizes, tasks, methods, seeds, updates, every):
     """Rows (size, parameters, task, method, score, share) and {method: {size: [share of each task and seed]}}."""
     rows, pooled = [], {m: {} for m in methods if m != "finetune"}
@@ -26,7 +31,7 @@ def share_table(results, sizes, tasks, methods, seeds, updates, every):
                 share = shares(results, task, method, seeds, size, updates, every)
                 if method != "finetune":
                     pooled[method].setdefault(size, []).extend(share)
-                rows.append([size, f"{rs[0]['total']:,}", task, method, pm([r["score"] for r in rs]),
+                rows.append([size, f"{backbone_params(results, size):,}", task, method, pm([r["score"] for r in rs]),
                              pm(share, 2) if method != "finetune" else "1"])
     return rows, pooled
 
@@ -44,7 +49,7 @@ def main(argv=None):
     log(f"{len(runs)} runs: sizes {a.sizes}, seeds {seeds}, {updates} updates each")
     results = execute_all(runs, a.quick, a.workers)
     rows, pooled = share_table(results, a.sizes, a.tasks, a.methods, seeds, updates, every)
-    params = {size: next(r["total"] for run, r in results.items() if run.size == size) for size in a.sizes}
+    params = {size: backbone_params(results, size) for size in a.sizes}
     def change(m):
         first, last = pooled[m][a.sizes[0]], pooled[m][a.sizes[-1]]
         return f"{mean_std(last)[0] - mean_std(first)[0]:+.2f}" if first and last else "-"
