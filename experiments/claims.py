@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, TASKS, mean_std  # noqa: E402
+from common import REPO, TASKS, mean_std, relative_drop  # noqa: E402
 
 BEGIN, END = "<!-- claims: begin (python experiments/claims.py) -->", "<!-- claims: end -->"
 
@@ -84,7 +84,7 @@ def claim_rows(docs):
             eps = robust["eps"][attack][-1]
             drops = {}
             for m in ("prompt", "finetune"):
-                drops[m] = [(c - a) / c for t in TASKS if f"{attack}/{t}/{m}" in robust["per_seed"]
+                drops[m] = [relative_drop(c, a) for t in TASKS if f"{attack}/{t}/{m}" in robust["per_seed"]
                             for c, a in zip(robust["per_seed"][f"{attack}/{t}/{m}"]["0.0"],
                                             robust["per_seed"][f"{attack}/{t}/{m}"][str(eps)]) if c > 0]
             if drops["prompt"] and drops["finetune"]:

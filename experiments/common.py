@@ -208,6 +208,11 @@ class Run:
         return f"{self.size}/{self.task}_{self.label}_u{self.updates}_s{self.seed}"
 
 
+def method_run(task: str, method: str, updates: int, every: int, seed: int = 1, size: str = "micro") -> Run:
+    """The run of one of METHODS as the method comparison makes it (the other studies reuse it)."""
+    return Run(task, method, tuple(METHODS[method]), updates, every, seed, size)
+
+
 def store_dir(quick: bool) -> str:
     """Where runs are kept: $STUDY_RUNS, or .cache/study-runs (quick: study-runs-quick)."""
     return os.environ.get("STUDY_RUNS") or os.path.join(REPO, ".cache", "study-runs-quick" if quick else "study-runs")
@@ -276,7 +281,7 @@ def execute_all(runs: Sequence[Run], quick: bool, workers: int = 1) -> Dict[Run,
     with ThreadPoolExecutor(workers) as pool:
         for future in [pool.submit(one, r) for r in runs]:
             future.result()
-    return results
+    return {r: results[r] for r in runs}  # in the runs' order, not the order they finished in
 
 
 # -------------------------------------------------------------------------------------------------- statistics
@@ -297,6 +302,13 @@ def pm(values: Sequence[float], digits: int = 4) -> str:
         return "-"
     m, s = mean_std(values)
     return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def relative_drop(clean: float, attacked_score: float) -> float:
+    """The share of the clean score an attack takes away (negative when the attack helped)."""
+    if clean <= 0:
+        raise ValueError(f"a relative drop needs a positive clean score, got {clean}")
+    return (clean - attacked_score) / clean
 
 
 def first_reaching(curve, target: float):

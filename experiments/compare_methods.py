@@ -10,19 +10,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (METHODS, SIZES, TASKS, Run, Series, best_point, cli, command_line, execute_all, log,  # noqa: E402
-                    mean_std, plot_grid, pm, save_results, settings)
+from common import (METHODS, SIZES, TASKS, Series, best_point, cli, command_line, execute_all, log,  # noqa: E402
+                    mean_std, method_run, plot_grid, pm, save_results, settings)
 
 
 def method_runs(tasks, methods, seeds, updates, every, size="micro"):
-    return [Run(task, method, tuple(METHODS[method]), updates, every, seed, size)
+    return [method_run(task, method, updates, every, seed, size)
             for task in tasks for method in methods for seed in seeds]
 
 
 def shares(results, task, method, seeds, size, updates, every):
     """A method's test score over finetuning's, seed by seed (the same seed's finetuning run)."""
     def score(m, seed):
-        return results[Run(task, m, tuple(METHODS[m]), updates, every, seed, size)]["score"]
+        return results[method_run(task, m, updates, every, seed, size)]["score"]
     return [score(method, s) / score("finetune", s) for s in seeds if score("finetune", s) > 0]
 
 
@@ -31,7 +31,7 @@ def summarize(results, tasks, methods, seeds, updates, every, size="micro"):
     rows, per_seed = [], {}
     for task in tasks:
         for method in methods:
-            rs = [results[Run(task, method, tuple(METHODS[method]), updates, every, s, size)] for s in seeds]
+            rs = [results[method_run(task, method, updates, every, s, size)] for s in seeds]
             scores = [r["score"] for r in rs]
             best = [best_point(r["curve"]) for r in rs]
             share = shares(results, task, method, seeds, size, updates, every) if "finetune" in methods else []

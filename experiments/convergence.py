@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (METHODS, PRETRAIN_CONFIG, SIZES, TASKS, Run, Series, build_command, cli,  # noqa: E402
-                    command_line, ensure_backbone, execute_all, first_reaching, log, mean_std, plot_grid, pm,
+                    command_line, ensure_backbone, execute_all, first_reaching, log, mean_std, method_run, plot_grid, pm,
                     read_text, run_logged, save_results, settings, store_dir)
 
 INITS = ["random", "vocab", "activations", "pretrained", "transfer", "lr0.1"]
@@ -62,7 +62,7 @@ def pretrained_prompt(quick: bool, size: str, updates: int) -> str:
 
 def init_run(task, init, seed, updates, every, size, start_file=None) -> Run:
     if init == "random":
-        return Run(task, "prompt", tuple(METHODS["prompt"]), updates, every, seed, size)
+        return method_run(task, "prompt", updates, every, seed, size)
     if init == "lr0.1":
         return Run(task, "prompt_lr0.1", tuple(METHODS["prompt"] + ["train.lr=0.1"]), updates, every, seed, size)
     start = start_file or init
@@ -79,18 +79,20 @@ def main(argv=None):
     a = ap.parse_args(argv)
     updates, every, seeds, out = settings(a, "convergence")
     quick, size = a.quick, a.size
-    ft = [Run(t, "finetune", tuple(METHODS["finetune"]), updates, every, s, size) for t in a.tasks for s in seeds]
+    ft = [method_run(t, "finetune", updates, every, s, size) for t in a.tasks for s in seeds]
     first = [init_run(t, i, s, updates, every, size) for t in a.tasks for s in seeds
              for i in a.inits if i not in ("pretrained", "transfer")]
     if "transfer" in a.inits:  # the source tasks' own prompts (random start) must be tuned first
         first += [init_run(TRANSFER_FROM[t], "random", s, updates, every, size) for t in a.tasks for s in seeds]
     results = execute_all(ft + first, quick, a.workers)
     second, start_of = [], {}
+    # one pretrained prompt starts every task and seed
+    pretrained = pretrained_prompt(quick, size, a.pretrain_updates or (3 if quick else 600)) \
+        if "pretrained" in a.inits else None
     for t in a.tasks:
         for s in seeds:
-            if "pretrained" in a.inits:
-                start = pretrained_prompt(quick, size, a.pretrain_updates or (3 if quick else 600))
-                start_of[t, s, "pretrained"] = init_run(t, "pretrained", s, updates, every, size, start)
+            if pretrained:
+                start_of[t, s, "pretrained"] = init_run(t, "pretrained", s, updates, every, size, pretrained)
             if "transfer" in a.inits:
                 source = results[init_run(TRANSFER_FROM[t], "random", s, updates, every, size)]["checkpoint"]
                 start = export(source, source.replace(".pt", f".{TRANSFER_FROM[t]}.safetensors"))

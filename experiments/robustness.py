@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (METHODS, SIZES, TASKS, Series, cli, command_line, ensure_backbone, execute_all, log,  # noqa: E402
-                    mean_std, plot_grid, pm, save_results, settings)
+                    mean_std, plot_grid, pm, relative_drop, save_results, settings)
 from compare_methods import method_runs  # noqa: E402
 
 EPS = {"image": [0.0, 0.02, 0.05, 0.1], "text": [0.0, 0.05, 0.1, 0.5]}  # as many of each: one table
@@ -87,13 +87,6 @@ def stored_score(result: dict, task: str, eps_list, on_text: bool, max_batches: 
     with open(path, "w") as f:
         json.dump(out, f)
     return out
-
-
-def relative_drop(clean: float, attacked_score: float) -> float:
-    """The share of the clean score an attack takes away (negative when the attack helped)."""
-    if clean <= 0:
-        raise ValueError(f"a relative drop needs a positive clean score, got {clean}")
-    return (clean - attacked_score) / clean
 
 
 def main(argv=None):

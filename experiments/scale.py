@@ -11,8 +11,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (METHODS, SIZES, TASKS, Run, Series, cli, command_line, execute_all, log, mean_std,  # noqa: E402
-                    plot_grid, pm, save_results, settings)
+from common import (METHODS, SIZES, TASKS, Series, cli, command_line, execute_all, log, mean_std,  # noqa: E402
+                    method_run, plot_grid, pm, save_results, settings)
 from compare_methods import method_runs, shares  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def share_table(results, sizes, tasks, methods, seeds, updates, every):
     for size in sizes:
         for task in tasks:
             for method in methods:
-                rs = [results[Run(task, method, tuple(METHODS[method]), updates, every, s, size)] for s in seeds]
+                rs = [results[method_run(task, method, updates, every, s, size)] for s in seeds]
                 share = shares(results, task, method, seeds, size, updates, every)
                 if method != "finetune":
                     pooled[method].setdefault(size, []).extend(share)
@@ -76,7 +76,7 @@ def main(argv=None):
                        logx=True, series={m: Series(xs, [pooled[m][s] for s in a.sizes]) for m in pooled}))
     plot_grid(os.path.join(out, "scale.png"), panels)
     panels = [dict(title=f"{task} (absolute)", xlabel="backbone parameters", ylabel=TASKS[task]["metric"], logx=True,
-                   series={m: Series(xs, [[results[Run(task, m, tuple(METHODS[m]), updates, every, sd, s)]["score"]
+                   series={m: Series(xs, [[results[method_run(task, m, updates, every, sd, s)]["score"]
                                            for sd in seeds] for s in a.sizes]) for m in a.methods})
               for task in a.tasks]
     plot_grid(os.path.join(out, "scores.png"), panels)
