@@ -5,8 +5,10 @@
 The TSV holds --rows rows, each a different 640x480 JPEG (smooth synthetic scenes, about 60 kB; OFA's
 base64). The plain loop reads each line, urlsafe_b64decode's the image and runs torchvision's Resize((S, S),
 BICUBIC), ToTensor and Normalize, as OFA's datasets do. The dataset runs the whole task: the row, the
-instruction and caption tokens, the image, batches of 8 collated; with 0 and 2 dataloader workers; and
-with --image-feature-cache once every image is cached (epochs after the first: rows are not decoded).
+instruction and caption tokens, the image, batches of 8 collated; with 0 and 2 dataloader workers; with
+--decoded-image-cache once every row was read (epochs after the first: the kept, resized pixels are
+normalized, nothing is decoded); and with --image-feature-cache once every image's features are cached
+(rows are not decoded, and no pixels are made at all).
 One torch thread. Rows per second: medians of interleaved repetitions, min-max, load average.
 """
 import argparse
@@ -85,21 +87,26 @@ def main():
         print(f"{args.rows} rows of 640x480 JPEGs ({os.path.getsize(path) / args.rows / 1e3:.0f} kB a row) at "
               f"{args.image} px, one torch thread")
         datasets = {}
-        for cached in (False, True):
-            cfg = TASK_DATACLASS_REGISTRY["caption"](data=f"{path},{path}", bpe_dir=folder, text_tokenizer="word",
-                                                     code_dict_size=0, num_bins=100, patch_image_size=args.image,
-                                                     image_feature_cache="memory" if cached else "none")
+        for kind in ("plain", "decoded once", "cached features"):
+            cfg = TASK_DATACLASS_REGISTRY["caption"](
+                data=f"{path},{path}", bpe_dir=folder, text_tokenizer="word", code_dict_size=0, num_bins=100,
+                patch_image_size=args.image, image_feature_cache="memory" if kind == "cached features" else "none",
+                decoded_image_cache="memory" if kind == "decoded once" else "none")
             task = TASK_REGISTRY["caption"].setup_task(cfg)
             task.load_dataset("train")
-            datasets[cached] = task.datasets["train"]
-            if cached:  # every image's features kept, as after the first epoch
+            ds = datasets[kind] = task.datasets["train"]
+            if kind == "decoded once":  # every row read once, as after the first epoch
+                dataset_rows(ds, 0)
+                assert ds.decoded.kept() == len(ds)
+            if kind == "cached features":  # every image's features kept, as after the first epoch
                 task.image_cache = ImageFeatureCache(1)
-                for i in range(len(datasets[cached])):
-                    task.image_cache.index[task.image_key(task.datasets["train"].reader[i]).numpy().tobytes()] = i
+                for i in range(len(ds)):
+                    task.image_cache.index[task.image_key(ds.reader[i]).numpy().tobytes()] = i
         runs = {"plain loop": lambda: plain_loop(path, args.image)}
         for workers in (0, 2):
-            runs[f"dataset, {workers} workers"] = lambda w=workers: dataset_rows(datasets[False], w)
-            runs[f"dataset, {workers} workers, cached features"] = lambda w=workers: dataset_rows(datasets[True], w)
+            for kind, ds in datasets.items():
+                name = f"dataset, {workers} workers" + ("" if kind == "plain" else f", {kind}")
+                runs[name] = lambda w=workers, d=ds: dataset_rows(d, w)
         results, loads = {name: [] for name in runs}, []
         for _ in range(args.repeats):
             for name, fn in runs.items():
@@ -108,7 +115,7 @@ def main():
         plain = results["plain loop"]
         for name, values in results.items():
             ratios = [v / p for v, p in zip(values, plain)]
-            print(f"{name:36s} {statistics.median(values):7.1f} rows/s ({min(values):.1f}-{max(values):.1f}), "
+            print(f"{name:40s} {statistics.median(values):7.1f} rows/s ({min(values):.1f}-{max(values):.1f}), "
                   f"{statistics.median(ratios):.2f}x the plain loop ({min(ratios):.2f}-{max(ratios):.2f})")
         print(f"load average {min(loads):.2f}-{max(loads):.2f}")
 

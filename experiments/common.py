@@ -90,35 +90,100 @@ def _set_demo_env(quick: bool):
     os.environ["DEMO_RUNS"] = os.path.join(demo, "runs")
 
 
+def _demo(quick: bool, until: str, quiet: bool):
+    _set_demo_env(quick)
+    env = {**os.environ, "DEMO_QUICK": "1" if quick else "0", until: "1"}
+    subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh")], cwd=REPO, env=env, check=True,
+                   stdout=subprocess.DEVNULL if quiet else None)
+
+
 @functools.lru_cache(maxsize=None)
 def ensure_backbone(quick: bool, size: str = "micro") -> str:
     """The synthetic data and the backbone of `size`, pretrained on the pretraining mix: scripts/demo.sh
-    makes the data and the micro backbone once (again when configs/demo changes); a larger backbone is
-    pretrained the same way, with its size's overrides, and cached beside it with its recipe."""
-    _set_demo_env(quick)
-    env = {**os.environ, "DEMO_QUICK": "1" if quick else "0", "DEMO_BACKBONE_ONLY": "1"}
-    subprocess.run(["bash", os.path.join(REPO, "scripts", "demo.sh")], cwd=REPO, env=env, check=True,
-                   stdout=subprocess.DEVNULL if size != "micro" else None)
-    runs = os.environ["DEMO_RUNS"]
+    makes the data and the micro backbone once (again when configs/demo changes); a larger backbone is the
+    last checkpoint of its pretraining run (pretraining())."""
     if size == "micro":
-        return os.path.join(runs, "backbone.pt")
-    backbone = os.path.join(runs, f"backbone_{size}.pt")
-    overrides = SIZES[size].overrides() + (["train.max-update=4", "train.log-interval=1"] if quick else [])
+        _demo(quick, "DEMO_BACKBONE_ONLY", quiet=False)
+        return os.path.join(os.environ["DEMO_RUNS"], "backbone.pt")
+    return pretraining(quick, size).checkpoints[-1][2]
+
+
+PRETRAIN_EVERY = 50  # pretraining runs validate and keep a checkpoint every 50 updates
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """A size's pretraining run: [(updates, validation loss on the mix, checkpoint)] every PRETRAIN_EVERY
+    updates and at the end."""
+    size: str
+    checkpoints: tuple
+
+    def matched(self, loss: float) -> tuple:
+        """The first checkpoint whose validation loss is at or below `loss` (the last one if none is): a backbone
+        pretrained as well as another size, not for as many updates."""
+        return next((c for c in self.checkpoints if c[1] <= loss), self.checkpoints[-1])
+
+
+_VALID_LOSS = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) \|.*?num_updates (\d+)")
+
+
+_SAVED = re.compile(r"[Ss]aved checkpoint \S*checkpoint_\d+_(\d+)\.pt")
+
+
+@functools.lru_cache(maxsize=None)
+def pretraining(quick: bool, size: str, until: Optional[float] = None) -> Pretraining:
+    """Pretrain the `size` backbone on the synthetic pretraining mix (configs/demo/pretrain.yaml with the size's
+    overrides), validating and keeping a checkpoint (without optimizer state) every PRETRAIN_EVERY updates; made
+    once and cached with its recipe under $DEMO_RUNS/pretrain_<size>. With `until`, the run stops at the first
+    kept checkpoint whose validation loss is at or below it (enough for Pretraining.matched(until)), unless a
+    whole run of the size is already there."""
+    _demo(quick, "DEMO_DATA_ONLY", quiet=True)  # the synthetic data
+    every = 2 if quick else PRETRAIN_EVERY
+    overrides = SIZES[size].overrides() + (["train.max-update=4", "train.log-interval=1"] if quick else []) + [
+        "train.disable-validation=false", f"train.validate-interval-updates={every}",
+        "train.validate-interval=1000000", f"train.save-interval-updates={every}", "train.keep-interval-updates=-1",
+        "train.no-save-optimizer-state=true"]
     with open(os.path.join(REPO, "configs", "demo", "common.yaml"), "rb") as a, open(PRETRAIN_CONFIG, "rb") as b:
         recipe = hashlib.sha1(a.read() + b.read() + " ".join(overrides).encode()).hexdigest()[:12]
-    if os.path.isfile(backbone) and read_text(backbone + ".recipe") == recipe:
-        return backbone
-    save = os.path.join(runs, f"pretrain_{size}")
-    shutil.rmtree(save, ignore_errors=True)
-    cmd = build_command(PRETRAIN_CONFIG, [*overrides, f"train.save-dir={save}"])
-    log(f"pretraining the {size} backbone on the pretraining mix ({save}.log)")
-    start = time.time()
-    run_logged(cmd, save + ".log")
-    shutil.copy(os.path.join(save, "checkpoint_last.pt"), backbone)
-    with open(backbone + ".recipe", "w") as f:
-        f.write(recipe)
-    log(f"  {size} backbone pretrained in {time.time() - start:.0f} s")
-    return backbone
+    save = os.path.join(os.environ["DEMO_RUNS"], f"pretrain_{size}")
+    if until is not None and read_text(os.path.join(save, "recipe")) != recipe:
+        save, recipe = f"{save}_until{until:.4f}", f"{recipe} until {until:.4f}"
+    if read_text(os.path.join(save, "recipe")) != recipe:
+        shutil.rmtree(save, ignore_errors=True)
+        os.makedirs(save)
+        log(f"pretraining the {size} backbone on the pretraining mix ({save}.log)" +
+            ("" if until is None else f" until a validation loss of {until:.4f}"))
+        start = time.time()
+        cmd = build_command(PRETRAIN_CONFIG, [*overrides, f"train.save-dir={save}"])
+        with open(save + ".log", "w") as out:
+            p = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+            while p.poll() is None:
+                time.sleep(2)
+                if until is not None and any(c[1] <= until for c in _kept(save)):
+                    p.kill()  # the matched checkpoint is saved: the rest of the run is not needed
+                    p.wait()
+                    break
+            else:
+                if p.returncode:
+                    raise RuntimeError(f"pretraining failed ({save}.log):\n{' '.join(cmd)}\n"
+                                       f"{(read_text(save + '.log') or '')[-3000:]}")
+        with open(os.path.join(save, "recipe"), "w") as f:
+            f.write(recipe)
+        log(f"  {size} backbone pretrained in {time.time() - start:.0f} s")
+    points = _kept(save)
+    if not points:
+        raise RuntimeError(f"{save}.log: no validation losses of kept checkpoints")
+    return Pretraining(size, tuple(points))
+
+
+def _kept(save: str):
+    """[(updates, validation loss, checkpoint)] of a pretraining run: the checkpoints its log says were saved."""
+    text = read_text(save + ".log") or ""
+    losses = {int(u): float(loss) for loss, u in _VALID_LOSS.findall(text)}
+    saved = {int(u) for u in _SAVED.findall(text)}
+    return sorted((u, losses[u], os.path.join(save, name)) for name in os.listdir(save)
+                  for m in [re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", name)]
+                  if m and (u := int(m.group(1))) in losses and u in saved)
 
 
 def read_text(path) -> Optional[str]:
@@ -202,15 +267,23 @@ class Run:
     every: int
     seed: int = 1
     size: str = "micro"
+    matched_loss: Optional[float] = None  # tune from the size's first checkpoint pretrained to this loss
 
     @property
     def name(self) -> str:
-        return f"{self.size}/{self.task}_{self.label}_u{self.updates}_s{self.seed}"
+        matched = "" if self.matched_loss is None else f"_matched{self.matched_loss:.4f}"
+        return f"{self.size}{matched}/{self.task}_{self.label}_u{self.updates}_s{self.seed}"
+
+    def backbone(self, quick: bool) -> str:
+        if self.matched_loss is None:
+            return ensure_backbone(quick, self.size)
+        return pretraining(quick, self.size, self.matched_loss).matched(self.matched_loss)[2]
 
 
-def method_run(task: str, method: str, updates: int, every: int, seed: int = 1, size: str = "micro") -> Run:
+def method_run(task: str, method: str, updates: int, every: int, seed: int = 1, size: str = "micro",
+               matched_loss: Optional[float] = None) -> Run:
     """The run of one of METHODS as the method comparison makes it (the other studies reuse it)."""
-    return Run(task, method, tuple(METHODS[method]), updates, every, seed, size)
+    return Run(task, method, tuple(METHODS[method]), updates, every, seed, size, matched_loss)
 
 
 def store_dir(quick: bool) -> str:
@@ -234,7 +307,7 @@ def execute(run: Run, quick: bool, threads: Optional[int] = None) -> dict:
     """Train and score `run`, or return its stored result when the same commands (and the same backbone
     file) ran before. The result: test score, validation curve, updates per epoch, parameter counts,
     seconds of training, checkpoint."""
-    backbone = ensure_backbone(quick, run.size)
+    backbone = run.backbone(quick)
     save, train, generate = run_commands(run, quick, backbone)
     key = hashlib.sha1(json.dumps([train, generate, os.path.getmtime(backbone)]).encode()).hexdigest()
     done = save + ".json"
@@ -265,8 +338,8 @@ def execute_all(runs: Sequence[Run], quick: bool, workers: int = 1) -> Dict[Run,
     """Every run (stored ones are read back), `workers` at a time, each on cores / workers threads; one
     progress line per finished run."""
     runs = list(dict.fromkeys(runs))
-    for size in dict.fromkeys(r.size for r in runs):  # pretrain before the pool: once, not once per worker
-        ensure_backbone(quick, size)
+    for run in runs:  # pretrain before the pool: once, not once per worker
+        run.backbone(quick)
     threads = max(1, (os.cpu_count() or 1) // workers)
     results, start = {}, time.time()
 

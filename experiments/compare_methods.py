@@ -14,15 +14,15 @@ from common import (METHODS, SIZES, TASKS, Series, best_point, cli, command_line
                     mean_std, method_run, plot_grid, pm, save_results, settings)
 
 
-def method_runs(tasks, methods, seeds, updates, every, size="micro"):
-    return [method_run(task, method, updates, every, seed, size)
+def method_runs(tasks, methods, seeds, updates, every, size="micro", matched_loss=None):
+    return [method_run(task, method, updates, every, seed, size, matched_loss)
             for task in tasks for method in methods for seed in seeds]
 
 
-def shares(results, task, method, seeds, size, updates, every):
+def shares(results, task, method, seeds, size, updates, every, matched_loss=None):
     """A method's test score over finetuning's, seed by seed (the same seed's finetuning run)."""
     def score(m, seed):
-        return results[method_run(task, m, updates, every, seed, size)]["score"]
+        return results[method_run(task, m, updates, every, seed, size, matched_loss)]["score"]
     return [score(method, s) / score("finetune", s) for s in seeds if score("finetune", s) > 0]
 
 

@@ -5,6 +5,7 @@
 #   bash scripts/demo.sh                   # about 7 minutes the first time (2 cores), 1 once cached
 #   DEMO_QUICK=1 bash scripts/demo.sh      # a few updates only: checks that everything runs
 #   DEMO_BACKBONE_ONLY=1 bash scripts/demo.sh   # stop once the data and the backbone are there (experiments/)
+#   DEMO_DATA_ONLY=1 bash scripts/demo.sh       # stop once the data is there
 # DEMO_DIR (default .cache/demo, or .cache/demo-quick) holds the data, the backbone and the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,7 @@ if [[ ! -f $DEMO_DATA/dict.txt ]]; then
 else
   echo "already there"
 fi
+[[ ${DEMO_DATA_ONLY:-0} == 1 ]] && exit 0
 
 step "3/6 backbone: a micro OFA trained on the pretraining mix (captions, VQA, grounding, entailment)"
 backbone=$DEMO_RUNS/backbone.pt

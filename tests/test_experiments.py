@@ -58,6 +58,14 @@ def test_sizes_grow_and_name_every_architecture_option():
                     for k in ("layers", "embed-dim", "ffn-embed-dim", "attention-heads")}
 
 
+def test_a_matched_backbone_is_the_first_checkpoint_pretrained_as_well():
+    import common
+
+    run = common.Pretraining("small", ((50, 2.0, "a"), (100, 1.2, "b"), (150, 1.1, "c"), (200, 1.15, "d")))
+    assert run.matched(1.2)[2] == "b" and run.matched(1.12)[2] == "c"
+    assert run.matched(0.5)[2] == "d"  # never reached: the last (the scale table prints each backbone's loss)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("study-runs")
@@ -197,6 +205,10 @@ def test_scale_plots_the_share_against_parameters(scaled):
     assert [(r[0], r[3]) for r in data["rows"]] == [(s, m) for s in ("micro", "small") for m in ("finetune", "prompt")]
     assert (scaled / "scale.png").is_file() and (scaled / "scores.png").is_file()
     assert not any(math.isnan(v) for vs in data["pooled"]["prompt"].values() for v in vs)
+    # matched pretraining: micro tuned from its first checkpoint as well pretrained as the small one's last
+    (small_updates, target), (micro_updates, micro_loss) = data["backbones"]["small"], data["backbones"]["micro"]
+    assert data["pretraining"] == "matched" and small_updates == 4  # the largest: its last checkpoint
+    assert micro_loss <= target or micro_updates == 4  # as well pretrained, or never (4 quick updates)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
-from .image import CachedImage, image_size_of
+from .decoded_images import DecodedImage
+from .image import CachedImage, decode_image, image_size_of, resized
 
 
 def rows_per_batch(batch_size, max_tokens, max_src_length: int) -> int:
@@ -15,8 +16,9 @@ def rows_per_batch(batch_size, max_tokens, max_src_length: int) -> int:
 
 
 class OFADataset(FairseqDataset):
-    def __init__(self, reader, task, train: bool):
-        self.reader, self.task, self.train = reader, task, train
+    def __init__(self, reader, task, train: bool, decoded=None):
+        """decoded: the file's DecodedImageStore under --decoded-image-cache."""
+        self.reader, self.task, self.train, self.decoded = reader, task, train, decoded
         self.pad, self.eos = task.dictionary.pad(), task.dictionary.eos()
         self.max_src_length, self.max_tgt_length = task.cfg.max_src_length, task.cfg.max_tgt_length
 
@@ -31,6 +33,8 @@ class OFADataset(FairseqDataset):
                 if self.task.image_cache is not None and key in self.task.image_cache:
                     # its features are kept: the model will not look at the pixels, so they are not decoded
                     row = [row[0], CachedImage(*image_size_of(row[1])), *row[2:]]
+            if self.decoded is not None and self.decoded.holds(index) and not isinstance(row[1], CachedImage):
+                row = [row[0], self.decoded_image(index, row[1]), *row[2:]]
             sample = self.task.build_sample(row, self.train)
         except ValueError as e:  # content that passed the start-up check but fails on full decoding
             raise ValueError(f"{self.reader.where(index)}: {e}") from e
@@ -38,6 +42,15 @@ class OFADataset(FairseqDataset):
         if key is not None:
             sample["image_key"] = key
         return sample
+
+    def decoded_image(self, index: int, b64: str) -> DecodedImage:
+        """Row `index`'s resized image: kept from an earlier epoch, or decoded now and kept."""
+        kept = self.decoded.get(index)
+        if kept is None:
+            image = decode_image(b64)
+            kept = DecodedImage(resized(image, self.task.cfg.patch_image_size), image.width, image.height)
+            self.decoded.put(index, kept)
+        return kept
 
     def num_tokens(self, index):  # an upper bound: rows are only read when batched
         return self.max_src_length

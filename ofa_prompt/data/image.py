@@ -122,7 +122,16 @@ def to_tensor(image: Image.Image, size: int, imagenet: bool = False) -> torch.Te
     """[3, size, size] float, resized with bicubic interpolation and normalized as OFA does: OFA's torchvision
     pipeline (Resize((size, size), BICUBIC), ToTensor, Normalize) with its operations in its order, so the
     values are the same to the bit, in place and without its per-call transform objects (0.9x its time)."""
-    image = image.resize((size, size), Image.BICUBIC)
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().float().div_(255)
+    return normalized(resized(image, size), imagenet)
+
+
+def resized(image: Image.Image, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: the image resized with bicubic interpolation (torchvision's Resize on a PIL image)."""
+    return np.array(image.resize((size, size), Image.BICUBIC))
+
+
+def normalized(pixels: np.ndarray, imagenet: bool = False) -> torch.Tensor:
+    """[3, S, S] float from uint8 [S, S, 3] pixels: torchvision's ToTensor then Normalize, the same operations."""
+    x = torch.from_numpy(pixels).permute(2, 0, 1).contiguous().float().div_(255)  # contiguous(): a copy
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (OFA_MEAN, OFA_STD)
     return x.sub_(torch.tensor(mean)[:, None, None]).div_(torch.tensor(std)[:, None, None])

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..checkpoint import check_resume_file, claim_save_dir
 from ..data.dataset import OFADataset
 from ..data.dictionary import build_ofa_dictionary
-from ..data.image import CachedImage, decode_image, image_size_of, to_tensor
+from ..data.decoded_images import DecodedImage, DecodedImageStore
+from ..data.image import CachedImage, decode_image, image_size_of, normalized, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
 from ..errors import InputError
@@ -75,6 +76,13 @@ class OFATaskConfig(FairseqDataclass):
     image_feature_cache_mb: int = field(default=4096, metadata={
         "help": "the most --image-feature-cache may hold, in MB (ofa_base at 480 px: 3.5 MB an image in float32); "
                 "further images are computed as usual"})
+    decoded_image_cache: ChoiceEnum(["none", "memory", "disk"]) = field(default="none", metadata={
+        "help": "keep each training row's image after its first decoding (resized, uint8), so that later epochs do not "
+                "decode it again; any --tuning-method: in shared memory, or in a memory-mapped file "
+                "<save-dir>/decoded_images.npy"})
+    decoded_image_cache_mb: int = field(default=4096, metadata={
+        "help": "the most --decoded-image-cache may hold per training file, in MB (0.66 MB an image at 480 px); the "
+                "rows beyond it are decoded every epoch"})
     no_tsv_index: bool = field(default=False, metadata={
         "help": "check every TSV row at every start-up and keep no record of it; by default a record of the check is "
                 "kept beside the file (.NAME.ofa-index.npz, else under ~/.cache/ofa_prompt), and later runs on the "
@@ -118,6 +126,7 @@ class OFATask(FairseqTask):
         self._warned_target_cut = False
         self._warned_ema = False
         self._readers = {}  # (path, columns) -> TSVReader
+        self._decoded_stores = {}  # (path, columns) -> DecodedImageStore (--decoded-image-cache)
 
     def attach_image_cache(self, model):
         """--image-feature-cache: valid only while the ResNet is frozen (OFAModel.train keeps it in eval mode then)
@@ -127,12 +136,28 @@ class OFATask(FairseqTask):
             raise SettingsError(f"--image-feature-cache keeps the ResNet's features, which are the same every epoch "
                                 f"only while the ResNet is frozen (prompt tuning, adapters, BitFit); --tuning-method "
                                 f"{model.tuning} trains it: leave the cache out")
-        path = None
-        if self.cfg.image_feature_cache == "disk":
-            root = self.cfg._get_root() if isinstance(self.cfg, DictConfig) else None
-            save_dir = root.checkpoint.save_dir if root is not None and "checkpoint" in root else "."
-            path = os.path.join(save_dir, "image_features.npy")
+        path = self.save_dir_file("image_features.npy") if self.cfg.image_feature_cache == "disk" else None
         model.encoder.image_cache = self.image_cache = ImageFeatureCache(self.cfg.image_feature_cache_mb, path)
+
+    def save_dir_file(self, name: str) -> str:
+        """`name` in fairseq-train's --save-dir (the working directory outside fairseq-train)."""
+        root = self.cfg._get_root() if isinstance(self.cfg, DictConfig) else None
+        save_dir = root.checkpoint.save_dir if root is not None and "checkpoint" in root else "."
+        return os.path.join(save_dir, name)
+
+    def decoded_images(self, path: str, cols: tuple, rows: int) -> Optional[DecodedImageStore]:
+        """--decoded-image-cache: the store of a training file's decoded images, one per file for the whole run
+        (fairseq reloads the training split every epoch when --data lists several files)."""
+        if self.cfg.decoded_image_cache == "none":
+            return None
+        if (path, cols) not in self._decoded_stores:
+            file = None
+            if self.cfg.decoded_image_cache == "disk":
+                file = self.save_dir_file(f"decoded_images_{len(self._decoded_stores)}.npy" if self._decoded_stores
+                                          else "decoded_images.npy")
+            self._decoded_stores[path, cols] = DecodedImageStore(rows, self.cfg.patch_image_size,
+                                                                 self.cfg.decoded_image_cache_mb, file)
+        return self._decoded_stores[path, cols]
 
     def image_key(self, cols) -> torch.Tensor:
         """[2] int64: a digest of a row's image (column 1 of every task's row) and of how the task preprocesses
@@ -226,7 +251,8 @@ class OFATask(FairseqTask):
             reader = self._readers[path, tuple(cols)] = TSVReader(path, cols, self.check_row, self.cfg.skip_bad_rows,
                                                                   key, self.row_stats)
             logger.info("%s: %d rows from %s (epoch %d)", split, len(reader), path, epoch)
-        self.datasets[split] = OFADataset(reader, self, train=split == "train")
+        decoded = self.decoded_images(path, tuple(cols), len(reader)) if split == "train" else None
+        self.datasets[split] = OFADataset(reader, self, train=split == "train", decoded=decoded)
 
     def row_check_key(self, cols: List[int]) -> str:
         """What decides the outcome of checking a file's rows (ofa_prompt.data.row_index): the task, the columns
@@ -285,6 +311,8 @@ class OFATask(FairseqTask):
         if isinstance(image, CachedImage):  # the model looks its features up: the pixels are never read
             size = self.cfg.patch_image_size
             return torch.zeros(3, size, size), image.width, image.height
+        if isinstance(image, DecodedImage):  # --decoded-image-cache
+            return normalized(image.pixels, self.cfg.imagenet_default_mean_and_std), image.width, image.height
         img = image if isinstance(image, Image.Image) else decode_image(image)
         return to_tensor(img, self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std), img.width, img.height
 
@@ -428,6 +456,9 @@ class OFATask(FairseqTask):
         cache = getattr(model, "module", model).encoder.image_cache
         if cache is not None and epoch > 1:
             logger.info(cache.report())
+        for (path, _), store in self._decoded_stores.items():
+            if epoch > 1:
+                logger.info("decoded image cache: %d of %d rows of %s kept", store.kept(), store.capacity, path)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **extra):
         # extra: fairseq's Trainer passes ema_model= too when --uses-ema; only validation uses it.
