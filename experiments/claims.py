@@ -71,13 +71,17 @@ def claim_rows(docs):
         rows.append(["Prompt tuning trains unstably", "a stated limitation (no figure)",
                      f"seed-to-seed sd / mean: prompt {pct(spread['prompt'])}, finetune {pct(spread['finetune'])} "
                      f"({size}, over tasks)", verdict(spread["prompt"], spread["finetune"])])
-    scale = load(docs, "scale")
-    if scale:
-        sizes = list(scale["params"])
-        pooled = scale["pooled"]["prompt"]
-        rows.append(["The gap to finetuning closes as the model grows", "share of finetuning: Base 96.8%, Large 99.2% (Table 1)",
-                     ", ".join(f"{s} ({scale['params'][s] / 1e6:.1f} M): {pct(pooled[s])}" for s in sizes),
-                     verdict(pooled[sizes[-1]], pooled[sizes[0]])])
+    for parts in (("scale",), ("scale", "caption_matched")):
+        scale = load(docs, *parts)
+        if scale:
+            sizes, pooled = list(scale["params"]), scale["pooled"]
+            matched = " (backbones pretrained to the same loss)" if scale.get("pretraining") == "matched" else ""
+            others = "".join(f"; {m}: " + ", ".join(pct(pooled[m][s]) for s in sizes) for m in pooled if m != "prompt")
+            rows.append([f"The gap to finetuning closes as the model grows{matched}",
+                         "share of finetuning: Base 96.8%, Large 99.2% (Table 1)",
+                         ", ".join(f"{s} ({scale['params'][s] / 1e6:.1f} M): {pct(pooled['prompt'][s])}" for s in sizes)
+                         + others + f" ({'/'.join(parts)})",
+                         verdict(pooled["prompt"][sizes[-1]], pooled["prompt"][sizes[0]])])
     robust = load(docs, "robustness")
     if robust:
         for attack in ("image", "text"):

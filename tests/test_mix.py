@@ -76,6 +76,15 @@ def test_validation_reads_each_tasks_evaluation_file(data):
     assert len(t.datasets["valid"]) == 4 * 3
 
 
+def test_decoded_image_cache_reaches_every_mixed_task(data):
+    t = setup(data, mix_json(data), "--decoded-image-cache", "memory")
+    t.load_dataset("train")
+    ds = t.datasets["train"]
+    for i in range(len(ds)):
+        ds[i]
+    assert [p.decoded.kept() for p in ds.parts] == [6, 7, 8, 9]
+
+
 @pytest.mark.slow
 def test_mix_inherits_lengths_but_entries_win(data):
     t = setup(data, mix_json(data), "--max-src-length", "20")
@@ -92,6 +101,10 @@ def test_mix_inherits_lengths_but_entries_win(data):
     ("vqa_gen", {"unconstrained_training": False}, (), "--mix-tasks vqa_gen: constrained VQA training .* is not "
                                                        "applied to mixed batches"),
     ("caption", {}, ("--selected-cols", "0,4,2"), "--selected-cols=0,4,2: give each task of --task mix its own"),
+    ("caption", {}, ("--decoded-image-cache", "disk"), "--decoded-image-cache disk is not applied to --task mix "
+                                                       "\\(caption\\): use memory"),
+    ("vqa_gen", {"decoded_image_cache": "disk"}, (), "--decoded-image-cache disk is not applied to --task mix "
+                                                     "\\(vqa_gen\\)"),
 ])
 def test_mistakes_name_the_task_and_option(data, task, entry, extra, message):
     mix = mix_config(data)

@@ -22,7 +22,8 @@ from .base import OFATask, OFATaskConfig
 from .saved_settings import SHARED
 
 # the mix's values are every task's defaults, which an entry may change
-INHERITED = ("max_src_length", "max_tgt_length", "max_image_size", "skip_bad_rows")
+INHERITED = ("max_src_length", "max_tgt_length", "max_image_size", "skip_bad_rows", "decoded_image_cache",
+             "decoded_image_cache_mb")
 
 
 @dataclass
@@ -92,6 +93,8 @@ class MixTask(OFATask):
         self.tasks = {}
         for name, options in mixed.items():
             sub_cfg = task_config(name, options, cfg)
+            if sub_cfg.decoded_image_cache == "disk":  # the mixed tasks' files would share one name in --save-dir
+                raise ValueError(f"--decoded-image-cache disk is not applied to --task mix ({name}): use memory")
             try:
                 self.tasks[name] = TASK_REGISTRY[name](sub_cfg, dictionary)
             except (ValueError, FileNotFoundError) as e:
