@@ -11,9 +11,9 @@ trains the ResNet: only the input pixels are kept.
 Slots are rows: row i of the training file has slot i, for the first `capacity` rows that fit in the limit
 (the others are decoded every epoch). The slots live in one shared mapping, anonymous memory or a file
 `<save-dir>/decoded_images*.npy`, made when the file is opened, before fairseq forks its dataloader workers:
-each worker writes the rows it reads, and every later worker (fairseq makes them anew every epoch) sees them.
-A row is only ever written by the one worker reading it in an epoch; its `filled` flag is set after its
-pixels.
+each worker writes the rows it reads, and every worker sees them, whether fairseq keeps its workers between
+epochs or makes them anew. A row is only ever written by the one worker reading it in an epoch; its
+`filled` flag is set after its pixels.
 """
 import logging
 import mmap
