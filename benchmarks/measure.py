@@ -24,10 +24,9 @@ def set_threads():
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
 
 
-def timed_steps(model, batch, steps, before_step=None):
-    """Median time and peak RSS growth of `steps` training steps (forward, cross-entropy against the
-    decoder input, backward, Adam) after a warm-up one; `before_step()`, if given, starts every step (and is
-    timed with it)."""
+def training_step(model, batch, before_step=None):
+    """A training step of `model` on `batch` (forward, cross-entropy against the decoder input, backward, Adam
+    on the trainable parameters), as a function; `before_step()`, if given, starts every step."""
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     target = batch["prev_output_tokens"]
@@ -41,6 +40,13 @@ def timed_steps(model, batch, steps, before_step=None):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def timed_steps(model, batch, steps, before_step=None):
+    """Median time and peak RSS growth of `steps` training_step()s after a warm-up one (`before_step` timed
+    with each)."""
+    step = training_step(model, batch, before_step)
     step()  # warm-up: optimizer state allocated, caches built
     reset_peak_rss()
     before = status_mb("VmRSS")

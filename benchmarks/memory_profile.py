@@ -17,11 +17,9 @@ import shutil
 import sys
 import tempfile
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import official_side_by_side as sbs  # noqa: E402
-from measure import reports_errors, run  # noqa: E402
+from measure import reports_errors, run, training_step  # noqa: E402
 
 
 def profiled_step(model, batch, top):
@@ -29,18 +27,8 @@ def profiled_step(model, batch, top):
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline
 
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    target = batch["prev_output_tokens"]
-
-    def step():
-        logits = model(**batch)[0]
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()
+    step = training_step(model, batch)
+    step()  # warm-up: Adam's state allocated
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         step()
     timeline = MemoryProfileTimeline(prof._memory_profile())
@@ -48,10 +36,9 @@ def profiled_step(model, batch, top):
     columns = {("unknown" if c is None else c.name.lower()): i for c, i in _CATEGORY_TO_INDEX.items()}
     totals = [sum(row) for row in sizes]
     at = max(range(len(totals)), key=totals.__getitem__)
-    before = totals[0]
     by_op = sorted(((e.key, e.cpu_memory_usage) for e in prof.key_averages() if e.cpu_memory_usage > 0),
                    key=lambda kv: -kv[1])[:top]
-    return dict(peak_mb=totals[at] / 2 ** 20, start_mb=before / 2 ** 20,
+    return dict(peak_mb=totals[at] / 2 ** 20, start_mb=totals[0] / 2 ** 20,
                 at_peak={name: sizes[at][i] / 2 ** 20 for name, i in columns.items()},
                 at_start={name: sizes[0][i] / 2 ** 20 for name, i in columns.items()},
                 ops=[(k, v / 2 ** 20) for k, v in by_op])

@@ -125,8 +125,6 @@ class Pretraining:
 
 
 _VALID_LOSS = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) \|.*?num_updates (\d+)")
-
-
 _SAVED = re.compile(r"[Ss]aved checkpoint \S*checkpoint_\d+_(\d+)\.pt")
 
 
