@@ -238,3 +238,18 @@ def test_a_claim_holds_only_beyond_the_seeds_spread():
     assert claims.verdict([0.5, 0.52, 0.48], [0.9, 0.91, 0.89]) == "does not hold"
     assert claims.verdict([0.5, 0.9, 0.1], [0.52, 0.1, 0.9]).startswith("not resolved")
     assert claims.verdict([], [0.5]) == "not measured"
+
+
+def test_the_scale_claim_is_flagged_when_finetuning_itself_falls_with_size():
+    import claims
+
+    def study(large_finetune):
+        runs = {f"micro_matched0.9/snli_ve_finetune_u200_s{s}": 0.70 + 0.01 * s for s in (1, 2, 3)}
+        runs |= {f"medium_matched0.9/snli_ve_finetune_u200_s{s}": large_finetune + 0.01 * s for s in (1, 2, 3)}
+        runs |= {f"medium_matched0.9/snli_ve_prompt_u200_s{s}": 0.1 for s in (1, 2, 3)}  # other methods don't count
+        return {"per_run": runs}
+
+    caveat = claims.finetuning_falls(study(0.40), "micro", "medium")
+    assert "falls with size" in caveat and "snli_ve 0.720 to 0.420" in caveat
+    assert claims.finetuning_falls(study(0.80), "micro", "medium") == ""  # finetuning improves: no caveat
+    assert claims.finetuning_falls(study(0.70), "micro", "medium") == ""  # within the seeds' spread
