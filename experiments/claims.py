@@ -61,6 +61,15 @@ def finetuning_falls(scale, smallest, largest):
     return f"; but finetuning's own score falls with size ({', '.join(falls)}): confounded" if falls else ""
 
 
+def best_learning_rates(study):
+    """{size: (learning rate, mean score)} of learning_rate.py's results: each size's best rate."""
+    means = {}
+    for key, scores in study["per_seed"].items():  # "<size>/<learning rate>"
+        size, lr = key.split("/")
+        means.setdefault(size, {})[float(lr)] = mean_std(scores)[0]
+    return {size: max(by_lr.items(), key=lambda item: item[1]) for size, by_lr in means.items()}
+
+
 def claim_rows(docs):
     rows = []
     compare = load(docs, "compare_methods")
@@ -86,6 +95,11 @@ def claim_rows(docs):
         rows.append(["Prompt tuning trains unstably", "a stated limitation (no figure)",
                      f"seed-to-seed sd / mean: prompt {pct(spread['prompt'])}, finetune {pct(spread['finetune'])} "
                      f"({size}, over tasks)", verdict(spread["prompt"], spread["finetune"])])
+    rates, best_rates = load(docs, "learning_rate"), ""
+    if rates:  # whether the learning rates chosen on the micro backbone explain the scale result
+        best_rates = (f"; {rates['method']} on {rates['task']} at each size's best learning rate: " + ", ".join(
+            f"{size} {score:.3f} ({lr:g})" for size, (lr, score) in best_learning_rates(rates).items())
+            + " (learning_rate)")
     for parts in (("scale",), ("scale", "caption_matched")):
         scale = load(docs, *parts)
         if scale:
@@ -95,7 +109,7 @@ def claim_rows(docs):
             rows.append([f"The gap to finetuning closes as the model grows{matched}",
                          "share of finetuning: Base 96.8%, Large 99.2% (Table 1)",
                          ", ".join(f"{s} ({scale['params'][s] / 1e6:.1f} M): {pct(pooled['prompt'][s])}" for s in sizes)
-                         + others + f" ({'/'.join(parts)})",
+                         + others + f" ({'/'.join(parts)})" + (best_rates if matched else ""),
                          verdict(pooled["prompt"][sizes[-1]], pooled["prompt"][sizes[0]])
                          + finetuning_falls(scale, sizes[0], sizes[-1])])
     robust = load(docs, "robustness")

@@ -211,8 +211,44 @@ def test_scale_plots_the_share_against_parameters(scaled):
     assert micro_loss <= target or micro_updates == 4  # as well pretrained, or never (4 quick updates)
 
 
+def test_a_learning_rate_run_is_the_methods_own_run_at_its_own_rate():
+    import common
+    import learning_rate
+
+    own = learning_rate.lr_run("caption", "finetune", 5e-4, 200, 25, 2, "medium", 0.9)
+    assert learning_rate.method_lr("finetune") == 5e-4
+    assert own == common.method_run("caption", "finetune", 200, 25, 2, "medium", 0.9)  # shared with scale.py
+    other = learning_rate.lr_run("caption", "finetune", 1e-4, 200, 25, 2, "medium", 0.9)
+    assert other.label == "finetune_lr0.0001" and other.name != own.name
+    assert [o for o in other.options if o.startswith("train.lr=")] == ["train.lr=0.0001"]
+    assert set(other.options) - {"train.lr=0.0001"} == set(own.options) - {"train.lr=5e-4"}
+
+
+@pytest.fixture(scope="module")
+def learning_rates(scaled, docs):
+    import learning_rate
+
+    learning_rate.main(["--quick", "--sizes", "micro", "small", "--task", "snli_ve", "--method", "finetune",
+                        "--lrs", "5e-4", "2e-3", "--out", str(docs / "learning_rate")])
+    return docs / "learning_rate"
+
+
 @pytest.mark.slow
-def test_claims_table_from_every_study(docs, compared, attacked, ablated, converged, scaled):
+def test_learning_rate_by_size_shares_the_scale_studys_runs(learning_rates, scaled, store):
+    data = table(learning_rates)
+    assert [(r[0], r[1]) for r in data["rows"]] == [
+        ("micro", "0.0005 (default)"), ("micro", "0.002"), ("small", "0.0005 (default)"), ("small", "0.002")]
+    runs = table(scaled)["per_run"]
+    for size in ("micro", "small"):
+        (name,) = [n for n in runs if n.startswith(f"{size}_matched") and n.endswith("/snli_ve_finetune_u3_s1")]
+        assert data["per_seed"][f"{size}/0.0005"] == [runs[name]]  # the scale study's run, read back
+        (log,) = store.glob(f"{size}_matched*/snli_ve_finetune_lr0.002_u3_s1.train.log")
+        assert "'lr': [0.002]" in log.read_text()
+    assert (learning_rates / "learning_rate.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_claims_table_from_every_study(docs, compared, attacked, ablated, converged, scaled, learning_rates):
     import claims
 
     readme = docs / "README.md"
@@ -227,6 +263,8 @@ def test_claims_table_from_every_study(docs, compared, attacked, ablated, conver
             "Prompt tuning is more robust to FGSM (image)",
             "Prompt tuning is more robust to FGSM (text)", "Reparameterization (MLP) is task-dependent",
             "Prompt tuning converges slowly (snli_ve)"} <= found
+    (matched,) = [r for r in rows if r.startswith("| The gap to finetuning closes as the model grows (backbones")]
+    assert "finetune on snli_ve at each size's best learning rate: micro " in matched and "(learning_rate)" in matched
     # the quick studies left out the length and depth ablations: listed as not measured, not invented
     assert any("length ablation, depth ablation" in r for r in rows)
 
@@ -238,6 +276,16 @@ def test_a_claim_holds_only_beyond_the_seeds_spread():
     assert claims.verdict([0.5, 0.52, 0.48], [0.9, 0.91, 0.89]) == "does not hold"
     assert claims.verdict([0.5, 0.9, 0.1], [0.52, 0.1, 0.9]).startswith("not resolved")
     assert claims.verdict([], [0.5]) == "not measured"
+
+
+def test_best_learning_rate_per_size():
+    import claims
+
+    study = {"per_seed": {"micro/0.0001": [6.7, 6.8], "micro/0.0005": [7.5, 7.6], "medium/0.0002": [2.8, 2.7],
+                          "medium/0.0005": [2.6, 2.8]}}
+    best = claims.best_learning_rates(study)
+    assert best["micro"][0] == 5e-4 and abs(best["micro"][1] - 7.55) < 1e-9
+    assert best["medium"][0] == 2e-4  # 2.75 against 2.70
 
 
 def test_the_scale_claim_is_flagged_when_finetuning_itself_falls_with_size():

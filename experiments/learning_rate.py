@@ -1,0 +1,77 @@
+"""Learning rate against backbone size: one method's test score over several learning rates on each size,
+the backbones pretrained to the same validation loss as in scale.py. The scale study tunes every size with the
+learning rates chosen on the micro backbone (common.METHODS); this says whether they suit the larger ones.
+
+    python experiments/learning_rate.py [--sizes micro medium] [--task caption] [--method finetune]
+                                        [--lrs 1e-4 2e-4 5e-4] [--seeds 1 2 3] [--quick]
+
+A run at the method's own learning rate is the scale study's run of the same size, task and seed (shared
+through the run store).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (METHODS, SIZES, TASKS, Run, Series, best_point, cli, command_line, execute_all, log,  # noqa: E402
+                    mean_std, method_run, plot, pm, pretraining, save_results, settings)
+
+
+def method_lr(method: str) -> float:
+    """The learning rate common.METHODS gives `method`."""
+    return float(next(o for o in METHODS[method] if o.startswith("train.lr=")).split("=", 1)[1])
+
+
+def lr_run(task, method, lr, updates, every, seed, size, matched_loss) -> Run:
+    """`method` at learning rate `lr`: the method's own run (shared with the other studies) at its own rate."""
+    if lr == method_lr(method):
+        return method_run(task, method, updates, every, seed, size, matched_loss)
+    options = [o for o in METHODS[method] if not o.startswith("train.lr=")] + [f"train.lr={lr:g}"]
+    return Run(task, f"{method}_lr{lr:g}", tuple(options), updates, every, seed, size, matched_loss)
+
+
+def main(argv=None):
+    ap = cli(__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="+", default=["micro", "medium"], choices=list(SIZES))
+    ap.add_argument("--task", default="caption", choices=list(TASKS))
+    ap.add_argument("--method", default="finetune", choices=list(METHODS))
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 2e-4, 5e-4], help="learning rates to try")
+    a = ap.parse_args(argv)
+    if any(not lr > 0 for lr in a.lrs):
+        ap.error(f"--lrs must be positive, got {a.lrs}")
+    a.sizes = sorted(dict.fromkeys(a.sizes), key=list(SIZES).index)
+    lrs = sorted(set(a.lrs))
+    updates, every, seeds, out = settings(a, "learning_rate")
+    matched = pretraining(a.quick, a.sizes[-1]).checkpoints[-1][1]
+    log(f"backbones matched at the {a.sizes[-1]} backbone's final validation loss {matched:.4f}")
+    runs = {(size, lr, s): lr_run(a.task, a.method, lr, updates, every, s, size, matched)
+            for size in a.sizes for lr in lrs for s in seeds}
+    results = execute_all(list(runs.values()), a.quick, a.workers)
+    metric = TASKS[a.task]["metric"]
+    rows, per_seed = [], {}
+    for size in a.sizes:
+        means = {}
+        for lr in lrs:
+            rs = [results[runs[size, lr, s]] for s in seeds]
+            scores = [r["score"] for r in rs]
+            best = [best_point(r["curve"]) for r in rs]
+            per_seed[f"{size}/{lr:g}"] = scores
+            means[lr] = mean_std(scores)[0]
+            rows.append([size, f"{lr:g}" + (" (default)" if lr == method_lr(a.method) else ""), pm(scores),
+                         f"{min(scores):.4f} .. {max(scores):.4f}", pm([b[0] for b in best], 0)])
+        log(f"{size}: best learning rate {max(means, key=means.get):g}")
+    save_results(out, f"Learning rate against size: {a.method} on {a.task}", rows,
+                 ["size", "learning rate", f"{metric} (mean ± sd)", "seed range", "updates to best"],
+                 f"{a.method} on {a.task}, {updates} updates per run, validated every {every}, test split on the best "
+                 f"checkpoint (beam 5); seeds {seeds}. Backbones: each size's first pretraining checkpoint at or below "
+                 f"validation loss {matched:.4f} on the pretraining mix (the {a.sizes[-1]} backbone's final one), as in "
+                 f"scale.py. The default learning rate ({method_lr(a.method):g}) is common.METHODS', chosen on the "
+                 "micro backbone.", command_line("learning_rate.py", argv),
+                 extra=dict(per_seed=per_seed, seeds=seeds, task=a.task, method=a.method, matched_loss=matched))
+    plot(os.path.join(out, "learning_rate.png"), f"{a.method} on {a.task}: learning rate by size",
+         {size: Series(lrs, [per_seed[f"{size}/{lr:g}"] for lr in lrs]) for size in a.sizes},
+         "learning rate", metric, logx=True)
+    return per_seed
+
+
+if __name__ == "__main__":
+    main()
