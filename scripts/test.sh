@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tests, on a fresh machine too: installs what is missing (scripts/install.sh), then runs pytest.
 #   bash scripts/test.sh                 # everything (what CI runs): the unit tests, then the end-to-end runs
-#   bash scripts/test.sh -m "not slow"   # the unit tests only (about 1 minute on 2 cores)
+#   bash scripts/test.sh -m "not slow"   # the unit tests only (about 3 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
