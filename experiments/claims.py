@@ -15,6 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, TASKS, mean_std, relative_drop  # noqa: E402
+from learning_rate import best_learning_rates  # noqa: E402
 
 BEGIN, END = "<!-- claims: begin (python experiments/claims.py) -->", "<!-- claims: end -->"
 
@@ -61,15 +62,6 @@ def finetuning_falls(scale, smallest, largest):
     return f"; but finetuning's own score falls with size ({', '.join(falls)}): confounded" if falls else ""
 
 
-def best_learning_rates(study):
-    """{size: (learning rate, mean score)} of learning_rate.py's results: each size's best rate."""
-    means = {}
-    for key, scores in study["per_seed"].items():  # "<size>/<learning rate>"
-        size, lr = key.split("/")
-        means.setdefault(size, {})[float(lr)] = mean_std(scores)[0]
-    return {size: max(by_lr.items(), key=lambda item: item[1]) for size, by_lr in means.items()}
-
-
 def claim_rows(docs):
     rows = []
     compare = load(docs, "compare_methods")
@@ -98,7 +90,7 @@ def claim_rows(docs):
     rates, best_rates = load(docs, "learning_rate"), ""
     if rates:  # whether the learning rates chosen on the micro backbone explain the scale result
         best_rates = (f"; {rates['method']} on {rates['task']} at each size's best learning rate: " + ", ".join(
-            f"{size} {score:.3f} ({lr:g})" for size, (lr, score) in best_learning_rates(rates).items())
+            f"{size} {score:.3f} ({lr:g})" for size, (lr, score) in best_learning_rates(rates["per_seed"]).items())
             + " (learning_rate)")
     for parts in (("scale",), ("scale", "caption_matched")):
         scale = load(docs, *parts)

@@ -29,6 +29,16 @@ def lr_run(task, method, lr, updates, every, seed, size, matched_loss) -> Run:
     return Run(task, f"{method}_lr{lr:g}", tuple(options), updates, every, seed, size, matched_loss)
 
 
+def best_learning_rates(per_seed):
+    """{size: (learning rate, mean score)}, each size's best rate, of per_seed {"<size>/<lr>": [score, ...]}
+    (results.json)."""
+    means = {}
+    for key, scores in per_seed.items():
+        size, lr = key.split("/")
+        means.setdefault(size, {})[float(lr)] = mean_std(scores)[0]
+    return {size: max(by_lr.items(), key=lambda item: item[1]) for size, by_lr in means.items()}
+
+
 def main(argv=None):
     ap = cli(__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", default=["micro", "medium"], choices=list(SIZES))
@@ -49,16 +59,15 @@ def main(argv=None):
     metric = TASKS[a.task]["metric"]
     rows, per_seed = [], {}
     for size in a.sizes:
-        means = {}
         for lr in lrs:
             rs = [results[runs[size, lr, s]] for s in seeds]
             scores = [r["score"] for r in rs]
             best = [best_point(r["curve"]) for r in rs]
             per_seed[f"{size}/{lr:g}"] = scores
-            means[lr] = mean_std(scores)[0]
             rows.append([size, f"{lr:g}" + (" (default)" if lr == method_lr(a.method) else ""), pm(scores),
                          f"{min(scores):.4f} .. {max(scores):.4f}", pm([b[0] for b in best], 0)])
-        log(f"{size}: best learning rate {max(means, key=means.get):g}")
+    for size, (lr, score) in best_learning_rates(per_seed).items():
+        log(f"{size}: best learning rate {lr:g} ({metric} {score:.4f})")
     save_results(out, f"Learning rate against size: {a.method} on {a.task}", rows,
                  ["size", "learning rate", f"{metric} (mean ± sd)", "seed range", "updates to best"],
                  f"{a.method} on {a.task}, {updates} updates per run, validated every {every}, test split on the best "

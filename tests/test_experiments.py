@@ -279,11 +279,11 @@ def test_a_claim_holds_only_beyond_the_seeds_spread():
 
 
 def test_best_learning_rate_per_size():
-    import claims
+    import learning_rate
 
-    study = {"per_seed": {"micro/0.0001": [6.7, 6.8], "micro/0.0005": [7.5, 7.6], "medium/0.0002": [2.8, 2.7],
-                          "medium/0.0005": [2.6, 2.8]}}
-    best = claims.best_learning_rates(study)
+    per_seed = {"micro/0.0001": [6.7, 6.8], "micro/0.0005": [7.5, 7.6], "medium/0.0002": [2.8, 2.7],
+                "medium/0.0005": [2.6, 2.8]}
+    best = learning_rate.best_learning_rates(per_seed)
     assert best["micro"][0] == 5e-4 and abs(best["micro"][1] - 7.55) < 1e-9
     assert best["medium"][0] == 2e-4  # 2.75 against 2.70
 
