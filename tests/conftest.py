@@ -1,5 +1,8 @@
 import argparse
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,6 +11,7 @@ import torch
 from fairseq.data import Dictionary
 
 import ofa_prompt  # noqa: F401  (registers models, criteria, tasks)
+import warm_start
 from ofa_prompt.models.ofa import OFAModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +58,32 @@ def micro_batch(model, bsz=3, src_len=6, tgt_len=5, image=64, seed=0):
         patch_images=torch.rand(bsz, 3, image, image, generator=g) * 2 - 1,
         patch_masks=torch.tensor([True] * (bsz - 1) + [False]),
     )
+
+
+# --- fairseq's entry points for the end-to-end tests: warm start-ups (see tests/warm_start.py) ----------
+REAL_BIN = f"{sys.prefix}/bin"  # the installed fairseq-train / fairseq-generate
+_WARM = Path(tempfile.mkdtemp(prefix="ofa_prompt_warm_"))
+BIN = str(_WARM / "bin")  # shims of the same names: forked from the warm interpreter while it runs
+warm_start.write_shims(BIN, str(_WARM / "socket"))
+os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]  # the scripts' and experiments' runs too
+
+
+def cold(cmd):
+    """`cmd` with the installed entry point: for the tests that signal a run by its pid, or read its pid."""
+    return [os.path.join(REAL_BIN, os.path.basename(cmd[0])), *cmd[1:]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_interpreter(request):
+    """The warm interpreter, when end-to-end tests were selected (OFA_PROMPT_COLD_START=1: none)."""
+    wanted = os.environ.get("OFA_PROMPT_COLD_START") != "1" and any(
+        item.get_closest_marker("slow") for item in request.session.items)
+    server = warm_start.start_server(str(_WARM / "socket")) if wanted else None
+    yield server
+    if server is not None:
+        server.kill()
+        server.wait()
+    shutil.rmtree(_WARM, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

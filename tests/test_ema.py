@@ -4,19 +4,17 @@ the saved EMA is the moving average of the saved live weights, a resumed run kee
 import logging
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 from fairseq.dataclass.configs import EMAConfig
 
 import tiny_data
-from conftest import MICRO_CLI, REPO, build_micro, run
+from conftest import BIN, MICRO_CLI, REPO, build_micro, run
 from ofa_prompt.checkpoint import BACKBONE_KEY, prompt_only_checkpoint, read_checkpoint
 from ofa_prompt.tasks.ema import OFAEMA, decay_at, ema_plan, ema_update_, update_due
 from ofa_prompt.tasks.saved_settings import SettingsError
 
-BIN = f"{sys.prefix}/bin"
 DECAY = 0.9
 PROMPTS = ["--encoder-prompt", "--decoder-prompt", "--encoder-prompt-length", "8", "--decoder-prompt-length", "8"]
 METHOD_FLAGS = {"prompt": PROMPTS, "adapter": ["--adapter", "--adapter-dim", "8"], "bitfit": ["--bitfit"],

@@ -2,7 +2,6 @@
 over the validation batches), beside CIDEr when --eval-cider is given too; --best-checkpoint-metric bleu
 works in fairseq-train, and without the flag that logs it is refused before training."""
 import subprocess
-import sys
 from argparse import Namespace
 
 import pytest
@@ -10,10 +9,9 @@ import torch
 from fairseq import metrics
 from pycocoevalcap.bleu.bleu import Bleu
 
-from conftest import MICRO_CLI, NoLoss, build_micro, common, first, make_task, run
+from conftest import BIN, MICRO_CLI, NoLoss, build_micro, common, first, make_task, run
 from ofa_prompt.metrics.caption import BLEU_KEYS, bleu4_from_stats, bleu_stats
 
-BIN = f"{sys.prefix}/bin"
 REFS = {0: ["a red square on white", "a red square"], 1: ["a blue square", "the blue square on white"],
         2: ["a green square", "a green box"], 3: ["a red box on white", "red square"]}
 HYPS = {0: "a red square", 1: "a square on white", 2: "green green square", 3: "a red box on the white"}

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import tiny_data
-from conftest import REPO
+from conftest import BIN, REPO
 from ofa_prompt import from_pretrained
 from ofa_prompt.checkpoint import read_checkpoint
 from ofa_prompt.data.image import decode_image
@@ -19,7 +19,6 @@ from ofa_prompt.errors import InputError
 from ofa_prompt.predictor import load_image
 from ofa_prompt.prompt_file import export_prompts, read_prompts
 
-BIN = f"{sys.prefix}/bin"
 # the reference fixtures' micro model reads the word tokenizer at 64 px (tests/test_training.py)
 OPTIONS = {"text_tokenizer": "word", "patch_image_size": 64}
 

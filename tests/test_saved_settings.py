@@ -4,7 +4,6 @@ checkpoint formats, and stock fairseq-train / fairseq-generate on a micro snli_v
 import argparse
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,14 +11,13 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import tiny_data
-from conftest import BPE, MICRO, REPO, as_options
+from conftest import BIN, BPE, MICRO, REPO, as_options
 from ofa_prompt.checkpoint import BACKBONE_KEY
 from ofa_prompt.file_version import FileChangedError
 from ofa_prompt.tasks import saved_settings as ss
 from ofa_prompt.tasks.saved_settings import SHARED
 from ofa_prompt.tasks.snli_ve import SnliVeConfig
 
-BIN = f"{sys.prefix}/bin"
 MICRO_CLI = as_options(MICRO)
 # what training uses and a bare fairseq-generate would not: each differs from the option's default
 TRAINED = ["--text-tokenizer", "word", "--patch-image-size", "32", "--max-image-size", "64", "--num-bins", "100",

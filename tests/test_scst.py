@@ -4,21 +4,19 @@ document frequencies, the criterion on the micro model (with prompts through bea
 raising the reward, and fairseq-train with OFA's stage-2 flags for every tuning method."""
 import logging
 import re
-import sys
 from argparse import Namespace
 
 import pytest
 import torch
 from pycocoevalcap.cider.cider import Cider
 
-from conftest import MICRO_CLI, build_micro, common, first, make_task, run
+from conftest import BIN, MICRO_CLI, build_micro, common, first, make_task, run
 from ofa_prompt import load_model
 from ofa_prompt.checkpoint import read_checkpoint
 from ofa_prompt.criterions.scst import ScstRewardCriterion, scst_loss, self_critical_advantages
 from ofa_prompt.metrics.caption import CiderD, scst_words
 from ofa_prompt.models.tuning import is_trainable
 
-BIN = f"{sys.prefix}/bin"
 PROMPTS = dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=4, decoder_prompt_length=4)
 
 

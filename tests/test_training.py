@@ -6,7 +6,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -16,11 +15,10 @@ from ofa_prompt import load_model
 from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint
 
 import tiny_data
-from conftest import MICRO_SIZES, REPO, as_options
+from conftest import BIN, MICRO_SIZES, REPO, as_options, cold
 
 pytestmark = pytest.mark.slow  # fairseq-train / fairseq-generate runs end to end
 
-BIN = f"{sys.prefix}/bin"
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +82,7 @@ def test_sigkill_then_resume_is_bit_identical(data, reference, tmp_path):
     # least 5 updates (each with a checkpoint write) before the end; a fixed sleep could outlast a fast run.
     rng = random.Random()
     kill_after = rng.randint(2, 7)  # checkpoint kill_after - 1 is on disk by then
-    proc = subprocess.Popen(train_args(data, reference, killed, *start), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cold(train_args(data, reference, killed, *start)), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if re.search(rf"train_inner .*num_updates={kill_after}\b", line):
@@ -107,7 +105,7 @@ def test_sigterm_stops_after_the_update_with_a_checkpoint_and_resumes(data, refe
              "--save-interval-updates", "100"]  # no checkpoint but the one SIGTERM asks for
     run(train_args(data, reference, tmp_path / "straight", *start))
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(train_args(data, reference, stopped, *start), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cold(train_args(data, reference, stopped, *start)), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     log = []
     for line in proc.stdout:
@@ -219,7 +217,7 @@ def test_fairseq_half_precision_on_cpu(data, reference, tmp_path, precision):
 
 def test_a_second_run_on_the_same_save_dir_refuses_to_start(data, reference, tmp_path):
     start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4"]
-    first = subprocess.Popen(train_args(data, reference, tmp_path / "run", *start, "--max-update", "1000"),
+    first = subprocess.Popen(cold(train_args(data, reference, tmp_path / "run", *start, "--max-update", "1000")),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in first.stdout:  # the first run is training
