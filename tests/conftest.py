@@ -128,6 +128,12 @@ def common(task, data, answers=True):
             "--patch-image-size", "64", "--max-image-size", "64", "--num-bins", "100", *extra]
 
 
+def reference_caption_args(reference):
+    """The task options of a caption command line over the reference fixtures' word dictionary."""
+    return ["--user-dir", str(REPO / "ofa_prompt"), "--task", "caption", "--bpe-dir", str(reference),
+            "--text-tokenizer", "word", "--patch-image-size", "64"]
+
+
 def run(cmd, timeout=300, **kwargs):
     """A command that must succeed; its stdout and stderr together."""
     import subprocess

@@ -10,7 +10,7 @@ import torch
 from fairseq.dataclass.configs import EMAConfig
 
 import tiny_data
-from conftest import BIN, MICRO_CLI, REPO, build_micro, run
+from conftest import BIN, MICRO_CLI, build_micro, reference_caption_args as task_args, run
 from ofa_prompt.checkpoint import BACKBONE_KEY, prompt_only_checkpoint, read_checkpoint
 from ofa_prompt.tasks.ema import OFAEMA, decay_at, ema_plan, ema_update_, update_due
 from ofa_prompt.tasks.saved_settings import SettingsError
@@ -153,11 +153,6 @@ def test_the_writer_selects_the_ema_by_the_live_models_trained_tensors(tmp_path)
 @pytest.fixture(scope="module")
 def captions(tmp_path_factory):
     return tiny_data.reference_captions(tmp_path_factory.mktemp("ema_data") / "caption.tsv")
-
-
-def task_args(reference):
-    return ["--user-dir", str(REPO / "ofa_prompt"), "--task", "caption", "--bpe-dir", str(reference),
-            "--text-tokenizer", "word", "--patch-image-size", "64"]
 
 
 def train_args(captions, reference, save_dir, *extra):

@@ -5,7 +5,7 @@ import sys
 import pytest
 from fairseq import tasks
 
-from conftest import MICRO_CLI, TASKS, common, run, setup_task as setup
+from conftest import MICRO_CLI, TASKS, common, make_task, run, setup_task as setup
 
 SCORER = {"caption": ("ofa_caption", "CIDEr"), "vqa_gen": ("ofa_vqa", "accuracy"),
           "refcoco": ("ofa_refcoco", "Acc@0.5"), "snli_ve": ("ofa_snli_ve", "accuracy")}
@@ -37,6 +37,29 @@ def test_load_and_collate(task, data):
         assert batch["conf"].tolist() == [1.0] * 4
     if task == "snli_ve":
         assert t.decode(batch["target"][0]) in {"yes", "no", "maybe"}
+
+
+def test_a_training_caption_draws_its_reference_by_seed_epoch_and_row(data):
+    """A caption with several references (OFA's &&) trains on one drawn at random: the same one whenever
+    the same row of the same epoch is read under the same --seed (so that a run repeats, a resumed one
+    too), whatever other code drew meanwhile; another epoch or seed may draw another."""
+    import random
+
+    import numpy as np
+
+    def targets(seed, epochs=range(1, 9), row=0):
+        ds = make_task("caption", data, seed=seed).datasets["train"]
+        out = []
+        for epoch in epochs:
+            ds.set_epoch(epoch)
+            random.random(), np.random.rand()  # other draws between the reads
+            out.append(tuple(ds[row]["target"].tolist()))
+        return out
+
+    once = targets(1)
+    assert all(targets(1) == once for _ in range(5))  # 40 reads, each of 2 references: a coin would differ
+    assert len(set(once)) == 2  # epochs draw both references
+    assert targets(1, row=3) != once or targets(2) != once  # rows and seeds draw apart
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from ofa_prompt import load_model
 from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint
 
 import tiny_data
-from conftest import BIN, MICRO_SIZES, REPO, as_options, cold
+from conftest import BIN, MICRO_SIZES, as_options, cold, reference_caption_args as task_args
 
 pytestmark = pytest.mark.slow  # fairseq-train / fairseq-generate runs end to end
 
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.slow  # fairseq-train / fairseq-generate runs end to en
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return tiny_data.reference_captions(tmp_path_factory.mktemp("refdata") / "caption.tsv")
-
-
-def task_args(reference):
-    return ["--user-dir", str(REPO / "ofa_prompt"), "--task", "caption", "--bpe-dir", str(reference),
-            "--text-tokenizer", "word", "--patch-image-size", "64"]
 
 
 def train_args(data, reference, save_dir, *extra):

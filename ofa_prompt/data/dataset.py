@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
+from omegaconf.errors import OmegaConfBaseException
 
 from .decoded_images import DecodedImage
 from .image import CachedImage, decode_image, image_size_of, resized
@@ -15,12 +16,27 @@ def rows_per_batch(batch_size, max_tokens, max_src_length: int) -> int:
     return per
 
 
+def training_seed(task_cfg) -> int:
+    """fairseq's --seed as a task's config holds it; fairseq's default (1) for a config without fairseq's
+    common section (built directly, as by the Python API) or saved by a version that did not keep it."""
+    try:
+        seed = task_cfg.seed
+    except (AttributeError, OmegaConfBaseException):  # absent, or an interpolation with nothing to resolve
+        return 1
+    return seed if isinstance(seed, int) else 1
+
+
 class OFADataset(FairseqDataset):
     def __init__(self, reader, task, train: bool, decoded=None):
         """decoded: the file's DecodedImageStore under --decoded-image-cache."""
         self.reader, self.task, self.train, self.decoded = reader, task, train, decoded
         self.pad, self.eos = task.dictionary.pad(), task.dictionary.eos()
         self.max_src_length, self.max_tgt_length = task.cfg.max_src_length, task.cfg.max_tgt_length
+        self.seed = training_seed(task.cfg)
+        self.epoch = 1
+
+    def set_epoch(self, epoch):  # fairseq's epoch iterator calls it at the start of every epoch
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.reader)
@@ -35,7 +51,8 @@ class OFADataset(FairseqDataset):
                     row = [row[0], CachedImage(*image_size_of(row[1])), *row[2:]]
             if self.decoded is not None and self.decoded.holds(index) and not isinstance(row[1], CachedImage):
                 row = [row[0], self.decoded_image(index, row[1]), *row[2:]]
-            sample = self.task.build_sample(row, self.train)
+            with data_utils.numpy_seed(self.seed, self.epoch, index):  # numpy's draws repeat run to run
+                sample = self.task.build_sample(row, self.train)
         except ValueError as e:  # content that passed the start-up check but fails on full decoding
             raise ValueError(f"{self.reader.where(index)}: {e}") from e
         sample["id"] = index
@@ -112,6 +129,10 @@ class MixDataset(OFADataset):
         self.pad, self.eos = parts[0].pad, parts[0].eos
         self.max_src_length = max(p.max_src_length for p in parts)
         self.max_tgt_length = max(p.max_tgt_length for p in parts)
+
+    def set_epoch(self, epoch):
+        for part in self.parts:
+            part.set_epoch(epoch)
 
     def __len__(self):
         return int(self.starts[-1])

@@ -19,7 +19,7 @@ from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.sequence_generator import EnsembleModel
 from fairseq.tasks import TASK_REGISTRY, FairseqTask
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import II, DictConfig, OmegaConf, open_dict
 
 from ..checkpoint import check_resume_file, claim_save_dir
 from ..data.dataset import OFADataset
@@ -58,6 +58,9 @@ class OFATaskConfig(FairseqDataclass):
     data: Optional[str] = field(default=None, metadata={
         "help": "comma-separated TSV files: training epochs cycle through all but the last, other splits read the last"})
     selected_cols: Optional[str] = field(default=None, metadata={"help": "TSV columns to read, in the task's order"})
+    # fairseq's --seed: what a training sample draws at random (a caption's reference) is seeded by it, the
+    # epoch and the row, so that a run repeats exactly (fairseq leaves an interpolated field off the parser)
+    seed: int = II("common.seed")
     bpe_dir: Optional[str] = field(default=None, metadata={"help": "folder with dict.txt (and encoder.json, vocab.bpe for gpt2)"})
     text_tokenizer: ChoiceEnum(TOKENIZERS) = field(default="gpt2", metadata={
         "help": "gpt2: OFA's BPE; word: whitespace words listed in <bpe-dir>/dict.txt"})
@@ -260,6 +263,7 @@ class OFATask(FairseqTask):
         options = (OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True) if isinstance(self.cfg, DictConfig)
                    else dict(vars(self.cfg)))
         options.pop("data", None)
+        options.pop("seed", None)  # the rows' checks do not depend on it
         return json.dumps({"task": self.task_name(), "cols": cols, "options": options, "plugin": __version__},
                           sort_keys=True, default=str)
 

@@ -3,11 +3,11 @@
 `--criterion scst_reward_criterion` (ofa_prompt/criterions/scst.py)."""
 import logging
 import os
-import random
 from argparse import Namespace
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from fairseq import metrics
 from fairseq.tasks import register_task
@@ -112,7 +112,8 @@ class CaptionTask(OFATask):
     def build_sample(self, cols, train):
         uniq_id, image, caption = cols
         refs = references(caption)
-        target = self.target_words(random.choice(refs) if train else refs[0])
+        # training: one reference at random, drawn from numpy's generator the dataset seeds per row and epoch
+        target = self.target_words(refs[np.random.randint(len(refs))] if train else refs[0])
         prev, tgt = self.decoder_io(self.encode(" " + target, self.cfg.max_tgt_length))
         patch, _, _ = self.image(image)
         return {"uniq_id": uniq_id, "source": self.source(INSTRUCTION), "target": tgt, "prev_output_tokens": prev,

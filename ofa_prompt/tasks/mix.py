@@ -17,7 +17,7 @@ from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY, register_task
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..data.dataset import MixDataset
+from ..data.dataset import MixDataset, training_seed
 from .base import OFATask, OFATaskConfig
 from .saved_settings import SHARED
 
@@ -68,6 +68,7 @@ def task_config(name: str, options, mix_cfg):
     folder = mix_cfg.data or "."
     own["data"] = ",".join(os.path.join(folder, p) for p in str(own["data"]).split(","))
     values = {k: getattr(mix_cfg, k) for k in (*SHARED, *INHERITED)}
+    values["seed"] = training_seed(mix_cfg)  # the mixed task's own config has no fairseq common section
     try:
         return OmegaConf.merge(OmegaConf.structured(dataclass_), {**values, **own})
     except OmegaConfBaseException as e:
