@@ -64,7 +64,7 @@ def micro_batch(model, bsz=3, src_len=6, tgt_len=5, image=64, seed=0):
 REAL_BIN = f"{sys.prefix}/bin"  # the installed fairseq-train / fairseq-generate
 _WARM = Path(tempfile.mkdtemp(prefix="ofa_prompt_warm_"))
 BIN = str(_WARM / "bin")  # shims of the same names: forked from the warm interpreter while it runs
-warm_start.write_shims(BIN, str(_WARM / "socket"))
+warm_start.write_shims(BIN, str(_WARM / "socket"), REAL_BIN)
 os.environ["PATH"] = BIN + os.pathsep + os.environ["PATH"]  # the scripts' and experiments' runs too
 
 

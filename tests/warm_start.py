@@ -51,13 +51,14 @@ sys.exit(int(value))
 '''
 
 
-def write_shims(bin_dir: str, socket_path: str) -> None:
+def write_shims(bin_dir: str, socket_path: str, real_bin: str) -> None:
+    """The shims in `bin_dir`: the server at `socket_path` if it runs, else the entry points in `real_bin`."""
     os.makedirs(bin_dir, exist_ok=True)
     for name in ENTRIES:
         path = os.path.join(bin_dir, name)
         with open(path, "w") as f:
             f.write(SHIM.format(python=sys.executable, name=name, socket_path=socket_path,
-                                real=os.path.join(sys.prefix, "bin", name)))
+                                real=os.path.join(real_bin, name)))
         os.chmod(path, 0o755)
 
 
@@ -91,7 +92,8 @@ def _serve(socket_path: str) -> None:
     for name in [m for m in sys.modules if m.startswith("fairseq_cli.")]:
         del sys.modules[name]
     del sys.modules["fairseq_cli"].train, sys.modules["fairseq_cli"].generate
-    logging.root.handlers[:], logging.root.level = pristine
+    logging.root.handlers[:] = pristine[0]
+    logging.root.setLevel(pristine[1])  # setLevel: also drops the loggers' cached levels
 
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(socket_path + ".tmp")
@@ -174,7 +176,8 @@ def _run(request, fds, after_fairseq) -> None:
     try:
         entry = importlib.import_module(ENTRIES[request["name"]])
         if not logging.root.handlers:  # fairseq_cli.train configures logging first; others get fairseq's
-            logging.root.handlers[:], logging.root.level = after_fairseq
+            logging.root.handlers[:] = after_fairseq[0]
+            logging.root.setLevel(after_fairseq[1])
         entry.cli_main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
