@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, TASKS, mean_std, relative_drop  # noqa: E402
 from learning_rate import best_learning_rates  # noqa: E402
+from robustness import MATCHED  # noqa: E402
 
 BEGIN, END = "<!-- claims: begin (python experiments/claims.py) -->", "<!-- claims: end -->"
 
@@ -62,6 +63,14 @@ def finetuning_falls(scale, smallest, largest):
     return f"; but finetuning's own score falls with size ({', '.join(falls)}): confounded" if falls else ""
 
 
+def scale_studies(docs):
+    """The scale studies under docs/: scale/ itself (pretraining final, all tasks) and each per-task study run with
+    --pretraining matched into scale/<task>_matched/, in name order."""
+    folder = os.path.join(docs, "scale")
+    matched = sorted(d for d in os.listdir(folder) if d.endswith("_matched")) if os.path.isdir(folder) else []
+    return [("scale",)] + [("scale", d) for d in matched]
+
+
 def claim_rows(docs):
     rows = []
     compare = load(docs, "compare_methods")
@@ -92,16 +101,18 @@ def claim_rows(docs):
         best_rates = (f"; {rates['method']} on {rates['task']} at each size's best learning rate: " + ", ".join(
             f"{size} {score:.3f} ({lr:g})" for size, (lr, score) in best_learning_rates(rates["per_seed"]).items())
             + " (learning_rate)")
-    for parts in (("scale",), ("scale", "caption_matched")):
+    for parts in scale_studies(docs):
         scale = load(docs, *parts)
         if scale:
             sizes, pooled = list(scale["params"]), scale["pooled"]
-            matched = " (backbones pretrained to the same loss)" if scale.get("pretraining") == "matched" else ""
+            tasks = list(dict.fromkeys(row[2] for row in scale["rows"]))
+            matched = scale.get("pretraining") == "matched"
+            label = ("backbones pretrained to the same loss, " if matched else "") + ", ".join(tasks)
             others = "".join(f"; {m}: " + ", ".join(pct(pooled[m][s]) for s in sizes) for m in pooled if m != "prompt")
-            rows.append([f"The gap to finetuning closes as the model grows{matched}",
+            rows.append([f"The gap to finetuning closes as the model grows ({label})",
                          "share of finetuning: Base 96.8%, Large 99.2% (Table 1)",
                          ", ".join(f"{s} ({scale['params'][s] / 1e6:.1f} M): {pct(pooled['prompt'][s])}" for s in sizes)
-                         + others + f" ({'/'.join(parts)})" + (best_rates if matched else ""),
+                         + others + f" ({'/'.join(parts)})" + (best_rates if matched and rates and rates["task"] in tasks else ""),
                          verdict(pooled["prompt"][sizes[-1]], pooled["prompt"][sizes[0]])
                          + finetuning_falls(scale, sizes[0], sizes[-1])])
     robust = load(docs, "robustness")
@@ -109,15 +120,18 @@ def claim_rows(docs):
         for attack in ("image", "text"):
             eps = robust["eps"][attack][-1]
             drops = {}
-            for m in ("prompt", "finetune"):
+            for m in ("prompt", "finetune", MATCHED.format("prompt")):
                 drops[m] = [relative_drop(c, a) for t in TASKS if f"{attack}/{t}/{m}" in robust["per_seed"]
                             for c, a in zip(robust["per_seed"][f"{attack}/{t}/{m}"]["0.0"],
                                             robust["per_seed"][f"{attack}/{t}/{m}"][str(eps)]) if c > 0]
+            matched = drops[MATCHED.format("prompt")]  # the fair comparison: finetuning at prompt tuning's clean score
             if drops["prompt"] and drops["finetune"]:
                 rows.append([f"Prompt tuning is more robust to FGSM ({attack})", "smaller drop than finetuning on every task (Figure 3, no figures given)",
-                             f"drop at eps {eps}: prompt {pct(drops['prompt'])}, finetune {pct(drops['finetune'])} "
-                             "(relative to each clean score, over tasks and seeds)",
-                             verdict(drops["finetune"], drops["prompt"])])
+                             f"drop at eps {eps}: prompt {pct(drops['prompt'])}, finetune {pct(drops['finetune'])}"
+                             + (f", finetune at prompt tuning's clean score {pct(matched)}" if matched else "")
+                             + " (relative to each clean score, over tasks and seeds)",
+                             verdict(matched or drops["finetune"], drops["prompt"])
+                             + (" (against finetuning at the same clean score)" if matched else "")])
     length = load(docs, "ablations", "length")
     if length:
         per = length["per_seed"]

@@ -3,6 +3,7 @@ one and larger ones, each pretrained once on the pretraining mix and cached), ru
 fairseq-generate (commands built from configs/demo/caption_prompt.yaml with overrides) kept in one run
 store that every study shares, seeds and their statistics, result tables and plots with error bars."""
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -209,13 +210,16 @@ def run_logged(cmd, log_path, env=None):
     return text
 
 
-def validation(task: str, every: int):
+def validation(task: str, every: int, keep_every_checkpoint: bool = False):
     """fairseq-train options for OFA's validation by greedy generation every `every` updates, keeping
-    checkpoint_best.pt by the task's score (and only the newest interval checkpoint)."""
+    checkpoint_best.pt by the task's score and only the newest interval checkpoint, or with
+    `keep_every_checkpoint` all of them (without optimizer state, to spare the disk)."""
     metric = "cider" if task == "caption" else "score"
+    keep = ["train.keep-interval-updates=-1", "train.no-save-optimizer-state=true"] if keep_every_checkpoint else [
+        "train.keep-interval-updates=1"]
     return ["train.disable-validation=false", f"train.eval-{'cider' if task == 'caption' else 'acc'}=true",
             "train.eval-args={beam: 1, max_len_b: 40}", f"train.validate-interval-updates={every}",
-            "train.validate-interval=1000000", f"train.save-interval-updates={every}", "train.keep-interval-updates=1",
+            "train.validate-interval=1000000", f"train.save-interval-updates={every}", *keep,
             f"train.best-checkpoint-metric={metric}", "train.maximize-best-checkpoint-metric=true"]
 
 
@@ -266,11 +270,21 @@ class Run:
     seed: int = 1
     size: str = "micro"
     matched_loss: Optional[float] = None  # tune from the size's first checkpoint pretrained to this loss
+    keep_every_checkpoint: bool = False  # the checkpoint of every validation, not only the best and newest
 
     @property
     def name(self) -> str:
         matched = "" if self.matched_loss is None else f"_matched{self.matched_loss:.4f}"
-        return f"{self.size}{matched}/{self.task}_{self.label}_u{self.updates}_s{self.seed}"
+        kept = "_every-checkpoint" if self.keep_every_checkpoint else ""
+        return f"{self.size}{matched}/{self.task}_{self.label}{kept}_u{self.updates}_s{self.seed}"
+
+    def checkpoint_at(self, quick: bool, updates: int) -> str:
+        """The checkpoint kept at `updates` of a run with keep_every_checkpoint."""
+        found = glob.glob(os.path.join(store_dir(quick), self.name, f"checkpoint_*_{updates}.pt"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{self.name}: no checkpoint of update {updates} (found {found}); "
+                                    "only a run with keep_every_checkpoint keeps one per validation")
+        return found[0]
 
     def backbone(self, quick: bool) -> str:
         if self.matched_loss is None:
@@ -293,7 +307,7 @@ def run_commands(run: Run, quick: bool, backbone: str):
     save = os.path.join(store_dir(quick), run.name)
     train = build_command(BASE_CONFIG, [
         *task_overrides(run.task), *SIZES[run.size].overrides(), f"restore_file={backbone}", *run.options,
-        *validation(run.task, run.every), f"train.seed={run.seed}", f"train.save-dir={save}",
+        *validation(run.task, run.every, run.keep_every_checkpoint), f"train.seed={run.seed}", f"train.save-dir={save}",
         f"train.max-update={run.updates}", f"train.total-num-update={max(run.updates, 1)}",
         f"train.warmup-updates={min(50, max(run.updates // 4, 1))}", "train.log-interval=10"])
     generate = build_command(BASE_CONFIG, [*task_overrides(run.task), *SIZES[run.size].overrides()],
@@ -390,6 +404,11 @@ def first_reaching(curve, target: float):
 def best_point(curve):
     """The earliest point with the best validation score."""
     return max(curve, key=lambda p: (p[1], -p[0]))
+
+
+def closest_point(curve, target: float):
+    """The earliest point of a validation curve whose score is closest to `target`."""
+    return min(curve, key=lambda p: (abs(p[1] - target), p[0]))
 
 
 # ---------------------------------------------------------------------------------------------- tables, plots

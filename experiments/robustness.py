@@ -6,23 +6,28 @@ several epsilons, for every tuning method's checkpoints of compare_methods.py, o
 x_adv = clip(x + eps * sign(grad_x loss), -1, 1) with the teacher-forced loss of the reference answer;
 images live in [-1, 1] (OFA's normalization); text: the token embeddings, unclipped. The checkpoints are the
 method comparison's (trained here first when the run store lacks them). A weaker model loses less to an
-attack, so each drop is relative to the same model's clean score, and the table says where the clean scores
-of a method and of finetuning differ by more than --match (relative) to compare them.
+attack, so each drop is relative to the same model's clean score, and finetuning is attacked twice: at its
+best checkpoint, and for each other method at its checkpoint whose validation score is closest to that
+method's best (the same training, keeping every validated checkpoint), seed by seed: finetuning at a matched
+clean score. The table says where clean scores still differ by more than --match (relative) to compare them.
 """
 import hashlib
 import json
 import os
 import sys
 from argparse import Namespace
+from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (METHODS, SIZES, TASKS, Series, cli, command_line, ensure_backbone, execute_all, log,  # noqa: E402
-                    mean_std, plot_grid, pm, relative_drop, save_results, settings)
+from common import (METHODS, SIZES, TASKS, Series, best_point, cli, closest_point, command_line,  # noqa: E402
+                    ensure_backbone, execute_all, log, mean_std, plot_grid, pm, relative_drop,
+                    save_results, settings)
 from compare_methods import method_runs  # noqa: E402
 
 EPS = {"image": [0.0, 0.02, 0.05, 0.1], "text": [0.0, 0.05, 0.1, 0.5]}  # as many of each: one table
+MATCHED = "finetune at {}'s score"  # the row of finetuning's checkpoint matched to a method's clean score
 
 
 def loss_and_inputs(model, sample, on_text: bool):
@@ -76,14 +81,15 @@ def score(ckpt: str, task_name: str, eps_list, on_text: bool, max_batches: int, 
     return out
 
 
-def stored_score(result: dict, task: str, eps_list, on_text: bool, max_batches: int, beam: int):
-    """score() of a run's checkpoint, kept beside it (keyed by the run and the attack's settings)."""
-    key = hashlib.sha1(json.dumps([result["key"], eps_list, on_text, max_batches, beam]).encode()).hexdigest()[:12]
-    path = result["checkpoint"].replace(".pt", f".fgsm-{key}.json")
+def stored_score(run_key: str, ckpt: str, task: str, eps_list, on_text: bool, max_batches: int, beam: int):
+    """score() of a run's checkpoint, kept beside it (keyed by the run, the checkpoint and the attack's settings)."""
+    key = hashlib.sha1(json.dumps([run_key, os.path.basename(ckpt), eps_list, on_text, max_batches, beam])
+                       .encode()).hexdigest()[:12]
+    path = ckpt.replace(".pt", f".fgsm-{key}.json")
     if os.path.isfile(path):
         with open(path) as f:
             return {float(k): v for k, v in json.load(f).items()}
-    out = score(result["checkpoint"], task, eps_list, on_text, max_batches, beam)
+    out = score(ckpt, task, eps_list, on_text, max_batches, beam)
     with open(path, "w") as f:
         json.dump(out, f)
     return out
@@ -101,44 +107,65 @@ def main(argv=None):
                     help="clean scores of a method and finetuning further apart than this (relative) are flagged")
     a = ap.parse_args(argv)
     updates, every, seeds, out = settings(a, "robustness")
-    runs = method_runs(a.tasks, a.methods, seeds, updates, every, a.size)
-    results = execute_all(runs, a.quick, a.workers)  # the method comparison's checkpoints
+    # finetuning keeps the checkpoint of every validation: the same training as the method comparison's run
+    runs = {(r.task, r.label, r.seed): replace(r, keep_every_checkpoint=r.label == "finetune")
+            for r in method_runs(a.tasks, a.methods, seeds, updates, every, a.size)}
+    results = execute_all(list(runs.values()), a.quick, a.workers)
     ensure_backbone(a.quick, a.size)
-    rows, panels, per_seed = [], [], {}
+    rows, panels, per_seed, matched_updates = [], [], {}, {}
     for attack in a.attacks:
         eps = EPS[attack]
         for task in a.tasks:
-            series = {}
-            clean_ft = None
-            for method in a.methods:
-                got = [stored_score(results[r], task, eps, attack == "text", 1 if a.quick else a.max_batches, a.beam)
-                       for r in runs if r.task == task and r.label == method]
-                log(f"{attack} {task} {method}: " + ", ".join(f"eps {e}: {pm([g[e] for g in got])}" for e in eps))
-                clean = [g[0.0] for g in got]
-                if method == "finetune":
-                    clean_ft = mean_std(clean)[0]
+            series, clean = {}, {}
+
+            def attack_all(name, checkpoints, compare_to):
+                """Attack [(run key, checkpoint)] (one per seed) and add their row, its clean score compared
+                with `compare_to`'s."""
+                got = [stored_score(key, ckpt, task, eps, attack == "text", 1 if a.quick else a.max_batches, a.beam)
+                       for key, ckpt in checkpoints]
+                log(f"{attack} {task} {name}: " + ", ".join(f"eps {e}: {pm([g[e] for g in got])}" for e in eps))
+                clean[name] = mean_std([g[0.0] for g in got])[0]
                 drops = {e: [relative_drop(g[0.0], g[e]) for g in got if g[0.0] > 0] for e in eps[1:]}
-                per_seed[f"{attack}/{task}/{method}"] = {str(e): [g[e] for g in got] for e in eps}
-                gap = abs(mean_std(clean)[0] - clean_ft) / clean_ft if clean_ft else None
-                rows.append([attack, task, method, *(pm([g[e] for g in got]) for e in eps),
+                per_seed[f"{attack}/{task}/{name}"] = {str(e): [g[e] for g in got] for e in eps}
+                other = clean.get(compare_to)
+                gap = abs(clean[name] - other) / other if other and name != compare_to else None
+                rows.append([attack, task, name, *(pm([g[e] for g in got]) for e in eps),
                              *(f"{100 * mean_std(drops[e])[0]:.0f}% ± {100 * mean_std(drops[e])[1]:.0f}%"
                                if drops[e] else "-" for e in eps[1:]),
-                             "-" if method == "finetune" or gap is None else
+                             "-" if gap is None else
                              (f"clean {100 * gap:.0f}% apart: not comparable" if gap > a.match else "yes")])
-                series[method] = Series(eps, [[g[e] for g in got] for e in eps])
+                if name in a.methods or name == MATCHED.format("prompt"):  # the plot: the methods, and the claim's pair
+                    series[name] = Series(eps, [[g[e] for g in got] for e in eps])
+
+            for method in a.methods:
+                done = [results[runs[task, method, sd]] for sd in seeds]
+                attack_all(method, [(r["key"], r["checkpoint"]) for r in done], "finetune")
+                if method == "finetune" or "finetune" not in a.methods:
+                    continue
+                # finetuning at this method's clean score: its checkpoint whose validation score is closest to
+                # the method's best one, seed by seed
+                tuned = [runs[task, "finetune", sd] for sd in seeds]
+                points = [closest_point(results[ft]["curve"], best_point(r["curve"])[1]) for ft, r in zip(tuned, done)]
+                matched_updates[f"{task}/{method}"] = [p[0] for p in points]
+                attack_all(MATCHED.format(method), [(results[ft]["key"], ft.checkpoint_at(a.quick, p[0]))
+                                                    for ft, p in zip(tuned, points)], method)
             panels.append(dict(title=f"FGSM on the {attack} ({task})", xlabel="epsilon", ylabel=TASKS[task]["metric"],
                                series=series))
+
     def eps_names(start=0):  # the two attacks' epsilons differ: a column names both
         return ["eps " + " / ".join(f"{EPS[k][i]} ({k})" for k in a.attacks) for i in range(start, len(EPS["image"]))]
 
     save_results(out, f"FGSM robustness ({a.size} backbone)", rows,
                  ["attack", "task", "method", "clean", *eps_names(1), *(f"drop at {n}" for n in eps_names(1)),
-                  f"clean score within {100 * a.match:.0f}% of finetuning's"],
-                 f"FGSM on the test split's first {a.max_batches} batches of 32, beam {a.beam}, checkpoints of the "
-                 f"method comparison ({updates} updates, seeds {seeds}; mean ± sd over seeds). Epsilons: image "
+                  f"clean score within {100 * a.match:.0f}% of finetuning's (a matched row: of its method's)"],
+                 f"FGSM on the test split's first {a.max_batches} batches of 32, beam {a.beam}, best checkpoints of "
+                 f"the method comparison ({updates} updates, seeds {seeds}; mean ± sd over seeds). Epsilons: image "
                  f"{EPS['image']} (pixels in [-1, 1]), text {EPS['text']} (embeddings). A drop is relative to the same "
-                 "checkpoint's clean score, taken seed by seed.",
-                 command_line("robustness.py", argv), extra=dict(per_seed=per_seed, eps=EPS, seeds=seeds))
+                 "checkpoint's clean score, taken seed by seed. \"" + MATCHED.format("<method>") + "\": finetuning's "
+                 "checkpoint (of the same run, every validation kept) whose validation score is closest to the "
+                 "method's best, seed by seed; the updates it was taken at are in results.json (matched_updates).",
+                 command_line("robustness.py", argv),
+                 extra=dict(per_seed=per_seed, eps=EPS, seeds=seeds, matched_updates=matched_updates))
     plot_grid(os.path.join(out, "robustness.png"), panels)
     return rows
 
