@@ -3,7 +3,6 @@ one and larger ones, each pretrained once on the pretraining mix and cached), ru
 fairseq-generate (commands built from configs/demo/caption_prompt.yaml with overrides) kept in one run
 store that every study shares, seeds and their statistics, result tables and plots with error bars."""
 import functools
-import glob
 import hashlib
 import json
 import logging
@@ -213,10 +212,12 @@ def run_logged(cmd, log_path, env=None):
 def validation(task: str, every: int, keep_every_checkpoint: bool = False):
     """fairseq-train options for OFA's validation by greedy generation every `every` updates, keeping
     checkpoint_best.pt by the task's score and only the newest interval checkpoint, or with
-    `keep_every_checkpoint` all of them (without optimizer state, to spare the disk)."""
+    `keep_every_checkpoint` all of them (without optimizer state, to spare the disk). fairseq writes a
+    validation that falls on an epoch's end to the epoch checkpoint, not to an interval one, so that mode
+    keeps the epoch checkpoints too."""
     metric = "cider" if task == "caption" else "score"
-    keep = ["train.keep-interval-updates=-1", "train.no-save-optimizer-state=true"] if keep_every_checkpoint else [
-        "train.keep-interval-updates=1"]
+    keep = ["train.keep-interval-updates=-1", "train.no-epoch-checkpoints=false",
+            "train.no-save-optimizer-state=true"] if keep_every_checkpoint else ["train.keep-interval-updates=1"]
     return ["train.disable-validation=false", f"train.eval-{'cider' if task == 'caption' else 'acc'}=true",
             "train.eval-args={beam: 1, max_len_b: 40}", f"train.validate-interval-updates={every}",
             "train.validate-interval=1000000", f"train.save-interval-updates={every}", *keep,
@@ -241,6 +242,17 @@ def validation_curve(text: str):
     if per_epoch is None:
         raise ValueError("no updates-per-epoch in the fairseq-train log (no progress line, first epoch unfinished)")
     return [(u, s, t) for u, (s, t) in sorted(points.items())], int(per_epoch.group(1))
+
+
+_SAVED = re.compile(r"Saved checkpoint (\S+) \(epoch \d+ @ (\d+) updates")
+
+
+def kept_checkpoint(text: str, updates: int) -> Optional[str]:
+    """The checkpoint a fairseq-train log says it wrote at `updates` under its own name (an interval or
+    epoch checkpoint; the best and last checkpoints are overwritten or pruned later), or None."""
+    found = [path for path, u in _SAVED.findall(text) if int(u) == updates and not
+             os.path.basename(path).startswith(("checkpoint_best", "checkpoint.best_", "checkpoint_last"))]
+    return found[-1] if found else None
 
 
 def trainable(text: str):
@@ -280,11 +292,12 @@ class Run:
 
     def checkpoint_at(self, quick: bool, updates: int) -> str:
         """The checkpoint kept at `updates` of a run with keep_every_checkpoint."""
-        found = glob.glob(os.path.join(store_dir(quick), self.name, f"checkpoint_*_{updates}.pt"))
-        if len(found) != 1:
-            raise FileNotFoundError(f"{self.name}: no checkpoint of update {updates} (found {found}); "
-                                    "only a run with keep_every_checkpoint keeps one per validation")
-        return found[0]
+        with open(os.path.join(store_dir(quick), self.name + ".train.log")) as f:
+            path = kept_checkpoint(f.read(), updates)
+        if path is None or not os.path.isfile(path):
+            raise FileNotFoundError(f"{self.name}: no checkpoint of update {updates} kept ({path}); only a run "
+                                    "with keep_every_checkpoint keeps one per validation")
+        return path
 
     def backbone(self, quick: bool) -> str:
         if self.matched_loss is None:

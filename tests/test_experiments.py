@@ -289,6 +289,25 @@ def test_claims_table_from_every_study(docs, compared, attacked, ablated, conver
     assert any("length ablation, depth ablation" in r for r in rows)
 
 
+def test_the_checkpoint_kept_at_an_update_is_read_from_the_train_log():
+    import common
+
+    # as fairseq 0.12 logs its saves: a validation at an epoch's end goes to the epoch checkpoint (the first
+    # file of the save, the one logged), one mid-epoch to the interval checkpoint; best and last are overwritten
+    log = "\n".join([
+        "2026-12-04 12:09:57 | INFO | fairseq.checkpoint_utils | Saved checkpoint /s/checkpoint1.pt (epoch 1 @ 25 "
+        "updates, score 0.38) (writing took 0.03 seconds)",
+        "2026-12-04 12:10:10 | INFO | fairseq.checkpoint_utils | Saved checkpoint /s/checkpoint_2_50.pt (epoch 2 @ 50 "
+        "updates, score 0.4) (writing took 0.03 seconds)",
+        "2026-12-04 12:10:24 | INFO | fairseq.checkpoint_utils | Saved checkpoint /s/checkpoint_best.pt (epoch 3 @ 75 "
+        "updates, score 0.43) (writing took 0.05 seconds)"])
+    assert common.kept_checkpoint(log, 25) == "/s/checkpoint1.pt"
+    assert common.kept_checkpoint(log, 50) == "/s/checkpoint_2_50.pt"
+    assert common.kept_checkpoint(log, 75) is None  # only checkpoint_best.pt, which a later best overwrites
+    keep = common.validation("refcoco", 25, keep_every_checkpoint=True)
+    assert "train.no-epoch-checkpoints=false" in keep and "train.keep-interval-updates=-1" in keep
+
+
 def test_the_closest_validation_point_is_the_earliest_of_equals():
     import common
 
