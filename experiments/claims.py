@@ -125,13 +125,17 @@ def claim_rows(docs):
                             for c, a in zip(robust["per_seed"][f"{attack}/{t}/{m}"]["0.0"],
                                             robust["per_seed"][f"{attack}/{t}/{m}"][str(eps)]) if c > 0]
             matched = drops[MATCHED.format("prompt")]  # the fair comparison: finetuning at prompt tuning's clean score
+            paired = [t for t in TASKS if f"{attack}/{t}/{MATCHED.format('prompt')}" in robust["per_seed"]]
+            close = [t for t in paired if clean_gap(robust["per_seed"], attack, t) <= robust["match"]]
             if drops["prompt"] and drops["finetune"]:
                 rows.append([f"Prompt tuning is more robust to FGSM ({attack})", "smaller drop than finetuning on every task (Figure 3, no figures given)",
                              f"drop at eps {eps}: prompt {pct(drops['prompt'])}, finetune {pct(drops['finetune'])}"
-                             + (f", finetune at prompt tuning's clean score {pct(matched)}" if matched else "")
+                             + (f", finetune at prompt tuning's clean score {pct(matched)} (clean scores within "
+                                f"{100 * robust['match']:.0f}% on {len(close)} of {len(paired)} "
+                                f"tasks: {', '.join(close) or 'none'})" if matched else "")
                              + " (relative to each clean score, over tasks and seeds)",
                              verdict(matched or drops["finetune"], drops["prompt"])
-                             + (" (against finetuning at the same clean score)" if matched else "")])
+                             + (" (against finetuning's checkpoint closest to that score)" if matched else "")])
     length = load(docs, "ablations", "length")
     if length:
         per = length["per_seed"]
@@ -181,6 +185,13 @@ def claim_rows(docs):
     if missing:
         rows.append(["(not yet measured with seeds)", "", ", ".join(missing), "-"])
     return rows
+
+
+def clean_gap(per_seed, attack, task):
+    """How far apart (relative to prompt tuning's) the clean scores of prompt tuning and of finetuning at its
+    score are, as robustness.py flags them."""
+    prompt = mean_std(per_seed[f"{attack}/{task}/prompt"]["0.0"])[0]
+    return abs(mean_std(per_seed[f"{attack}/{task}/{MATCHED.format('prompt')}"]["0.0"])[0] - prompt) / prompt
 
 
 def table(rows):

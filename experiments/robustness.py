@@ -165,7 +165,7 @@ def main(argv=None):
                  "checkpoint (of the same run, every validation kept) whose validation score is closest to the "
                  "method's best, seed by seed; the updates it was taken at are in results.json (matched_updates).",
                  command_line("robustness.py", argv),
-                 extra=dict(per_seed=per_seed, eps=EPS, seeds=seeds, matched_updates=matched_updates))
+                 extra=dict(per_seed=per_seed, eps=EPS, seeds=seeds, matched_updates=matched_updates, match=a.match))
     plot_grid(os.path.join(out, "robustness.png"), panels)
     return rows
 

@@ -283,6 +283,8 @@ def test_claims_table_from_every_study(docs, compared, attacked, ablated, conver
             "Prompt tuning converges slowly (snli_ve)"} <= found
     (matched,) = [r for r in rows if r.startswith("| The gap to finetuning closes as the model grows (backbones")]
     assert "finetune on snli_ve at each size's best learning rate: micro " in matched and "(learning_rate)" in matched
+    (image,) = [r for r in rows if r.startswith("| Prompt tuning is more robust to FGSM (image)")]
+    assert "clean scores within 15% on " in image  # how many tasks the matched finetuning really matched
     (slow,) = [r for r in rows if r.startswith("| Prompt tuning converges slowly (snli_ve)")]
     assert "finetuning's" in slow.split(" | ")[2]  # the updates to the target, or both best scores when none reach it
     # the quick studies left out the length and depth ablations: listed as not measured, not invented
@@ -306,6 +308,13 @@ def test_the_checkpoint_kept_at_an_update_is_read_from_the_train_log():
     assert common.kept_checkpoint(log, 75) is None  # only checkpoint_best.pt, which a later best overwrites
     keep = common.validation("refcoco", 25, keep_every_checkpoint=True)
     assert "train.no-epoch-checkpoints=false" in keep and "train.keep-interval-updates=-1" in keep
+
+
+def test_the_clean_gap_is_relative_to_prompt_tunings_score():
+    import claims
+
+    per_seed = {"image/vqa/prompt": {"0.0": [0.4, 0.6]}, "image/vqa/finetune at prompt's score": {"0.0": [0.6, 0.6]}}
+    assert claims.clean_gap(per_seed, "image", "vqa") == pytest.approx(0.2)  # 0.6 against 0.5
 
 
 def test_the_closest_validation_point_is_the_earliest_of_equals():
