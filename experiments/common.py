@@ -244,13 +244,13 @@ def validation_curve(text: str):
     return [(u, s, t) for u, (s, t) in sorted(points.items())], int(per_epoch.group(1))
 
 
-_SAVED = re.compile(r"Saved checkpoint (\S+) \(epoch \d+ @ (\d+) updates")
+_SAVED_AT = re.compile(r"Saved checkpoint (\S+) \(epoch \d+ @ (\d+) updates")
 
 
 def kept_checkpoint(text: str, updates: int) -> Optional[str]:
     """The checkpoint a fairseq-train log says it wrote at `updates` under its own name (an interval or
     epoch checkpoint; the best and last checkpoints are overwritten or pruned later), or None."""
-    found = [path for path, u in _SAVED.findall(text) if int(u) == updates and not
+    found = [path for path, u in _SAVED_AT.findall(text) if int(u) == updates and not
              os.path.basename(path).startswith(("checkpoint_best", "checkpoint.best_", "checkpoint_last"))]
     return found[-1] if found else None
 
