@@ -190,8 +190,8 @@ def claim_rows(docs):
 def clean_gap(per_seed, attack, task):
     """How far apart (relative to prompt tuning's) the clean scores of prompt tuning and of finetuning at its
     score are, as robustness.py flags them."""
-    prompt = mean_std(per_seed[f"{attack}/{task}/prompt"]["0.0"])[0]
-    return abs(mean_std(per_seed[f"{attack}/{task}/{MATCHED.format('prompt')}"]["0.0"])[0] - prompt) / prompt
+    clean = {m: mean_std(per_seed[f"{attack}/{task}/{m}"]["0.0"])[0] for m in ("prompt", MATCHED.format("prompt"))}
+    return abs(relative_drop(clean["prompt"], clean[MATCHED.format("prompt")]))
 
 
 def table(rows):

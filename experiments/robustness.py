@@ -128,7 +128,7 @@ def main(argv=None):
                 drops = {e: [relative_drop(g[0.0], g[e]) for g in got if g[0.0] > 0] for e in eps[1:]}
                 per_seed[f"{attack}/{task}/{name}"] = {str(e): [g[e] for g in got] for e in eps}
                 other = clean.get(compare_to)
-                gap = abs(clean[name] - other) / other if other and name != compare_to else None
+                gap = abs(relative_drop(other, clean[name])) if other and name != compare_to else None
                 rows.append([attack, task, name, *(pm([g[e] for g in got]) for e in eps),
                              *(f"{100 * mean_std(drops[e])[0]:.0f}% ± {100 * mean_std(drops[e])[1]:.0f}%"
                                if drops[e] else "-" for e in eps[1:]),
