@@ -125,7 +125,8 @@ class Pretraining:
 
 
 _VALID_LOSS = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) \|.*?num_updates (\d+)")
-_SAVED = re.compile(r"[Ss]aved checkpoint \S*checkpoint_\d+_(\d+)\.pt")
+# fairseq's save line, naming the first file written (an interval or epoch checkpoint before best and last)
+_SAVED_AT = re.compile(r"Saved checkpoint (\S+) \(epoch \d+ @ (\d+) updates")
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,10 +179,10 @@ def _kept(save: str):
     """[(updates, validation loss, checkpoint)] of a pretraining run: the checkpoints its log says were saved."""
     text = read_text(save + ".log") or ""
     losses = {int(u): float(loss) for loss, u in _VALID_LOSS.findall(text)}
-    saved = {int(u) for u in _SAVED.findall(text)}
+    saved = {os.path.basename(path) for path, _ in _SAVED_AT.findall(text)}
     return sorted((u, losses[u], os.path.join(save, name)) for name in os.listdir(save)
                   for m in [re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", name)]
-                  if m and (u := int(m.group(1))) in losses and u in saved)
+                  if m and (u := int(m.group(1))) in losses and name in saved)
 
 
 def read_text(path) -> Optional[str]:
@@ -242,9 +243,6 @@ def validation_curve(text: str):
     if per_epoch is None:
         raise ValueError("no updates-per-epoch in the fairseq-train log (no progress line, first epoch unfinished)")
     return [(u, s, t) for u, (s, t) in sorted(points.items())], int(per_epoch.group(1))
-
-
-_SAVED_AT = re.compile(r"Saved checkpoint (\S+) \(epoch \d+ @ (\d+) updates")
 
 
 def kept_checkpoint(text: str, updates: int) -> Optional[str]:

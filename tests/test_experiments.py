@@ -310,6 +310,23 @@ def test_the_checkpoint_kept_at_an_update_is_read_from_the_train_log():
     assert "train.no-epoch-checkpoints=false" in keep and "train.keep-interval-updates=-1" in keep
 
 
+def test_a_pretraining_keeps_the_checkpoints_its_log_says_were_saved_and_validated(tmp_path):
+    import common
+
+    save = tmp_path / "pretrain_small"
+    save.mkdir()
+    for name in ("checkpoint_1_2.pt", "checkpoint_1_4.pt", "checkpoint_1_6.pt", "checkpoint_last.pt"):
+        (save / name).write_bytes(b"")
+    valid = "fairseq_cli.train | valid on 'valid' subset | loss {} | nll_loss 1.0 | ppl 2 | wps 1 | num_updates {}"
+    saved = ("fairseq.checkpoint_utils | Saved checkpoint {}/checkpoint_1_{}.pt (epoch 1 @ {} updates, score 3.0) "
+             "(writing took 0.01 seconds)")
+    (tmp_path / "pretrain_small.log").write_text("\n".join([
+        valid.format(3.5, 2), saved.format(save, 2, 2), valid.format(3.1, 4), saved.format(save, 4, 4),
+        valid.format(2.9, 6)]))  # killed while writing checkpoint_1_6.pt: never logged as saved
+    assert common._kept(str(save)) == [(2, 3.5, str(save / "checkpoint_1_2.pt")),
+                                       (4, 3.1, str(save / "checkpoint_1_4.pt"))]
+
+
 def test_the_clean_gap_is_relative_to_prompt_tunings_score():
     import claims
 
