@@ -5,6 +5,7 @@ directly (not slow)."""
 import json
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -150,6 +151,41 @@ def test_robustness_on_both_attacks_matches_generate_at_eps_zero(compared, attac
     # kept every checkpoint: the same training as the comparison's run)
     assert all(r[3] == clean[r[2]] for r in rows if r[2] in clean)
     assert (attacked / "robustness.png").is_file()
+
+
+def test_robustness_validates_finetuning_at_its_own_interval_and_keeps_each_checkpoint(monkeypatch):
+    import common
+    import robustness
+
+    runs = robustness.attacked_runs(["caption"], ["finetune", "prompt"], [1], 200, 25, "micro", 5)
+    finetune, prompt = runs["caption", "finetune", 1], runs["caption", "prompt", 1]
+    assert (finetune.every, finetune.keep_every_checkpoint) == (5, True)
+    assert prompt == common.method_run("caption", "prompt", 200, 25, 1)  # the method comparison's own run
+    monkeypatch.setenv("DEMO_DATA", "/data")
+    train = " ".join(common.run_commands(finetune, False, "backbone.pt")[1])
+    assert "--validate-interval-updates 5 " in train and "--save-interval-updates 5 " in train
+    assert "--keep-interval-updates -1 " in train
+
+
+@pytest.mark.slow
+def test_validating_finetuning_more_often_leaves_its_training_as_it_was(compared, store, tmp_path, monkeypatch):
+    import common
+    import robustness
+
+    # finetuning as the method comparison ran it (validated every update), but validated every 2
+    (often,) = robustness.attacked_runs(["snli_ve"], ["finetune"], [1], 3, 1, "micro", 2).values()
+    monkeypatch.setenv("STUDY_RUNS", str(tmp_path))  # not over the robustness fixture's run of the same name
+    common.execute(often, quick=True)
+    log = (tmp_path / f"{often.name}.train.log").read_text()
+    assert "'validate_interval_updates': 2" in log
+
+    def training(text):  # each epoch's mean training loss and gradient norm
+        return [float(x) for pair in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+) .*?\| gnorm ([\d.]+)", text)
+                for x in pair]
+
+    every_update = training((store / "micro" / "snli_ve_finetune_u3_s1.train.log").read_text())
+    # the same dropout masks and batches; on CPU, one command run twice differs in the gradient norm's last digit
+    assert len(every_update) == 4 and training(log) == pytest.approx(every_update, rel=1e-3)
 
 
 @pytest.mark.slow
