@@ -9,7 +9,8 @@ method comparison's (trained here first when the run store lacks them); finetuni
 --finetune-every updates and keeps each validation's checkpoint. A weaker model loses less to an attack, so
 each drop is relative to the same model's clean score, and finetuning is attacked twice: at its best
 checkpoint, and for each other method at its checkpoint whose validation score is closest to that method's
-best, seed by seed: finetuning at a matched clean score. The table says where clean scores still differ by more than --match (relative) to compare them.
+best, seed by seed: finetuning at a matched clean score. The table says where clean scores still differ by
+more than --match (relative) to compare them.
 """
 import hashlib
 import json
