@@ -1,7 +1,9 @@
 """Prompt files: the tuned prompts of a checkpoint as a small safetensors file, one per task.
 
 A prompt file holds, for each prompted side and layer, the key and value prefixes `{side}.{layer}.key` /
-`{side}.{layer}.value` ([heads, P, head_dim]); a reparameterization MLP is folded away. Its metadata
+`{side}.{layer}.value` ([heads, P, head_dim]), and for prompts tuned with --prompt-gate the per-head factor
+`{side}.{layer}.gate` ([heads]; the side's metadata says "gated": true); a reparameterization MLP (projection or
+residual) is folded away. Its metadata
 records the shapes it fits. safetensors runs no code on load, so files from strangers are safe to open.
 
     python -m ofa_prompt.prompt_file export CHECKPOINT OUT.safetensors
@@ -60,9 +62,11 @@ def export_prompts(checkpoint: str, out: str) -> dict:
             module.load_state_dict(weights, strict=True)
         except RuntimeError as e:
             raise ValueError(f"{checkpoint}: the {side} prompt tensors do not fit its recorded configuration: {e}")
-        for layer, (k, v) in fold(module).items():
-            tensors[f"{side}.{layer}.key"], tensors[f"{side}.{layer}.value"] = k.contiguous(), v.contiguous()
-        meta["sides"][side] = {**_side_shape(stack), "length": module.length, "layers": module.layers}
+        for layer, prefix in fold(module).items():
+            for name, t in zip(("key", "value", "gate"), prefix):
+                tensors[f"{side}.{layer}.{name}"] = t.contiguous()
+        meta["sides"][side] = {**_side_shape(stack), "length": module.length, "layers": module.layers,
+                               **({"gated": True} if module.gate is not None else {})}
     if not meta["sides"]:
         raise ValueError(f"{checkpoint} has no prompts (neither --encoder-prompt nor --decoder-prompt)")
     if BACKBONE_KEY in state["model"]:
@@ -129,15 +133,17 @@ def read_prompts(path: str):
     _check_metadata(path, meta)
     kv = {}
     for side, info in meta["sides"].items():
+        names = ("key", "value", "gate") if info.get("gated") else ("key", "value")
         try:
-            kv[side] = {layer: (tensors[f"{side}.{layer}.key"], tensors[f"{side}.{layer}.value"])
-                        for layer in info["layers"]}
+            kv[side] = {layer: tuple(tensors[f"{side}.{layer}.{name}"] for name in names) for layer in info["layers"]}
         except KeyError as e:
             raise ValueError(f"{path}: tensor {e} listed in its metadata is missing")
         shape = (info["heads"], info["length"], info["embed_dim"] // info["heads"])
-        bad = [layer for layer, (k, v) in kv[side].items() if tuple(k.shape) != shape or tuple(v.shape) != shape]
+        shapes = (shape, shape, (info["heads"],))
+        bad = [layer for layer, prefix in kv[side].items() if any(tuple(t.shape) != want for t, want in zip(prefix, shapes))]
         if bad:
-            raise ValueError(f"{path}: {side} layer(s) {bad} are not of shape {list(shape)}")
+            raise ValueError(f"{path}: {side} layer(s) {bad} are not of shape {list(shape)}"
+                             + (f" (gate [{info['heads']}])" if info.get("gated") else ""))
     return kv, meta
 
 
@@ -164,6 +170,8 @@ def _check_metadata(path: str, meta: dict):
                 and len(set(layers)) == len(layers) and max(layers) < info["num_layers"]):
             raise bad(f"{side}: 'layers' must list distinct layer indices below num_layers={info['num_layers']}, "
                       f"got {layers!r}")
+        if not isinstance(info.get("gated", False), bool):
+            raise bad(f"{side}: 'gated' must be true or false, got {info['gated']!r}")
         if info["embed_dim"] % info["heads"]:
             raise bad(f"{side}: embed_dim {info['embed_dim']} is not a multiple of heads {info['heads']}")
     task = meta.get("task")
@@ -237,16 +245,31 @@ def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = 
     if BACKBONE_KEY in state["model"]:
         raise ValueError(f"{backbone} is a prompt-only checkpoint, not a backbone")
     args = model_args(state, backbone)
+    gated = {bool(info.get("gated")) for info in meta["sides"].values()}
+    if len(gated) > 1:  # the checkpoint's --prompt-gate is one option for both sides
+        raise ValueError(f"{prompts}: one side is gated, the other not; a checkpoint's --prompt-gate covers both")
+    gated = gated.pop()
     for side, info in meta["sides"].items():
         _check_fits(prompts, side, info, config_from(args), backbone)
         # kept in float32 even in an fp16 checkpoint: folded prompts lose ~1e-3 in half precision
         state["model"][PROMPT_KEYS[side] + "embedding.weight"] = unfold(kv[side], info["layers"]).float()
+        if gated:  # the file holds the factor tanh(g): the checkpoint the parameter g
+            state["model"][PROMPT_KEYS[side] + "gate"] = _gate_parameter(prompts, kv[side], info["layers"])
         # the checkpoint records OFA's flat options (--encoder-prompt-length, ...): written by their names
         for name, value in (("prompt", True), ("prompt_type", "prefix"), ("prompt_length", info["length"]),
                             ("prompt_projection", False), ("prompt_layers", ",".join(map(str, info["layers"])))):
             setattr(args, f"{side}_{name}", value)
+    args.prompt_gate, args.prompt_residual = gated, False  # the residual MLP is folded into the table
     store_model_args(state, args)
     _atomic(out, lambda tmp: torch.save(state, tmp))
+
+
+def _gate_parameter(prompts: str, kv: dict, layers) -> torch.Tensor:
+    factor = torch.stack([kv[layer][2] for layer in layers]).float()
+    if factor.abs().max() >= 1:
+        raise ValueError(f"{prompts}: gate factors must lie strictly between -1 and 1 (they are tanh of the gate), "
+                         f"got {factor.abs().max().item():.4f}")
+    return torch.atanh(factor)
 
 
 def _atomic(out: str, write):

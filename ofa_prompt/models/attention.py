@@ -1,6 +1,6 @@
 """OFA's multi-head attention: scaled by (head_dim * scale_factor)^-1/2, with an additive position
-bias, optional per-head output scales (`c_attn`), key/value prefixes (prompts) and an incremental
-key/value cache for beam search.
+bias, optional per-head output scales (`c_attn`), key/value prefixes (prompts), optionally gated, and an
+incremental key/value cache for beam search.
 
 Tensors are batch-first inside the model: query [B, T, C], keys [B, S, C].
 """
@@ -21,6 +21,15 @@ class MaskedPrefix(NamedTuple):
     key: Tensor
     value: Tensor
     padding_mask: Tensor
+
+
+class GatedPrefix(NamedTuple):
+    """A prefix attended to on its own and added with a per-head factor (LLaMA-Adapter's zero-init attention):
+    out = softmax(q K_real) V_real + gate * softmax(q K_prefix) V_prefix, so a gate of 0 leaves the frozen
+    model's outputs exactly as they are. gate: [B or 1, heads], the factor itself (already squashed)."""
+    key: Tensor
+    value: Tensor
+    gate: Tensor
 
 
 @with_incremental_state
@@ -63,7 +72,8 @@ class MultiheadAttention(nn.Module):
 
         bias: float [B or 1, H, T, S] added to the logits of the S real keys (position bias, causal
         mask). key_padding_mask: bool [B, S], True = ignore. prefix: prompt keys/values put in front
-        of the real ones; they get no bias and are masked only where a MaskedPrefix is padding. Returns (out [B, T, C], weights or
+        of the real ones; they get no bias and are masked only where a MaskedPrefix is padding; a GatedPrefix
+        gets its own softmax, scaled by its gate. Returns (out [B, T, C], weights or
         None), weights being the head-averaged probabilities over the real keys [B, T, S].
         """
         bsz, tgt_len, _ = query.shape
@@ -71,6 +81,7 @@ class MultiheadAttention(nn.Module):
         cache = self.get_incremental_state(incremental_state, "cache") if incremental_state is not None else None
 
         prefix_mask = getattr(prefix, "padding_mask", None)
+        gate = getattr(prefix, "gate", None)
         if self.cross and cache:  # encoder keys/values do not change between decoding steps
             k, v = cache["key"], cache["value"]
         else:
@@ -79,14 +90,17 @@ class MultiheadAttention(nn.Module):
             if not self.cross and cache:  # the cache already starts with the prefix
                 k = torch.cat([cache["key"], k], dim=2)
                 v = torch.cat([cache["value"], v], dim=2)
-                prefix_mask = cache.get("prefix_padding_mask")
+                prefix_mask, gate = cache.get("prefix_padding_mask"), cache.get("prefix_gate")
             elif not self.cross and prefix is not None:
                 k = torch.cat([prefix[0].expand(bsz, -1, -1, -1), k], dim=2)
                 v = torch.cat([prefix[1].expand(bsz, -1, -1, -1), v], dim=2)
+                gate = None if gate is None else gate.expand(bsz, -1)  # per row: beam search reorders the cache
             if incremental_state is not None:
                 state = {"key": k, "value": v}
                 if prefix_mask is not None:
                     state["prefix_padding_mask"] = prefix_mask
+                if gate is not None:
+                    state["prefix_gate"] = gate
                 self.set_incremental_state(incremental_state, "cache", state)
 
         # bias and padding mask cover the real keys only; whatever is in front of them is prefix
@@ -94,24 +108,33 @@ class MultiheadAttention(nn.Module):
                     key_padding_mask.size(1) if key_padding_mask is not None else
                     k.size(2) - (prefix_mask.size(1) if prefix_mask is not None else 0))
         n_prefix = k.size(2) - real_len
-        mask = self._logit_mask(bias, key_padding_mask, n_prefix, real_len, q.dtype, prefix_mask)
-
-        if need_weights:
-            logits = torch.matmul(q * self.scaling, k.transpose(2, 3))
-            if mask is not None:
-                logits = logits + mask
-            probs = F.softmax(logits.float(), dim=-1).type_as(logits)
-            attn = torch.matmul(F.dropout(probs, self.dropout, self.training), v)
-            weights = probs[..., n_prefix:].mean(dim=1)
-        else:
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
-                                                  dropout_p=self.dropout if self.training else 0.0)
-            weights = None
+        if gate is None:
+            mask = self._logit_mask(bias, key_padding_mask, n_prefix, real_len, q.dtype, prefix_mask)
+            attn, probs = self._attend(q, k, v, mask, need_weights)
+        else:  # two softmaxes: the prompt's share is added by its gate, not taken from the real keys
+            mask = self._logit_mask(bias, key_padding_mask, 0, real_len, q.dtype)
+            attn, probs = self._attend(q, k[:, :, n_prefix:], v[:, :, n_prefix:], mask, need_weights)
+            prompt_mask = None if prefix_mask is None else _neg_inf_where(prefix_mask, q.dtype)
+            prompt, _ = self._attend(q, k[:, :, :n_prefix], v[:, :, :n_prefix], prompt_mask, False)
+            attn = attn + gate[:, :, None, None].to(attn.dtype) * prompt
+            n_prefix = 0
+        weights = None if probs is None else probs[..., n_prefix:].mean(dim=1)
 
         if self.c_attn is not None:
             attn = attn * self.c_attn[None, :, None, None]
         attn = attn.transpose(1, 2).reshape(bsz, tgt_len, self.embed_dim)
         return self.out_proj(attn), weights
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], need_weights: bool):
+        """(softmax(q k^T * scaling + mask) v [B, H, T, hd], the probabilities [B, H, T, S] or None)."""
+        if not need_weights:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling,
+                                                  dropout_p=self.dropout if self.training else 0.0), None
+        logits = torch.matmul(q * self.scaling, k.transpose(2, 3))
+        if mask is not None:
+            logits = logits + mask
+        probs = F.softmax(logits.float(), dim=-1).type_as(logits)
+        return torch.matmul(F.dropout(probs, self.dropout, self.training), v), probs
 
     @staticmethod
     def _logit_mask(bias, key_padding_mask, n_prefix: int, real_len: int, dtype, prefix_mask=None) -> Optional[Tensor]:

@@ -10,7 +10,7 @@ from typing import Optional
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from .resnet import RESNET_BLOCKS
-from .tuning import TUNING_METHODS
+from .tuning import TUNING_METHODS, resolve_tuning
 
 PROMPT_TYPES = ChoiceEnum(["prefix"])
 AUTOCAST = ChoiceEnum(["none", "bf16"])
@@ -66,7 +66,8 @@ class OFAConfig(FairseqDataclass):
     encoder_prompt_projection: bool = field(
         default=False, metadata={"help": "reparameterize encoder prompts: embedding -> Linear -> ReLU -> Linear"})
     encoder_prompt_dim: Optional[int] = field(
-        default=None, metadata={"help": "hidden size of that MLP (default: 2 x encoder embed dim, as OFA)"})
+        default=None, metadata={"help": "hidden size of that MLP or of --prompt-residual's (default: 2 x encoder embed "
+                                        "dim, as OFA)"})
     encoder_prompt_layers: str = field(
         default="all", metadata={"help": "encoder layers with prompts: all, bottom-K, top-K or indices like 0,2,5"})
     decoder_prompt: bool = field(default=False, metadata={"help": "add prefix prompts to decoder self-attention"})
@@ -75,9 +76,21 @@ class OFAConfig(FairseqDataclass):
     decoder_prompt_projection: bool = field(
         default=False, metadata={"help": "reparameterize decoder prompts: embedding -> Linear -> ReLU -> Linear"})
     decoder_prompt_dim: Optional[int] = field(
-        default=None, metadata={"help": "hidden size of that MLP (default: 2 x encoder embed dim, as OFA)"})
+        default=None, metadata={"help": "hidden size of that MLP or of --prompt-residual's (default: 2 x encoder embed "
+                                        "dim, as OFA)"})
     decoder_prompt_layers: str = field(
         default="all", metadata={"help": "decoder layers with prompts: all, bottom-K, top-K or indices like 0,2,5"})
+    prompt_gate: bool = field(
+        default=False, metadata={"help": "a zero-initialized per-layer, per-head gate tanh(g) on the prompts' attention, "
+                                         "normalized apart from the real keys' (LLaMA-Adapter): training starts from the "
+                                         "frozen model's outputs exactly"})
+    prompt_residual: bool = field(
+        default=False, metadata={"help": "residual reparameterization of the prompts, E + MLP(E) (Razdaibiedina et al. "
+                                         "2023), MLP hidden size --*-prompt-dim; folded to a flat prefix at export"})
+    no_backbone_dropout: bool = field(
+        default=False, metadata={"help": "set the frozen backbone's dropout, attention and activation dropout and "
+                                         "drop-path to 0 while prompts (or adapters, BitFit) train (SuperPos-Prompt); "
+                                         "the prompts' own --prompt-dropout stays"})
     prompt_dropout: float = field(default=0.2, metadata={"help": "dropout on the prompt keys/values in training (OFA: 0.2)"})
     prompt_init: str = field(
         default="random", metadata={"help": "initialization of new prompts: random (OFA), vocab (projections of token "
@@ -114,7 +127,8 @@ class OFAConfig(FairseqDataclass):
             drop_path_rate=self.encoder_drop_path_rate,
             prompt=PromptConfig(length=self.encoder_prompt_length, layers=self.encoder_prompt_layers,
                                 projection=self.encoder_prompt_projection, dim=self.encoder_prompt_dim,
-                                dropout=self.prompt_dropout) if self.encoder_prompt else None)
+                                dropout=self.prompt_dropout, residual=self.prompt_residual, gate=self.prompt_gate)
+            if self.encoder_prompt else None)
 
     @property
     def decoder_stack(self) -> "StackConfig":
@@ -124,18 +138,22 @@ class OFAConfig(FairseqDataclass):
             drop_path_rate=self.decoder_drop_path_rate,
             prompt=PromptConfig(length=self.decoder_prompt_length, layers=self.decoder_prompt_layers,
                                 projection=self.decoder_prompt_projection, dim=self.decoder_prompt_dim,
-                                dropout=self.prompt_dropout) if self.decoder_prompt else None)
+                                dropout=self.prompt_dropout, residual=self.prompt_residual, gate=self.prompt_gate)
+            if self.decoder_prompt else None)
 
 
 @dataclass(frozen=True)
 class PromptConfig:
     """The prefix prompts of one stack (the paper's section 3): `length` key/value pairs in each layer of
-    `layers`, optionally produced by an MLP of hidden size `dim` (`projection`, the reparameterization)."""
+    `layers`, optionally produced by an MLP of hidden size `dim` (`projection`, the reparameterization, or
+    `residual`, E + MLP(E)), optionally added through a zero-initialized per-head `gate`."""
     length: int
     layers: str  # all, bottom-K, top-K or indices like 0,2,5 (parsed against the stack's depth)
     projection: bool
     dim: int
     dropout: float
+    residual: bool = False
+    gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,8 +206,16 @@ def validate(cfg: OFAConfig):
         if not prompted:
             _reject_changed(cfg, [f"{side}_prompt_{n}" for n in PROMPT_OPTIONS[1:]], f"--{side}-prompt")
     if not (cfg.encoder_prompt or cfg.decoder_prompt):
-        _reject_changed(cfg, ["prompt_dropout", "prompt_init", "prompt_init_seed"],
+        _reject_changed(cfg, ["prompt_dropout", "prompt_init", "prompt_init_seed", "prompt_gate", "prompt_residual"],
                         "--encoder-prompt or --decoder-prompt")
+    projected = [f"--{side}-prompt-projection" for side in ("encoder", "decoder")
+                 if getattr(cfg, f"{side}_prompt") and getattr(cfg, f"{side}_prompt_projection")]
+    if cfg.prompt_residual and projected:
+        raise ValueError(f"--prompt-residual and {' '.join(projected)} are two reparameterizations of one prompt: "
+                         "choose one")
+    if cfg.no_backbone_dropout and resolve_tuning(cfg) == "finetune":
+        raise ValueError("--no-backbone-dropout turns dropout off in a frozen backbone; with finetuning nothing is "
+                         "frozen: set --dropout/--attention-dropout/--*-drop-path-rate to 0 instead")
     if cfg.tuning_method == "prompt" and not (cfg.encoder_prompt or cfg.decoder_prompt):
         raise ValueError("--tuning-method=prompt needs --encoder-prompt and/or --decoder-prompt")
     if cfg.tuning_method == "adapter" and not cfg.adapter:

@@ -79,6 +79,18 @@ def from_file(stack, side: str, kv: Dict[int, tuple], path: str) -> torch.Tensor
     return unfold(kv, prompt.layers)
 
 
+def _gate_from_file(prompt, side: str, kv: Dict[int, tuple], path: str):
+    """A gated prompt file's factors start the model's gate (tanh(g) = factor); an ungated file leaves it at 0,
+    the zero-init start; a gated file into an ungated model would lose its gates, so it is refused."""
+    factors = [kv[layer][2] for layer in prompt.layers if len(kv[layer]) == 3]
+    if not factors:
+        return
+    if prompt.gate is None:
+        raise ValueError(f"--prompt-init={path}: its {side} prompts are gated (tuned with --prompt-gate); without "
+                         "--prompt-gate their gates would be dropped")
+    prompt.gate.copy_(torch.atanh(torch.stack(factors).clamp(-1 + 1e-6, 1 - 1e-6)))
+
+
 @torch.no_grad()
 def init_prompts(model, method: str, seed: int = 0, prompt_file: Optional[Dict[str, dict]] = None):
     """Initialize the model's new prompts by `method` (PROMPT_INITS), or from the keys/values `prompt_file`
@@ -95,6 +107,7 @@ def init_prompts(model, method: str, seed: int = 0, prompt_file: Optional[Dict[s
             if side not in prompt_file:
                 raise ValueError(f"--prompt-init={method}: the file has no {side} prompts for --{side}-prompt")
             prompt.embedding.weight.copy_(from_file(stack, side, prompt_file[side], method))
+            _gate_from_file(prompt, side, prompt_file[side], method)
             continue
         device = prompt.embedding.weight.device
         tokens = sample_tokens(stack.dictionary, prompt.length, seed).to(device)

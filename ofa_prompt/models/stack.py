@@ -107,4 +107,4 @@ def build_prompt_encoder(stack: StackConfig) -> Optional[PromptEncoder]:
         raise ValueError(f"--{stack.name}-prompt-length must be at least 1, got {prompt.length}")
     layers = parse_prompt_layers(prompt.layers, stack.layers, f"{stack.name}-prompt-layers")
     return PromptEncoder(prompt.length, stack.embed_dim, stack.attention_heads, layers, prompt.projection,
-                         prompt.dim, prompt.dropout)
+                         prompt.dim, prompt.dropout, prompt.residual, prompt.gate)

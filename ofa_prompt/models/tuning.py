@@ -5,6 +5,10 @@ so the optimizer only ever sees the method's own parameters.
 """
 import logging
 
+import torch.nn as nn
+from timm.layers import DropPath
+
+from .attention import MultiheadAttention
 from .prompt_init import init_prompts
 
 logger = logging.getLogger(__name__)
@@ -50,7 +54,24 @@ def apply_tuning(model, method: str, cfg=None):
             model.encoder.embed_tokens.weight.requires_grad_(False)
         if cfg.freeze_decoder_embedding:
             model.decoder.embed_tokens.weight.requires_grad_(False)
+    if method != "finetune" and cfg is not None and cfg.no_backbone_dropout:
+        disable_backbone_dropout(model)
     return count_trainable(model)
+
+
+def disable_backbone_dropout(model):
+    """--no-backbone-dropout (SuperPos-Prompt): the frozen backbone computes the same function in training as in
+    evaluation, so the prompts are not tuned against noise they never meet at test time. Dropout modules,
+    attention dropout and stochastic depth all go to 0; the prompt modules keep their own dropout."""
+    for name, module in model.named_modules():
+        if is_prompt(name + "."):
+            continue
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        elif isinstance(module, MultiheadAttention):
+            module.dropout = 0.0
+        elif isinstance(module, DropPath):
+            module.drop_prob = 0.0
 
 
 def prepare_for_training(model, prompt_file=None):
