@@ -47,6 +47,7 @@ def load_model(path: str, overrides: Optional[dict] = None) -> OFAModel:
     dictionary = _dictionary(args, rows)
     task = SimpleNamespace(source_dictionary=dictionary, target_dictionary=dictionary)
     model = OFAModel.build_model(args, task)
+    model.start_file = os.path.abspath(path)
     model.load_state_dict(weights, strict=True)
     # the file the backbone weights were read from (loading a prompt-only checkpoint set cfg.backbone to
     # it): set_prompts checks prompt files against it

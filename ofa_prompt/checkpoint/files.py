@@ -2,18 +2,57 @@
 arguments and the task it records (in each of its formats), and whether a file is whole."""
 import argparse
 import os
+import struct
 import zipfile
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import InputError
+
+# where each kind of file goes, for the message that meets one given in the other's place
+PROMPT_FILE_USES = ("a prompt file goes to fairseq-generate --prompt-file (the backbone it was tuned on as --path), "
+                    "from_pretrained(BACKBONE, prompts=FILE), set_prompts(FILE), or fairseq-train --prompt-init FILE "
+                    "to start tuning from it")
+CHECKPOINT_USES = ("a checkpoint goes to fairseq-generate --path, fairseq-train --restore-file / "
+                   "--finetune-from-model, or from_pretrained(CHECKPOINT); to get a prompt file from it, "
+                   "python -m ofa_prompt.prompt_file export CHECKPOINT OUT.safetensors")
+
+
+class WrongFileKind(InputError, ValueError):
+    """A prompt file given where a checkpoint is expected, or a checkpoint where a prompt file is."""
+
+
+class CheckpointNotFound(InputError, FileNotFoundError):
+    pass
+
+
+def file_kind(path: str) -> str:
+    """'torch' (a zip archive or a pickle: what torch.save writes), 'safetensors' (an 8-byte header length,
+    then that many bytes of JSON), or 'other', from the first bytes of `path`."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path):
+        return "safetensors"
+    return "other"
+
+
+def require_checkpoint(path: str, option: str = "the checkpoint"):
+    """Refuse a prompt file given as a checkpoint (`option` names where it was given), in one line."""
+    if os.path.isfile(path) and file_kind(path) == "safetensors":
+        raise WrongFileKind(f"{option} {path} is a prompt file (safetensors), not a fairseq checkpoint: "
+                            f"{PROMPT_FILE_USES}")
+
 
 def read_checkpoint(path: str, handle=None) -> dict:
     """torch.load a fairseq checkpoint (from `handle`, an open binary file of `path`, if given) without
     running pickled code beyond argparse.Namespace."""
     if handle is None and not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFound(f"checkpoint not found: {path}")
+    require_checkpoint(path)
     try:  # argparse.Namespace is allow-listed by fairseq_compat.install()
         state = torch.load(handle if handle is not None else path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupted, or not a checkpoint at all

@@ -10,7 +10,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from ..errors import InputError
-from .files import unreadable
+from .files import require_checkpoint, unreadable
 
 
 class SaveDirError(InputError, ValueError):
@@ -49,6 +49,7 @@ def check_resume_file(model_cfg):
     path = resume_file(ckpt) if ckpt is not None else None
     if not path or not os.path.isfile(path):
         return
+    require_checkpoint(path, "--finetune-from-model" if path == ckpt.finetune_from_model else "--restore-file")
     why = unreadable(path)
     if why is None:
         return

@@ -20,14 +20,15 @@ class CheckpointMismatchError(InputError, ValueError):
     pass
 
 
+class BackboneNotFound(InputError, FileNotFoundError):
+    pass
+
+
 def _with_backbone(model, state_dict: dict, prefix: str):
-    """Fill a prompt-only state dict with the backbone it records (or --backbone), checking its hash."""
+    """Fill a prompt-only state dict with the backbone it records (or the one the user named: --backbone,
+    --model-overrides "{'backbone': ...}"), checking its hash."""
     record = state_dict.pop(prefix + BACKBONE_KEY)
-    path = model.cfg.backbone if model.cfg.backbone and os.path.isfile(model.cfg.backbone) else record["path"]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"the backbone of this prompt-only checkpoint, {record['path']}, is missing: pass its new location with "
-            f"--model-overrides \"{{'backbone': '/path/to/backbone.pt'}}\" (or overrides={{'backbone': ...}})")
+    path = _backbone_file(model, record)
     with open(path, "rb") as f:  # hashed and loaded through one handle: the version hashed is the one loaded
         version = file_version(f.fileno())
         found = file_fingerprint(path, f)
@@ -43,6 +44,26 @@ def _with_backbone(model, state_dict: dict, prefix: str):
     for key, value in backbone.items():
         state_dict.setdefault(prefix + key, value)
     model.cfg.backbone = path
+
+
+def _backbone_file(model, record: dict) -> str:
+    """The backbone file of a prompt-only state dict: the one the user named, else the one it records. The
+    file a run starts from (--restore-file caption_stage1_best.pt, a copy of a prompt-only checkpoint) is not
+    a backbone."""
+    given = getattr(model, "given_backbone", None)
+    if given and os.path.isfile(given):
+        return given
+    if os.path.isfile(record["path"]):
+        if given:  # e.g. a relative --backbone recorded by fairseq-train, read from another folder
+            logger.warning("backbone %s not found: using %s, which the prompts record (hash-checked)", given,
+                           record["path"])
+        return record["path"]
+    loading = getattr(model, "start_file", None) or "the prompt-only checkpoint"
+    named = f"; {given}, given as the backbone, is not there either" if given and given != record["path"] else ""
+    raise BackboneNotFound(
+        f"{loading} holds prompts only; the backbone it records, {record['path']}, is missing{named}: give its new "
+        f"location with --backbone NEW.pt (fairseq-train), --model-overrides \"{{'backbone': 'NEW.pt'}}\" "
+        f"(fairseq-generate) or overrides={{'backbone': 'NEW.pt'}} (load_model)")
 
 
 def upgrade_state_dict(model, state_dict, name="") -> set:

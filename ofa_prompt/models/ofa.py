@@ -44,12 +44,19 @@ class OFAModel(FairseqEncoderDecoderModel):
         apply_tuning(self, self.tuning, cfg)
         # the tensors of the last checkpoint loaded that it lacked (None: none loaded, all are fresh)
         self.tensors_not_in_checkpoint = None
+        # the checkpoint the weights are loaded from (fairseq-train's --restore-file / --finetune-from-model,
+        # load_model's file) and the backbone the user named, if any: what a prompt-only checkpoint is read with
+        self.start_file = self.given_backbone = None
 
     @classmethod
     def build_model(cls, args, task):
         cfg = config_from(args)
+        start_file = pretrained_checkpoint(args)
+        # --backbone (--model-overrides "{'backbone': ...}") is the user's word; the file the run starts from is
+        # the backbone only if it is a whole model: a prompt-only one records its own (upgrade_state_dict)
+        given_backbone = cfg.backbone
         if cfg.backbone is None:
-            cfg.backbone = pretrained_checkpoint(args)
+            cfg.backbone = start_file
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         enc_emb = embedding(len(src_dict), cfg.encoder_embed_dim, src_dict.pad())
         if cfg.share_all_embeddings:
@@ -60,7 +67,9 @@ class OFAModel(FairseqEncoderDecoderModel):
             dec_emb = enc_emb
         else:
             dec_emb = embedding(len(tgt_dict), cfg.decoder_embed_dim, tgt_dict.pad())
-        return cls(cfg, OFAEncoder(cfg, src_dict, enc_emb), OFADecoder(cfg, tgt_dict, dec_emb))
+        model = cls(cfg, OFAEncoder(cfg, src_dict, enc_emb), OFADecoder(cfg, tgt_dict, dec_emb))
+        model.start_file, model.given_backbone = start_file, given_backbone
+        return model
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, patch_images=None, patch_masks=None,
                 features_only=False, alignment_layer=None, return_all_hiddens=False, prompt_ids=None, image_keys=None,

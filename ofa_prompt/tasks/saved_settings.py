@@ -56,7 +56,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..checkpoint import saved_task, unreadable
+from ..checkpoint import require_checkpoint, saved_task, unreadable
 from ..errors import InputError
 from ..file_version import file_version
 
@@ -202,16 +202,18 @@ def task_overrides(text: str, keys: Iterable[str]) -> Dict[str, Any]:
 
 
 # --- reading checkpoints and setting the task up ----------------------------------------------------
-def read_state(path: str) -> dict:
-    """A checkpoint's top-level dict without its tensors' data (mmap) and without running pickled code."""
+def read_state(path: str, option: str = "--path") -> dict:
+    """A checkpoint's top-level dict without its tensors' data (mmap) and without running pickled code;
+    `option` names where the file was given, for the messages."""
     if not os.path.isfile(path):
-        raise SettingsError(f"checkpoint not found: {path}")
+        raise SettingsError(f"checkpoint not found: {path} ({option})")
+    require_checkpoint(path, option)
     try:
         # mmap needs the zip format torch.save writes; older pickles are read whole
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # truncated, corrupted, or not a checkpoint
         why = unreadable(path) or f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        raise SettingsError(f"cannot read checkpoint {path} (--path): {why}") from e
+        raise SettingsError(f"cannot read checkpoint {path} ({option}): {why}") from e
 
 
 def checkpoint_files(root) -> List[str]:
