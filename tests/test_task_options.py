@@ -3,6 +3,7 @@ validation as in OFA (tiny TSVs, the micro model; no training unless said)."""
 import logging
 import os
 import pickle
+import shutil
 import sys
 from argparse import Namespace
 
@@ -230,6 +231,15 @@ def test_fairseq_train_with_ofas_vqa_options(data, tmp_path):
     assert valid and "| vqa_score " in valid[-1] and "| score " in valid[-1], log[-3000:]
     assert "tuning method prompt" in log and "Loading EMA from checkpoint" in log and "without --store-ema" not in log
     assert (tmp_path / "prompt" / "checkpoint_best.pt").is_file()
+    # the prompt-only checkpoint, renamed as OFA's README has it, starts the next run through --finetune-from-model:
+    # the backbone is the one it records, its prompts are where the run starts
+    shutil.copy(tmp_path / "prompt" / "checkpoint_best.pt", tmp_path / "vqa_prompt_best.pt")
+    log = run([*base, "--finetune-from-model", str(tmp_path / "vqa_prompt_best.pt"), "--encoder-prompt",
+               "--encoder-prompt-length", "4", "--criterion", "ajust_label_smoothed_cross_entropy", "--lr", "0.03",
+               "--max-update", "1", "--save-dir", str(tmp_path / "next"), "--disable-validation"])
+    assert "tensors that the checkpoint lacks" not in log, log[-3000:]  # no prompt tensor started fresh
+    record = torch.load(tmp_path / "next" / "checkpoint_last.pt", weights_only=False)["model"]["_ofa_prompt_backbone"]
+    assert record["path"] == str(tmp_path / "backbone.pt")
 
 
 def test_ofas_zero_shot_flag_is_refused_with_what_to_do(data):
