@@ -13,7 +13,6 @@ import json
 import sys
 
 from .errors import InputError
-from .predictor import from_pretrained
 
 ACTIONS = {"caption": "caption", "vqa_gen": "answer", "refcoco": "ground", "snli_ve": "entail"}
 
@@ -29,8 +28,9 @@ def parse(argv):
     what.add_argument("--question", help="vqa_gen: the question asked of every image")
     what.add_argument("--ground", metavar="TEXT", help="refcoco: the expression to find in every image")
     what.add_argument("--entail", metavar="HYPOTHESIS", help="snli_ve: the hypothesis to test on every image")
+    p.add_argument("--premise", help="snli_ve with prompts tuned with --add-caption: the premise of every image")
     p.add_argument("--candidates", help="vqa_gen: a JSON list of candidate answers (default: open-ended)")
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--beam", type=int, help="the beam size (default: the prompt file's recorded decoding, else 5)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true", help="JSON lines: {image, task, output}")
@@ -53,28 +53,45 @@ def task_of(args, recorded):
     given = {"vqa_gen": args.question, "refcoco": args.ground, "snli_ve": args.entail}
     asked = [t for t, v in given.items() if v is not None]
     task = args.task or (asked[0] if asked else recorded or "caption")
+    flags = {"vqa_gen": "--question", "refcoco": "--ground", "snli_ve": "--entail"}
     if task != "caption" and given[task] is None:
-        flag = {"vqa_gen": "--question", "refcoco": "--ground", "snli_ve": "--entail"}[task]
-        raise InputError(f"--task {task} needs {flag}")
+        raise InputError(f"--task {task} needs {flags[task]}")
+    for other in asked:
+        if other != task:
+            raise InputError(f"{flags[other]} is for --task {other}, not {task}")
+    for flag, value, wanted in (("--candidates", args.candidates, "vqa_gen"), ("--premise", args.premise, "snli_ve")):
+        if value is not None and task != wanted:
+            raise InputError(f"{flag} is for --task {wanted}, not {task}")
     return task
+
+
+def candidates_of(text):
+    """--candidates: a JSON list of answers (None: open-ended)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--candidates {text!r} is not JSON ({e}): give a list like '[\"red\", \"blue\"]'") from None
 
 
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else argv)
+    from . import from_pretrained  # loads the plugin (fairseq: seconds) once the arguments are read
     try:
         model = from_pretrained(args.backbone, prompts=args.prompts, bpe_dir=args.bpe_dir, device=args.device,
                                 batch_size=args.batch_size, **dict(args.set))
         task = task_of(args, model.trained_for)
         images = list(args.images)
+        generation = {} if args.beam is None else {"beam": args.beam}  # given: it applies (or is refused)
         if task == "caption":
-            outputs = model.caption(images, beam=args.beam)
+            outputs = model.caption(images, **generation)
         elif task == "vqa_gen":
-            candidates = json.loads(args.candidates) if args.candidates else None
-            outputs = model.answer(images, [args.question] * len(images), candidates=candidates, beam=args.beam)
+            outputs = model.answer(images, args.question, candidates=candidates_of(args.candidates), **generation)
         elif task == "refcoco":
-            outputs = model.ground(images, [args.ground] * len(images), beam=args.beam)
+            outputs = model.ground(images, args.ground, **generation)
         else:
-            outputs = model.entail(images, [args.entail] * len(images))
+            outputs = model.entail(images, args.entail, premise=args.premise, **generation)
     except (InputError, ValueError, FileNotFoundError) as e:
         sys.exit(f"python -m ofa_prompt.predict: error: {e}")
     for image, output in zip(images, outputs):

@@ -20,20 +20,23 @@ import os
 import tempfile
 from argparse import Namespace
 from dataclasses import fields
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from fairseq import utils
-from fairseq.sequence_generator import SequenceGenerator
+from fairseq.dataclass.configs import GenerationConfig
 from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+from fairseq.tasks.fairseq_task import FairseqTask
 from PIL import Image
 
 from .data.dataset import OFADataset
 from .data.image import as_rgb
 from .errors import InputError
 from .hub import load_model
+from .data.tokenize import clean_text
 from .metrics.grounding import bins_to_box
+from .ngram_blocking import block_repeated_ngrams
 from .per_sample_search import allow_only, use_per_sample_rules
 from .prompt_file import attach_prompts, read_prompts
 from .checkpoint import saved_task
@@ -79,7 +82,40 @@ def load_image(image: ImageLike, what: str = "image") -> Image.Image:
 
 
 def _batch(value, n: Optional[int] = None) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * (n or 1)
+    """`value` as a list: a list or tuple as it is, anything else repeated n times (default once)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value] * (1 if n is None else n)
+
+
+PLURAL = {"question": "questions", "text": "texts", "hypothesis": "hypotheses", "premise": "premises"}
+
+
+def _paired(images, texts, what: str):
+    """(one input, images, texts): an image and a text, or lists of one length (a single image or text goes with
+    every item of the other list); lists of different lengths are refused rather than cut to the shorter."""
+    one = not isinstance(texts, (list, tuple)) and not isinstance(images, (list, tuple))
+    texts = _batch(texts, len(images) if isinstance(images, (list, tuple)) else None)
+    images = _batch(images, len(texts))
+    if len(images) != len(texts):
+        raise InputError(f"{len(images)} images and {len(texts)} {PLURAL[what]}: give one {what} per image, "
+                         f"or a single one for every image")
+    return one, images, [_text(t, f"{what} {i}") for i, t in enumerate(texts)]
+
+
+def _text(text, what: str) -> str:
+    """`text`, refused where the task's TSV reader would refuse its row: not a string, or empty once
+    normalized as OFA normalizes text (punctuation dropped)."""
+    if not isinstance(text, str):
+        raise InputError(f"{what}: a {type(text).__name__}, expected a string")
+    if not clean_text(text):
+        raise InputError(f"{what}: {text!r} is empty once punctuation is dropped (as the TSV reader refuses it): "
+                         "give some words")
+    return text
+
+
+def _positive_int(value, what: str) -> int:
+    if type(value) is not int or value < 1:
+        raise InputError(f"{what}={value!r}: expected a whole number of at least 1")
+    return value
 
 
 class OFAPredictor:
@@ -103,9 +139,13 @@ class OFAPredictor:
         """An official OFA checkpoint or one of the plugin's (full or prompt-only), with the prompts of file
         `prompts` if given. `bpe_dir` is the folder of OFA's dict.txt / encoder.json / vocab.bpe (default: the
         one the checkpoint records); `task_options` set task options (e.g. patch_image_size=480)."""
-        trained, recorded = saved_task(read_state(checkpoint))  # mmap: no tensor data read twice
+        _positive_int(batch_size, "batch_size")
+        _check_task_options(task_options)
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise InputError(f"checkpoint: a {type(checkpoint).__name__}, expected the path of an OFA checkpoint")
+        trained, recorded = saved_task(read_state(os.fspath(checkpoint)))  # mmap: no tensor data read twice
         overrides = {"bpe_dir": bpe_dir} if bpe_dir else {}
-        model = load_model(checkpoint, overrides)
+        model = load_model(os.fspath(checkpoint), overrides)
         settings = {name: {} for name in METHODS.values()}
         for name in settings:
             if trained == name:
@@ -121,6 +161,10 @@ class OFAPredictor:
     def set_prompts(self, prompts: str, force_backbone: bool = False):
         """Use the prompts of file `prompts` (prompt_file export) on the loaded backbone, with the task
         settings the file records."""
+        if not isinstance(prompts, (str, os.PathLike)):
+            raise InputError(f"set_prompts: a {type(prompts).__name__}, expected the path of one prompt file "
+                             "(mixed() serves requests naming several)")
+        prompts = os.fspath(prompts)
         _, meta = read_prompts(prompts)
         attach_prompts(self.model, prompts, force_backbone, self._common.get("bpe_dir"))
         self.model.to(self.device)
@@ -167,7 +211,7 @@ class OFAPredictor:
     def _run(self, name: str, rows: List[list], generation: dict):
         """The first hypothesis of every row and the rows' samples, batch by batch."""
         task = self.task(name)
-        generator = self._generator(name, task, **generation)
+        generator = self._generator(name, task, **_checked_generation(generation))
         collate = OFADataset([], task, train=False).collater
         out = []
         for start in range(0, len(rows), self.batch_size):
@@ -195,11 +239,10 @@ class OFAPredictor:
     def answer(self, images, questions, candidates: Optional[Sequence[str]] = None, **generation):
         """The answer to each question about its image: among `candidates` if given (OFA's all-candidate
         inference, as with --ans2label-file), else open-ended beam search."""
-        one = not isinstance(questions, (list, tuple)) and not isinstance(images, (list, tuple))
-        questions = _batch(questions, len(images) if isinstance(images, (list, tuple)) else None)
-        images = _batch(images, len(questions))
-        if len(images) != len(questions):
-            raise InputError(f"{len(images)} images and {len(questions)} questions")
+        one, images, questions = _paired(images, questions, "question")
+        if candidates is not None and generation:
+            raise InputError(f"answer() among candidates scores every candidate, without a search: generation "
+                             f"options ({', '.join(sorted(generation))}) do not apply; leave them out")
         self._answer_choice(candidates)
         rows = [[str(i), load_image(im, f"image {i}"), q, PLACEHOLDER["vqa_gen"], ""]
                 for i, (im, q) in enumerate(zip(images, questions))]
@@ -211,8 +254,9 @@ class OFAPredictor:
         if candidates is None:
             wanted = OPEN_ENDED
         else:
-            if not candidates or not all(isinstance(c, str) and c.strip() for c in candidates):
-                raise InputError("candidates: a non-empty list of non-empty answers")
+            if not isinstance(candidates, (list, tuple)) or not candidates or \
+                    not all(isinstance(c, str) and c.strip() for c in candidates):
+                raise InputError(f"candidates={candidates!r}: expected a non-empty list of non-empty answers")
             path = os.path.join(self._answer_files.name, f"{abs(hash(tuple(candidates)))}.json")
             if not os.path.exists(path):
                 with open(path, "w", encoding="utf-8") as f:
@@ -226,9 +270,7 @@ class OFAPredictor:
     def ground(self, images, texts, **generation):
         """The box [x0, y0, x1, y1] (pixels of the original image) each text refers to (None: the model
         gave no box)."""
-        one = not isinstance(texts, (list, tuple)) and not isinstance(images, (list, tuple))
-        texts = _batch(texts, len(images) if isinstance(images, (list, tuple)) else None)
-        images = _batch(images, len(texts))
+        one, images, texts = _paired(images, texts, "text")
         rows = [[str(i), load_image(im, f"image {i}"), t, PLACEHOLDER["refcoco"]]
                 for i, (im, t) in enumerate(zip(images, texts))]
         boxes = [bins_to_box(t, m["num_bins"], m["max_image_size"], m["w_resize_ratio"], m["h_resize_ratio"])
@@ -238,27 +280,55 @@ class OFAPredictor:
     def entail(self, images, hypotheses, premise=None, **generation):
         """Whether each image (and `premise` text, with add_caption) entails the hypothesis: "yes", "no"
         or "maybe" (OFA's answers for entailment, contradiction, neutral)."""
-        one = not isinstance(hypotheses, (list, tuple)) and not isinstance(images, (list, tuple))
-        hypotheses = _batch(hypotheses, len(images) if isinstance(images, (list, tuple)) else None)
-        images = _batch(images, len(hypotheses))
-        premises = _batch(premise if premise is not None else "", len(hypotheses))
+        one, images, hypotheses = _paired(images, hypotheses, "hypothesis")
+        if generation:
+            raise InputError(f"entail() scores the three answers, without a search: generation options "
+                             f"({', '.join(sorted(generation))}) do not apply; leave them out")
+        premises = self._premises(premise, len(hypotheses))
         rows = [[str(i), load_image(im, f"image {i}"), h, p, PLACEHOLDER["snli_ve"]]
                 for i, (im, h, p) in enumerate(zip(images, hypotheses, premises))]
-        labels = [t for t, _ in self._run("snli_ve", rows, generation)]
+        labels = [t for t, _ in self._run("snli_ve", rows, {})]
         return labels[0] if one else labels
 
-    # --- one batch, several prompt files ------------------------------------------------------------------
-    def mixed(self, requests: Sequence[dict], beam: int = 5) -> list:
-        """The outputs of requests that each name their own prompt file, served together: one encoder and one
-        beam search per batch, each sample with its own prompts and its task's instruction, preprocessing and
-        decoding rules. A request is a dict: {"prompts": FILE, "image": IMAGE} for a caption prompt file,
-        plus "question" (open-ended VQA) or "text" (grounding). Returns, in order, what caption(), answer()
-        and ground() return for them alone; tasks that score candidates (entailment, VQA with an answer list)
-        are refused. The prompts set with set_prompts() are kept."""
-        return [output for output, _ in self._mixed(requests, beam)]
+    def _premises(self, premise, n: int) -> List[str]:
+        """The premise of each of n hypotheses: read by prompts tuned with --add-caption, and only by them."""
+        add_caption = self.task("snli_ve").cfg.add_caption
+        if premise is None:
+            if add_caption:
+                raise InputError("these prompts were tuned with --add-caption: pass premise= (--premise), the text "
+                                 "given with the image (one for every hypothesis, or a list of one per hypothesis)")
+            return [""] * n
+        if not add_caption:
+            raise InputError("premise= is read only by prompts tuned with --add-caption, and these were not: "
+                             "leave it out")
+        premises = _batch(premise, n)
+        if len(premises) != n:
+            raise InputError(f"{n} hypotheses and {len(premises)} premises: give one premise per hypothesis, "
+                             "or a single one for every hypothesis")
+        return [_text(p, f"premise {i}") for i, p in enumerate(premises)]
 
-    def _mixed(self, requests: Sequence[dict], beam: int):
+    # --- one batch, several prompt files ------------------------------------------------------------------
+    def mixed(self, requests: Sequence[dict], **generation) -> list:
+        """The outputs of requests that each name their own prompt file, served together: one encoder pass and
+        one beam search per batch, each sample with its own prompts and its task's instruction, preprocessing
+        and decoding rules. A request is a dict: {"prompts": FILE, "image": IMAGE} for a caption prompt file,
+        plus "question" (open-ended VQA) or "text" (grounding). Returns, in order, what caption(), answer()
+        and ground() return for them alone: every request decodes with its file's settings (the recorded
+        --eval-args over OFA's defaults; `generation`, e.g. beam=3, overrides them for all). Lengths and
+        n-gram blocking are each sample's own rules; requests whose search settings differ (beam, lenpen,
+        unnormalized, ...) are searched in separate groups. Tasks that score candidates (entailment, VQA with
+        an answer list) are refused. The prompts set with set_prompts() are kept."""
+        return [output for output, _ in self._mixed(requests, **generation)]
+
+    def _mixed(self, requests: Sequence[dict], **generation):
         """(output, best hypothesis) of every request."""
+        if not isinstance(requests, (list, tuple)):
+            raise InputError(f"mixed() takes a list of requests (dicts), got a {type(requests).__name__}")
+        generation = _checked_generation(generation)
+        searches = sorted(set(generation) & set(SEARCH_KEYS))
+        if searches:
+            raise InputError(f"mixed() runs beam search with each sample's own rules: {', '.join(searches)} apply "
+                             "to caption(), answer() and ground() alone")
         if not requests:
             return []
         files = list(dict.fromkeys(_request_file(r, i) for i, r in enumerate(requests)))
@@ -267,41 +337,57 @@ class OFAPredictor:
         if len(sizes) > 1:
             raise InputError(f"the prompt files ask for different image sizes ({sorted(sizes)} px): one batch holds "
                              "one; serve them in separate calls")
-        rows, rules = [], {}
+        groups: Dict[tuple, List[_Request]] = {}  # one search per group, in the order the groups first appear
         for i, request in enumerate(requests):
-            name, task = tasks[request["prompts"]]
+            path = os.fspath(request["prompts"])
+            name, task = tasks[path]
             sample = task.build_sample(_request_row(name, request, i), train=False)
             sample["id"] = i
-            settings = decoding_defaults(name, task)
-            rules[i] = _within_length(task.next_token_rule(sample["source"], settings), settings.get("max_len_b"),
-                                      task.dictionary.eos())
-            rows.append((files.index(request["prompts"]), name, task, sample))
-        longest = max(decoding_defaults(name, task).get("max_len_b", 200) for _, name, task, _ in rows)
-        generator = use_per_sample_rules(
-            SequenceGenerator([self.model], rows[0][2].target_dictionary, beam_size=beam, max_len_b=longest),
-            rules.get, "a batch mixing tasks")
-        collate = OFADataset([], rows[0][2], train=False).collater
+            settings = {**decoding_defaults(name, task), **generation}
+            groups.setdefault(_search_key(settings), []).append(
+                _Request(files.index(path), name, task, sample, settings))
         stacks = (self.model.encoder, self.model.decoder)
         in_use = [stack.prompts for stack in stacks]
         attach_prompts(self.model, files, bpe_dir=self._common.get("bpe_dir"))
         self.model.to(self.device)
-        out = []
+        out = [None] * len(requests)
         try:
-            for start in range(0, len(rows), self.batch_size):
-                chunk = rows[start:start + self.batch_size]
-                batch = utils.apply_to_sample(lambda t: t.to(self.device), collate([r[3] for r in chunk]))
-                batch["net_input"]["prompt_ids"] = torch.tensor([r[0] for r in chunk], device=self.device)
-                if self.dtype is not None:
-                    batch["net_input"]["patch_images"] = batch["net_input"]["patch_images"].to(self.dtype)
-                with torch.no_grad():
-                    hypos = generator.generate([self.model], batch, bos_token=chunk[0][2].dictionary.bos())
-                for (_, name, task, sample), beams, meta in zip(chunk, hypos, batch["metas"]):
-                    best = beams[0] if beams else None  # None: the rules left no hypothesis within the length
-                    text = "" if best is None else task.decode(task.answer_tokens(best["tokens"], sample["source"]))
-                    out.append((_output(name, text, meta), best))
+            for key, group in groups.items():
+                for i, result in self._search(dict(key), group).items():
+                    out[i] = result
         finally:
             for stack, module in zip(stacks, in_use):
                 stack.set_prompts(module)
+        return out
+
+    def _search(self, shared: dict, group: List["_Request"]) -> dict:
+        """{request index: (output, best hypothesis)} of requests whose generator options `shared` are the same,
+        batch by batch (the prompts of every file of the mix loaded)."""
+        task = group[0].task
+        # the generator runs to the longest request's length; each sample's rule ends it at its own
+        options = {"max_len_b": max(r.settings.get("max_len_b", MAX_LEN_B) for r in group), **shared,
+                   "min_len": 0, "no_repeat_ngram_size": 0}
+        rules = {r.sample["id"]: _sample_rule(r, None if "max_len_b" in shared else r.settings.get("max_len_b",
+                                                                                                    MAX_LEN_B))
+                 for r in group}
+        generator = use_per_sample_rules(FairseqTask.build_generator(task, [self.model], Namespace(**options)),
+                                         rules.get, "a batch mixing tasks")
+        collate = OFADataset([], task, train=False).collater
+        by_id, out = {r.sample["id"]: r for r in group}, {}
+        for start in range(0, len(group), self.batch_size):
+            chunk = group[start:start + self.batch_size]
+            batch = utils.apply_to_sample(lambda t: t.to(self.device), collate([r.sample for r in chunk]))
+            batch["net_input"]["prompt_ids"] = torch.tensor([by_id[i].file for i in batch["id"].tolist()],
+                                                            device=self.device)
+            if self.dtype is not None:
+                batch["net_input"]["patch_images"] = batch["net_input"]["patch_images"].to(self.dtype)
+            with torch.no_grad():
+                hypos = generator.generate([self.model], batch, bos_token=task.dictionary.bos())
+            for i, beams, meta in zip(batch["id"].tolist(), hypos, batch["metas"]):
+                r = by_id[i]
+                best = beams[0] if beams else None  # None: the rules left no hypothesis within the length
+                text = "" if best is None else r.task.decode(r.task.answer_tokens(best["tokens"], r.sample["source"]))
+                out[i] = (_output(r.name, text, meta), best)
         return out
 
     def _file_task(self, path: str):
@@ -331,40 +417,110 @@ def decoding_defaults(name: str, task) -> dict:
 # the options of --eval-args that decide what is generated (not how it is printed or scored)
 GENERATION_KEYS = ("beam", "max_len_a", "max_len_b", "min_len", "lenpen", "unnormalized", "no_repeat_ngram_size",
                    "unkpen", "temperature")
+# fairseq-generate's search strategies, which a call of one task can use too
+SEARCH_KEYS = ("sampling", "sampling_topk", "sampling_topp", "diverse_beam_groups", "diverse_beam_strength",
+               "diversity_rate", "match_source_len")
+AT_LEAST = {"beam": 1, "max_len_a": 0, "max_len_b": 0, "min_len": 0, "no_repeat_ngram_size": 0}
+MAX_LEN_B = 200  # fairseq-generate's default
+# generator options a sample's own rule applies in a mixed search (so requests differing in them share one)
+PER_SAMPLE = ("max_len_b", "min_len", "no_repeat_ngram_size")
 MIXABLE = {"caption": None, "vqa_gen": "question", "refcoco": "text"}  # task -> the request's text field
+REQUEST_KEYS = ("prompts", "image", *(field for field in MIXABLE.values() if field))
+
+
+def _checked_generation(generation: dict) -> dict:
+    """The caller's generation options, each a fairseq-generate option the API applies, of its type and range
+    (an unknown or misspelt one would otherwise be dropped without a word)."""
+    types = {f.name: f.type for f in fields(GenerationConfig)}
+    for key, value in generation.items():
+        if key not in GENERATION_KEYS + SEARCH_KEYS:
+            raise InputError(f"unknown generation option {key}={value!r}: the options are "
+                             f"{', '.join(GENERATION_KEYS + SEARCH_KEYS)}")
+        kind = types[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+            raise InputError(f"generation option {key}={value!r}: expected a{'n' if kind is int else ''} "
+                             f"{kind.__name__}")
+        if key in AT_LEAST and value < AT_LEAST[key] or key == "temperature" and value <= 0:
+            raise InputError(f"generation option {key}={value!r}: expected "
+                             + (f"at least {AT_LEAST[key]}" if key in AT_LEAST else "a value above 0"))
+    return generation
+
+
+def _check_task_options(options: dict):
+    """Refuse keyword options that no task reads (they would be dropped without a word)."""
+    known = {f.name for name in METHODS.values() for f in fields(TASK_DATACLASS_REGISTRY[name])}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"unknown task option(s) {', '.join(unknown)}: from_pretrained's keywords are the "
+                         "options of the tasks (patch_image_size=480, text_tokenizer='word', ...)")
+
+
+class _Request(NamedTuple):
+    """One request of a mixed batch, ready to search."""
+    file: int  # the index of its prompt file among the batch's
+    name: str  # its task
+    task: object
+    sample: dict
+    settings: dict  # its generator options: its file's decoding, then the caller's
 
 
 def _request_file(request, i: int) -> str:
     if not isinstance(request, dict) or "prompts" not in request or "image" not in request:
         raise InputError(f"request {i}: a dict with 'prompts' (a prompt file) and 'image', got {request!r}")
-    return request["prompts"]
+    unknown = sorted(set(request) - set(REQUEST_KEYS), key=str)
+    if unknown:
+        raise InputError(f"request {i}: unknown key(s) {', '.join(map(repr, unknown))}; a request has "
+                         f"{', '.join(map(repr, REQUEST_KEYS))} (tasks that score candidates are not mixed)")
+    if not isinstance(request["prompts"], (str, os.PathLike)):
+        raise InputError(f"request {i}: 'prompts' is a {type(request['prompts']).__name__}, expected a prompt file")
+    return os.fspath(request["prompts"])
 
 
 def _request_row(name: str, request: dict, i: int) -> list:
     """The TSV row the task would read for a request (reference columns are placeholders)."""
     field = MIXABLE[name]
-    if field is not None and not isinstance(request.get(field), str):
+    other = [key for key in REQUEST_KEYS[2:] if key in request and key != field]
+    if other:
+        raise InputError(f"request {i}: prompts for --task {name} take no '{other[0]}' "
+                         f"({'an image only' if field is None else f'the image and a {field!r}'})")
+    if field is not None and field not in request:
         raise InputError(f"request {i}: prompts for --task {name} need the '{field}' to go with the image")
     image = load_image(request["image"], f"request {i}'s image")
     if name == "caption":
         return [str(i), image, PLACEHOLDER[name]]
+    text = _text(request[field], f"request {i}'s {field}")
     if name == "vqa_gen":
-        return [str(i), image, request["question"], PLACEHOLDER[name], ""]
-    return [str(i), image, request["text"], PLACEHOLDER[name]]
+        return [str(i), image, text, PLACEHOLDER[name], ""]
+    return [str(i), image, text, PLACEHOLDER[name]]
 
 
-def _within_length(rule, max_len_b: Optional[int], eos: int):
-    """`rule`, ending the hypothesis after max_len_b tokens as the task's own generator would (the batch's
-    generator runs to the longest of the tasks' lengths)."""
-    if max_len_b is None:
-        return rule
+def _search_key(settings: dict) -> tuple:
+    """The generator options a request shares with those in its search: all but what its own rule applies.
+    With max_len_a the length scales with the batch's source length, which only the generator sees."""
+    own = PER_SAMPLE if not settings.get("max_len_a") else tuple(k for k in PER_SAMPLE if k != "max_len_b")
+    return tuple(sorted((k, v) for k, v in settings.items() if k not in own))
 
-    def limited(tokens, lprobs):
-        if len(tokens) > max_len_b:
+
+def _sample_rule(request: _Request, max_len: Optional[int]):
+    """A sample's next-token rule in a mixed search: its task's (allowed tokens, VQA's trie) with its own
+    minimum and maximum length (`max_len`; None: the generator's) and n-gram blocking, as the task's generator
+    applies them alone (fairseq's step s has the bos and s tokens)."""
+    task, settings = request.task, request.settings
+    rule = task.next_token_rule(request.sample["source"], {**settings, "no_repeat_ngram_size": 0})
+    eos, min_len, n = task.dictionary.eos(), settings.get("min_len", 1), settings.get("no_repeat_ngram_size", 0)
+
+    def sample_rule(tokens, lprobs):
+        step = len(tokens) - 1
+        if max_len is not None and step >= max_len:
             allow_only(lprobs, [eos])
-        elif rule is not None:
+            return
+        if step < min_len:
+            lprobs[:, eos] = -float("inf")
+        if n:
+            block_repeated_ngrams(tokens[None], lprobs, n)
+        if rule is not None:
             rule(tokens, lprobs)
-    return limited
+    return sample_rule
 
 
 def _output(name: str, text: str, meta: dict):

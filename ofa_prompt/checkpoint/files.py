@@ -33,10 +33,11 @@ def file_kind(path: str) -> str:
     then that many bytes of JSON), or 'other', from the first bytes of `path`."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
-        return "torch"
+    # safetensors first: its header length's low byte may be 0x80, a pickle's first byte
     if len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path):
         return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
     return "other"
 
 

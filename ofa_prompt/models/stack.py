@@ -63,8 +63,10 @@ class TransformerStack:
 
     def prefixes(self, bsz: int, prompt_ids: Optional[Tensor] = None) -> dict:
         """{layer: prefix} of this call: one prompt set for every sample, or with a PromptMix each
-        sample's own (`prompt_ids` [B], net_input's "prompt_ids")."""
+        sample's own (`prompt_ids` [B], net_input's "prompt_ids"); none where the stack has no prompts."""
         prompts = self.prompts
+        if prompts is None:  # no prompts on this side (in a mix: no file has any): nothing to choose among
+            return {}
         if isinstance(prompts, PromptMix):
             if prompt_ids is None:
                 raise ValueError("the model holds several prompt sets (a PromptMix): give each sample's in "
@@ -73,7 +75,7 @@ class TransformerStack:
         if prompt_ids is not None:
             raise ValueError("net_input['prompt_ids'] chooses among several prompt sets, but the model holds one "
                              "(attach_prompts(model, [file, ...]) loads several)")
-        return {} if prompts is None else prompts(bsz)
+        return prompts(bsz)
 
     def pos_bias(self, q_linear, k_linear, q_pos, k_pos, k: Optional[Tensor] = None):
         """(q_linear(q_pos) . k_linear(k_pos)) * scaling, per head: [B, H, Tq, Tk]; `k`: pos_keys(k_linear,
