@@ -17,6 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=find_packages(include=["ofa_prompt", "ofa_prompt.*"]),
+    package_data={"ofa_prompt": ["fairseq_options.txt"]},  # yaml_config checks option names against it
     install_requires=[
         FAIRSEQ,
         # the CPU-only 2.13.0 wheel found on some machines breaks the torchvision that timm imports

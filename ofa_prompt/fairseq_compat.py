@@ -1,7 +1,7 @@
 """Every change the plugin makes to stock fairseq's (and torch's) behaviour, in one place. `install()`
 applies them, once, when the package is imported (fairseq imports it for --user-dir; `import ofa_prompt`
-from Python does the same); `stop_after_update_on_sigterm` and `bf16_without_tpu` are applied by the task
-when fairseq-train starts (they need its configuration).
+from Python does the same); `stop_after_update_on_sigterm`, `stop_after_update_on_sigint` and
+`bf16_without_tpu` are applied by the task when fairseq-train starts (they need its configuration).
 Each change is guarded by a check that the code it changes is there (fairseq 0.12.x), and says why:
 
 * torch loads the argparse.Namespace that OFA's and fairseq's checkpoints pickle;
@@ -11,7 +11,9 @@ Each change is guarded by a check that the code it changes is there (fairseq 0.1
 * a checkpoint without EMA state (OFA's released ones) re-initializes the EMA instead of failing;
 * checkpoint_last.pt / checkpoint_best.pt are copied through a temporary file and a rename;
 * a checkpoint that cannot be written (a full disk) leaves no partial file and stops with one message;
-* SIGTERM stops fairseq-train after the update under way, with a checkpoint, instead of at once;
+* SIGTERM and Ctrl-C stop fairseq-train after the update under way, with a checkpoint, instead of at once;
+* start-up is quiet: no hydra notices about fairseq's own configuration, no model printout (fairseq-train
+  still logs its one-line parameter count), no "shared parameter" lines for absent biases;
 * --bf16 without torch_xla trains in bfloat16 on the CPU or GPU instead of asking for a TPU;
 * the plugin's input errors (ofa_prompt.errors.InputError) print as one line, without a traceback.
 """
@@ -196,23 +198,34 @@ def _safe_checkpoint_files():
         checkpoint_utils.torch_persistent_save = _failed_saves_leave_nothing(save)
 
 
-# --- SIGTERM ---------------------------------------------------------------------------------------------
-def stop_after_update_on_sigterm(root_cfg):
-    """SIGTERM (a scheduler's pre-emption, `kill`) makes fairseq-train stop after the update under way, by
-    fairseq's own --stop-time-hours rule: it validates, saves checkpoint_last.pt and exits 0, and the same
-    command resumes. A second SIGTERM ends the run at once, as before. Python's default for SIGTERM is to
-    end at once, losing the updates since the last checkpoint; a handler someone else set is left alone."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+# --- SIGTERM and Ctrl-C ----------------------------------------------------------------------------------
+def _stop_after_update_on(signum, python_default, name: str, again: str, root_cfg):
+    """Signal `signum` makes fairseq-train stop after the update under way, by fairseq's own --stop-time-hours
+    rule: it validates, saves checkpoint_last.pt and exits 0, and the same command resumes. The signal a second
+    time acts as Python's default does (`python_default`); a handler someone else set is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signum) is not python_default:
         return
 
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        logger.warning("SIGTERM: stopping after the update under way, with a checkpoint (the same command "
-                       "resumes); a second SIGTERM stops at once")
+    def handler(sig, frame):
+        signal.signal(signum, python_default)
+        logger.warning("%s: stopping after the update under way, with a checkpoint (the same command resumes); %s",
+                       name, again)
         root_cfg.optimization.stop_time_hours = 1e-12  # read by fairseq_cli.train.validate_and_save
 
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signum, handler)
+
+
+def stop_after_update_on_sigterm(root_cfg):
+    """SIGTERM (a scheduler's pre-emption, `kill`): Python's default ends at once, losing the updates since the
+    last checkpoint."""
+    _stop_after_update_on(signal.SIGTERM, signal.SIG_DFL, "SIGTERM", "a second SIGTERM stops at once", root_cfg)
+
+
+def stop_after_update_on_sigint(root_cfg):
+    """Ctrl-C (SIGINT): Python's default raises KeyboardInterrupt wherever training is, which fairseq-train does
+    not catch, so nothing is saved."""
+    _stop_after_update_on(signal.SIGINT, signal.default_int_handler, "Ctrl-C",
+                          "Ctrl-C again stops at once, without saving", root_cfg)
 
 
 # --- --bf16 without a TPU -------------------------------------------------------------------------------
@@ -229,6 +242,55 @@ def bf16_without_tpu(model_cfg):
         common.tpu = False
     logger.info("--bf16 without torch_xla: training in bfloat16 on the %s, not on a TPU",
                 "CPU" if common.cpu or not torch.cuda.is_available() else "GPU")
+
+
+# --- a quiet start-up ----------------------------------------------------------------------------------
+# hydra's notices about how fairseq 0.12 composes its own configuration (fairseq's code, not the user's; hydra
+# 1.1+ with the 1.0-style calls fairseq makes), and torch's notice that pinned memory (fairseq's data loader
+# asks for it) needs an accelerator: 20 lines at every start-up that ask nothing of the user
+_NOTICES = (
+    (UserWarning, r"hydra\.experimental\.(initialize|compose)\(\) is no longer experimental"),
+    (UserWarning, r"\s*The version_base parameter is not specified"),
+    (UserWarning, r"In 'config': Usage of deprecated keyword in package header '# @package _group_'"),
+    (UserWarning, r"\s*'config' is validated against ConfigStore schema with the same name"),
+    (UserWarning, r"\s*The strict flag in the compose API is deprecated"),
+    (UserWarning, r"'pin_memory' argument is set as true but no accelerator is found"),
+)
+
+
+def _not_model_printout(record: logging.LogRecord) -> bool:
+    return not isinstance(record.msg, torch.nn.Module)
+
+
+def _catalogs_tensors_only(catalog):
+    """fairseq's Trainer looks for parameters shared between modules by identity, over every module's
+    `_parameters`, where torch keeps an absent bias (bias=False: every ResNet convolution, the output projection)
+    as None: all of them are then one "shared parameter" (24 log lines for OFA's ResNet), which the Trainer
+    "re-ties" by setting None to None. Absent parameters are left out; real shared tensors (tied embeddings)
+    are reported and tied as before."""
+    @functools.wraps(catalog)
+    def wrapper(module, memo=None, prefix=""):
+        shared = catalog(module, memo, prefix)  # the inner calls (memo given) return None
+        if shared is None:
+            return None
+        return [paths for paths in shared if functools.reduce(getattr, paths[0].split("."), module) is not None]
+
+    wrapper.tensors_only = True
+    return wrapper
+
+
+def _quiet_start_up():
+    for category, message in _NOTICES:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    # fairseq-train logs the whole model (a line per module: 240 for OFA-Base) before its one-line summary
+    # ("num. shared model params: N (num. trained: M)") and the plugin's trainable share; print(model) in
+    # Python (ofa_prompt.load_model) shows the modules
+    logging.getLogger("fairseq_cli.train").addFilter(_not_model_printout)  # once: addFilter skips a known one
+    # guard: the Trainer catalogs through the module-level function (fairseq 0.12)
+    catalog = getattr(fairseq.trainer, "_catalog_shared_params", None)
+    if catalog is not None and not getattr(catalog, "tensors_only", False) \
+            and "_catalog_shared_params(" in _source(Trainer.__init__):
+        fairseq.trainer._catalog_shared_params = _catalogs_tensors_only(catalog)
 
 
 # --- messages --------------------------------------------------------------------------------------------
@@ -256,5 +318,6 @@ def install():
     _write_prompt_only_checkpoints()
     _reinit_ema_without_ema_state()
     _safe_checkpoint_files()
+    _quiet_start_up()
     if not getattr(sys.excepthook, "one_line_input_errors", False):
         sys.excepthook = _one_line_input_errors(sys.excepthook)

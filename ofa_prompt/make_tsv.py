@@ -219,7 +219,6 @@ def row_checker(task: str) -> Callable[[List[str]], None]:
     LAYOUT, with the columns the task reads by default. check_row looks at a row's content only, so the task
     is made without its dictionary and BPE files; the state its __init__ would set for it is set empty (no
     SCST counting, no answer set to measure coverage against)."""
-    import ofa_prompt  # noqa: F401  (registers the tasks)
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
     cls = TASK_REGISTRY[task]
@@ -541,6 +540,8 @@ def main(argv=None):
                              "evaluation files), uniq_id the image_id")
     parser.add_argument("--log-every", type=int, default=10000, metavar="N", help="log progress every N rows")
     args = parser.parse_args(argv)
+    from . import load
+    load()  # the tasks' row checks: `python -m ofa_prompt.make_tsv` imports the package without the plugin
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         force=True)
     try:

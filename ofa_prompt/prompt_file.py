@@ -12,21 +12,49 @@ records the shapes it fits. safetensors runs no code on load, so files from stra
 and in Python, several prompt files on one loaded backbone: `attach_prompts(model, "caption.safetensors")`.
 """
 import argparse
-import json
-import logging
-import os
-from typing import Optional, Sequence, Union
+import sys
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
-from .atomic_file import atomic_path
-from .checkpoint import BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, saved_task, store_model_args
-from .models.stack import build_prompt_encoder
-from .models.config import config_from
-from .errors import InputError
-from .models.prompt import fold, unfold
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ofa_prompt.prompt_file", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="checkpoint -> prompt file (.safetensors)")
+    ex.add_argument("checkpoint")
+    ex.add_argument("out")
+    mg = sub.add_parser("merge", help="backbone checkpoint + prompt file -> one full checkpoint")
+    mg.add_argument("--backbone", required=True)
+    mg.add_argument("--prompts", required=True)
+    mg.add_argument("--out", required=True)
+    mg.add_argument("--force-backbone", action="store_true",
+                    help="merge even if the backbone differs from the one the prompts were tuned on")
+    return parser.parse_args(argv)
+
+
+# `python -m ofa_prompt.prompt_file`: --help and argument errors are answered before the imports below (torch,
+# fairseq: seconds); the command then runs in this module imported under its own name, and this copy ends here
+if __name__ == "__main__":
+    _args = parse_args()
+    from ofa_prompt import load
+    load()  # the plugin: checkpoints need it, and the package was imported without it to find this module
+    from ofa_prompt.prompt_file import run
+    sys.exit(run(_args))
+
+import json  # noqa: E402  (the imports below: after the command line's early answers above)
+import logging  # noqa: E402
+import os  # noqa: E402
+from typing import Optional, Sequence, Union  # noqa: E402
+
+import torch  # noqa: E402
+from safetensors import SafetensorError, safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from .atomic_file import atomic_path  # noqa: E402
+from .checkpoint import (  # noqa: E402
+    BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, saved_task, store_model_args)
+from .models.stack import build_prompt_encoder  # noqa: E402
+from .models.config import config_from  # noqa: E402
+from .errors import InputError  # noqa: E402
+from .models.prompt import fold, unfold  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +73,10 @@ def _stacks(cfg) -> dict:
 
 def _side_shape(stack) -> dict:
     return {"embed_dim": stack.embed_dim, "heads": stack.attention_heads, "num_layers": stack.layers}
+
+
+class NoPrompts(InputError, ValueError):
+    """A checkpoint without prompts, given where its prompts are wanted."""
 
 
 def export_prompts(checkpoint: str, out: str) -> dict:
@@ -68,7 +100,8 @@ def export_prompts(checkpoint: str, out: str) -> dict:
         meta["sides"][side] = {**_side_shape(stack), "length": module.length, "layers": module.layers,
                                **({"gated": True} if module.gate is not None else {})}
     if not meta["sides"]:
-        raise ValueError(f"{checkpoint} has no prompts (neither --encoder-prompt nor --decoder-prompt)")
+        raise NoPrompts(f"{checkpoint} has no prompts to export (it was trained without --encoder-prompt and "
+                        "--decoder-prompt): export a checkpoint of prompt tuning")
     if BACKBONE_KEY in state["model"]:
         meta["backbone"] = state["model"][BACKBONE_KEY]
     task, options = saved_task(state)
@@ -279,26 +312,14 @@ def _atomic(out: str, write):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m ofa_prompt.prompt_file", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("export", help="checkpoint -> prompt file (.safetensors)")
-    ex.add_argument("checkpoint")
-    ex.add_argument("out")
-    mg = sub.add_parser("merge", help="backbone checkpoint + prompt file -> one full checkpoint")
-    mg.add_argument("--backbone", required=True)
-    mg.add_argument("--prompts", required=True)
-    mg.add_argument("--out", required=True)
-    mg.add_argument("--force-backbone", action="store_true",
-                    help="merge even if the backbone differs from the one the prompts were tuned on")
-    a = parser.parse_args(argv)
-    if a.command == "export":
-        meta = export_prompts(a.checkpoint, a.out)
-        print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes): " + ", ".join(
+    run(parse_args(argv))
+
+
+def run(args: argparse.Namespace):
+    if args.command == "export":
+        meta = export_prompts(args.checkpoint, args.out)
+        print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes): " + ", ".join(
             f"{side} length {s['length']} on layers {s['layers']}" for side, s in meta["sides"].items()))
     else:
-        merge_prompts(a.backbone, a.prompts, a.out, a.force_backbone)
-        print(f"wrote {a.out} ({os.path.getsize(a.out)} bytes)")
-
-
-if __name__ == "__main__":
-    main()
+        merge_prompts(args.backbone, args.prompts, args.out, args.force_backbone)
+        print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)")

@@ -25,8 +25,16 @@ working directory; `base` paths are relative to the file that names them.
 An override `key=value` (value read as YAML) sets a top-level key, `section.key=value` an option of
 that section, and a bare option goes where the configuration already has it, else to `train`
 (`generate` with --generate).
+
+Option names are checked before fairseq starts (which takes seconds, then prints its whole usage for a name it
+does not know): against fairseq's (fairseq_options.txt, written by `write_fairseq_options`) and the plugin's (read
+from the --user-dir's source), with the nearest known name suggested.
 """
 import argparse
+import ast
+import difflib
+import functools
+import glob
 import json
 import os
 import re
@@ -52,6 +60,7 @@ SCALARS = {  # top-level key -> (allowed types, meaning)
 OWNED = {"task": "task", "arch": "arch", "user-dir": "user_dir", "finetune-from-model": "restore_file",
          "restore-file": "restore_file", "tuning-method": "tuning", "path": "the CHECKPOINT argument"}
 OPTION_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+FAIRSEQ_OPTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fairseq_options.txt")
 VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
 
@@ -116,6 +125,82 @@ def validate(raw: dict, source: str) -> dict:
             known = ", ".join(["base", *SCALARS, *SECTIONS])
             raise ConfigError(f"{source}: unknown key '{key}' (known keys: {known})")
     return out
+
+
+def _fairseq_options() -> set:
+    with open(FAIRSEQ_OPTIONS, encoding="utf-8") as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+
+def _source_options(folder: str) -> set:
+    """The option names a plugin's source defines, without importing it (fairseq's import takes seconds): its
+    classes' annotated fields (its config dataclasses; other classes' fields only make the check more lenient)
+    and the `--names` its add_args pass to add_argument."""
+    names = set()
+    for path in glob.glob(os.path.join(folder, "**", "*.py"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                names.update(item.target.id.replace("_", "-") for item in node.body
+                             if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name))
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+                names.update(arg.value[2:] for arg in node.args
+                             if isinstance(arg, ast.Constant) and str(arg.value).startswith("--"))
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def known_options(user_dir: str) -> frozenset:
+    return frozenset(_fairseq_options() | _source_options(user_dir))
+
+
+def check_option(name: str, user_dir: str, where: str):
+    """A ConfigError naming the nearest known option (or top-level key) unless `name` is an option of fairseq's
+    or of the plugin in `user_dir`."""
+    if name in known_options(user_dir):
+        return
+    keys = {key.replace("_", "-"): key for key in SCALARS}
+    match = difflib.get_close_matches(name, [*known_options(user_dir), *keys], n=1)
+    hint = ""
+    if match:
+        key = keys.get(match[0]) or (OWNED.get(match[0]) if OWNED.get(match[0]) in SCALARS else None)
+        hint = f"; did you mean the top-level key '{key}'?" if key else f"; did you mean '{match[0]}'?"
+    raise ConfigError(f"{where}: '{name}' is not an option of fairseq's or of the plugin's{hint}")
+
+
+def fairseq_option_names() -> set:
+    """Every option name of the installed fairseq's training and generation parsers and of all its registered
+    components (tasks, models, criteria, optimizers, schedulers, ...), the plugin's left out. Imports fairseq."""
+    from fairseq import options
+    from fairseq.dataclass.utils import gen_parser_from_dataclass
+    from fairseq.models import MODEL_REGISTRY
+    from fairseq.registry import REGISTRIES
+    from fairseq.tasks import TASK_REGISTRY
+
+    parsers = [options.get_training_parser(), options.get_generation_parser()]
+    components = [*TASK_REGISTRY.values(), *MODEL_REGISTRY.values(),
+                  *(c for registry in REGISTRIES.values() for c in registry["registry"].values())]
+    for component in components:
+        if component.__module__.split(".")[0] == __name__.split(".")[0]:
+            continue
+        parser = argparse.ArgumentParser(conflict_handler="resolve")
+        if hasattr(component, "add_args"):
+            component.add_args(parser)
+        elif getattr(component, "__dataclass", None) is not None:
+            gen_parser_from_dataclass(parser, component.__dataclass())
+        parsers.append(parser)
+    return {name[2:] for parser in parsers for action in parser._actions for name in action.option_strings
+            if name.startswith("--")}
+
+
+def write_fairseq_options(path: str = FAIRSEQ_OPTIONS):
+    """Rewrite fairseq_options.txt from the installed fairseq (after upgrading it)."""
+    import fairseq
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"# option names of fairseq {fairseq.__version__}: ofa_prompt.yaml_config.write_fairseq_options()\n")
+        f.write("".join(f"{name}\n" for name in sorted(fairseq_option_names())))
 
 
 def merge(parent: dict, child: dict) -> dict:
@@ -243,9 +328,20 @@ def generate_command(cfg: dict, checkpoint: str, source: str = "configuration") 
             + option_args(cfg.get("generate", {}), f"{source}: generate"))
 
 
+def check_options(cfg: dict, overrides: List[str], mode: str, source: str):
+    """The options that reach fairseq-train (`mode` train) or fairseq-generate, each named by the override that set
+    it, else by the configuration."""
+    set_by = {item.split("=", 1)[0].rpartition(".")[2].replace("_", "-"): item for item in overrides}
+    user_dir = _user_dir(cfg, source)
+    for section in ("task_options", mode):
+        for name in cfg.get(section, {}):
+            check_option(name, user_dir, f"override {set_by[name]!r}" if name in set_by else f"{source}: {section}")
+
+
 def build_command(config_path: str, overrides: List[str] = (), checkpoint: Optional[str] = None) -> List[str]:
     mode = "train" if checkpoint is None else "generate"
     cfg = apply_overrides(load(config_path), list(overrides), mode)
+    check_options(cfg, list(overrides), mode, config_path)
     if checkpoint is None:
         return train_command(cfg, config_path)
     return generate_command(cfg, checkpoint, config_path)

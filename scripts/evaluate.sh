@@ -13,6 +13,8 @@ errors=$(mktemp)
 command=$(python3 "$(dirname "$0")/../ofa_prompt/yaml_config.py" --generate "$checkpoint" "$config" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
 rm -f "$errors"
 echo "+ $command"
+# fairseq's import prints torch's deprecation of the torch.jit.script that fairseq's modules apply (not your code)
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:\`torch.jit.script\` is deprecated:FutureWarning"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 eval "$command" 2>&1 | tee "$log"

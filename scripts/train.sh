@@ -11,4 +11,6 @@ errors=$(mktemp)
 command=$(python3 "$(dirname "$0")/../ofa_prompt/yaml_config.py" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
 rm -f "$errors"
 echo "+ $command"
+# fairseq's import prints torch's deprecation of the torch.jit.script that fairseq's modules apply (not your code)
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:\`torch.jit.script\` is deprecated:FutureWarning"
 eval "$command"

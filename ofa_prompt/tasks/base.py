@@ -29,7 +29,7 @@ from ..data.image import CachedImage, decode_image, image_size_of, normalized, t
 from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
 from ..errors import InputError
-from ..fairseq_compat import bf16_without_tpu, stop_after_update_on_sigterm
+from ..fairseq_compat import bf16_without_tpu, stop_after_update_on_sigint, stop_after_update_on_sigterm
 from ..file_version import check_unchanged, file_version
 from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
@@ -210,6 +210,8 @@ class OFATask(FairseqTask):
         if not cfg.bpe_dir:
             raise ValueError(f"--bpe-dir is required by --task {cls.__name__}: the folder holding OFA's dict.txt "
                              "(fairseq-generate also takes bpe_dir from --model-overrides, as OFA's scripts pass it)")
+        check_bpe_dir(cfg.bpe_dir, cfg.text_tokenizer)
+        check_precision(cfg)
         dictionary = build_ofa_dictionary(os.path.join(cfg.bpe_dir, "dict.txt"), cfg.code_dict_size, cfg.num_bins)
         logger.info("dictionary: %d types", len(dictionary))
         _skip_valid_folder_check(cfg)
@@ -415,6 +417,7 @@ class OFATask(FairseqTask):
             if isinstance(self.cfg, DictConfig):  # fairseq-train's whole configuration is its root
                 plan_lr_schedule(self, self.cfg._get_root())
                 stop_after_update_on_sigterm(self.cfg._get_root())
+                stop_after_update_on_sigint(self.cfg._get_root())
         if from_checkpoint:
             # fairseq builds the models of --path in order, each after reading its checkpoint (its weights are
             # loaded next): the file must be the version whose settings this task took
@@ -558,6 +561,38 @@ def generation_options(option: str, text: str) -> dict:
     if not isinstance(options, dict):
         raise ValueError(f"{option}={text!r}: expected a JSON object like '{{\"beam\": 5}}'")
     return options
+
+
+def check_bpe_dir(bpe_dir: str, tokenizer: str):
+    """--bpe-dir must hold what the dictionary and the tokenizer read, before anything is built from it."""
+    needed = ("dict.txt", "encoder.json", "vocab.bpe") if tokenizer == "gpt2" else ("dict.txt",)
+    remedy = f"give the folder holding OFA's {', '.join(needed)} (OFA's utils/BPE)"
+    if not os.path.isdir(bpe_dir):
+        raise SettingsError(f"--bpe-dir {bpe_dir}: no such folder; {remedy}")
+    missing = [name for name in needed if not os.path.isfile(os.path.join(bpe_dir, name))]
+    if missing:
+        words = "; a word vocabulary needs only dict.txt (--text-tokenizer word)" if tokenizer == "gpt2" else ""
+        raise SettingsError(f"--bpe-dir {bpe_dir} has no {', '.join(missing)}: {remedy}{words}")
+
+
+def check_precision(task_cfg):
+    """--fp16 (the paper configurations' default) needs a CUDA GPU: without one fairseq-train fails after building
+    the model ("Found no NVIDIA driver") and fairseq-generate on the first batch (a FloatTensor input to a half
+    model). Refused here, at the task's set-up, which both run before anything else."""
+    root = task_cfg._get_root() if isinstance(task_cfg, DictConfig) else None
+    common = root.get("common") if root is not None and "common" in root else None
+    if common is None or not (common.get("fp16") or common.get("memory_efficient_fp16")):
+        return
+    if common.get("cpu"):
+        where = "with --cpu"
+    elif not torch.cuda.is_available():
+        where = "and torch finds no CUDA GPU here"
+    else:
+        return
+    raise SettingsError(f"--fp16 runs in half precision on a CUDA GPU, {where}: leave it out (a YAML configuration "
+                        "of scripts/train.sh or evaluate.sh: the override fp16=false) and run with --cpu, or compute "
+                        "in bfloat16 on the CPU with --autocast bf16 (fairseq-generate: --model-overrides "
+                        "\"{'autocast': 'bf16'}\")")
 
 
 def data_files(data: str):
