@@ -51,7 +51,7 @@ def make_norm(kind: str):
 class ResNet(nn.Module):
     """Stem + layer1..layer3 of a bottleneck ResNet; returns [B, 1024, H/16, W/16]."""
 
-    out_channels = 1024
+    out_channels, stride = 1024, 16  # an image of P px gives ceil(P / 16) x ceil(P / 16) features
 
     def __init__(self, layers=(3, 4, 6), norm: str = "batch", drop_path_rate: float = 0.0):
         super().__init__()
