@@ -104,7 +104,9 @@ def test_mixed_decodes_each_request_with_its_files_settings(files, model, monkey
     outputs = model.mixed(given)
     assert sorted(searches) == [2, 4, 10]
     assert outputs == [alone(model, r) for r in given]
-    for name in SETTINGS:  # each setting changes what its prompts give: a mix that dropped it would differ
+    # each setting changes what its prompts give, so a mix that dropped it would differ (lenpen does not change
+    # these outputs: their beams end at one length; it is covered by the equality above only)
+    for name in (n for n in SETTINGS if n != "caption_lenpen"):
         base = name.split("_")[0]
         assert [alone(model, request(files, name, im)) for im in IMAGES[:2]] \
             != [alone(model, request(files, base, im)) for im in IMAGES[:2]], name
