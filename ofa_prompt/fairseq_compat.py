@@ -294,10 +294,23 @@ def _quiet_start_up():
 
 
 # --- messages --------------------------------------------------------------------------------------------
+def input_error_within(error: BaseException):
+    """The InputError that `error` is, or that it was raised while handling: fairseq's Trainer turns whatever
+    loading a checkpoint raises into "Cannot load model parameters from checkpoint ...", which says less."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, InputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _one_line_input_errors(previous):
     def hook(kind, value, traceback):
-        if isinstance(value, InputError) and not os.environ.get("OFA_PROMPT_TRACEBACK"):
-            print(f"{os.path.basename(sys.argv[0] or 'python')}: error: {value}", file=sys.stderr)
+        found = input_error_within(value)
+        if found is not None and not os.environ.get("OFA_PROMPT_TRACEBACK"):
+            print(f"{os.path.basename(sys.argv[0] or 'python')}: error: {found}", file=sys.stderr)
         else:
             previous(kind, value, traceback)
 

@@ -50,7 +50,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from .atomic_file import atomic_path  # noqa: E402
 from .checkpoint import (  # noqa: E402
-    BACKBONE_KEY, file_fingerprint, model_args, read_checkpoint, saved_task, store_model_args)
+    BACKBONE_KEY, CHECKPOINT_USES, WrongFileKind, file_fingerprint, file_kind, model_args, read_checkpoint, saved_task,
+    store_model_args)
 from .models.stack import build_prompt_encoder  # noqa: E402
 from .models.config import config_from  # noqa: E402
 from .errors import InputError  # noqa: E402
@@ -151,18 +152,29 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+class PromptFileError(InputError, ValueError):
+    """A prompt file that cannot be read or does not hold what its metadata says."""
+
+
+class PromptFileNotFound(InputError, FileNotFoundError):
+    pass
+
+
 def read_prompts(path: str):
     """(per-side {layer: (key, value)}, metadata) of a prompt file, validated."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"prompt file not found: {path}")
+        raise PromptFileNotFound(f"prompt file not found: {path}")
+    if file_kind(path) == "torch":
+        raise WrongFileKind(f"{path} is a torch file (as torch.save writes a fairseq checkpoint), not a prompt "
+                            f"file: {CHECKPOINT_USES}")
     try:
         with safe_open(path, framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("ofa_prompt", "null"))
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"cannot read prompt file {path}: {e}") from e
+        raise PromptFileError(f"cannot read prompt file {path}: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ofa_prompt prompt file (metadata 'ofa_prompt' with format {FORMAT})")
+        raise PromptFileError(f"{path} is not an ofa_prompt prompt file (metadata 'ofa_prompt' with format {FORMAT})")
     _check_metadata(path, meta)
     kv = {}
     for side, info in meta["sides"].items():
@@ -170,7 +182,7 @@ def read_prompts(path: str):
         try:
             kv[side] = {layer: tuple(tensors[f"{side}.{layer}.{name}"] for name in names) for layer in info["layers"]}
         except KeyError as e:
-            raise ValueError(f"{path}: tensor {e} listed in its metadata is missing")
+            raise PromptFileError(f"{path}: tensor {e} listed in its metadata is missing") from None
         shape = (info["heads"], info["length"], info["embed_dim"] // info["heads"])
         shapes = (shape, shape, (info["heads"],))
         bad = [layer for layer, prefix in kv[side].items() if any(tuple(t.shape) != want for t, want in zip(prefix, shapes))]
@@ -183,7 +195,7 @@ def read_prompts(path: str):
 def _check_metadata(path: str, meta: dict):
     """The record export_prompts writes, or a ValueError naming the file (not a KeyError further on)."""
     def bad(what):
-        return ValueError(f"{path}: malformed prompt file metadata: {what}")
+        return PromptFileError(f"{path}: malformed prompt file metadata: {what}")
 
     def count(value, least):
         return type(value) is int and value >= least
