@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -326,13 +327,36 @@ def run_commands(run: Run, quick: bool, backbone: str):
     return save, train, generate
 
 
+SOURCES = ("ofa_prompt", "experiments")
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest(root: str = REPO) -> str:
+    """sha1 of the Python source under ofa_prompt/ and experiments/ (paths and contents): part of every stored
+    run's key, so that a change of the code that trains or scores runs makes the store train them again."""
+    digest = hashlib.sha1()
+    for top in SOURCES:
+        for folder, _, files in sorted(os.walk(os.path.join(root, top))):  # sorted: the same order everywhere
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    digest.update(f.read() + b"\0")
+    return digest.hexdigest()
+
+
+def run_key(train: List[str], generate: List[str], backbone: str) -> str:
+    """What a stored run must match to be reused: its commands, its backbone file and the source code."""
+    return hashlib.sha1(json.dumps([train, generate, os.path.getmtime(backbone), source_digest()]).encode()).hexdigest()
+
+
 def execute(run: Run, quick: bool, threads: Optional[int] = None) -> dict:
     """Train and score `run`, or return its stored result when the same commands (and the same backbone
-    file) ran before. The result: test score, validation curve, updates per epoch, parameter counts,
+    file) ran before with the same source code (source_digest). The result: test score, validation curve, updates per epoch, parameter counts,
     seconds of training, checkpoint."""
     backbone = run.backbone(quick)
     save, train, generate = run_commands(run, quick, backbone)
-    key = hashlib.sha1(json.dumps([train, generate, os.path.getmtime(backbone)]).encode()).hexdigest()
+    key = run_key(train, generate, backbone)
     done = save + ".json"
     if os.path.isfile(done):
         with open(done) as f:
@@ -400,6 +424,92 @@ def pm(values: Sequence[float], digits: int = 4) -> str:
     return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def welch(a: Sequence[float], b: Sequence[float]):
+    """Welch's t statistic of mean(a) - mean(b) and its Welch-Satterthwaite degrees of freedom. Two samples
+    without any spread give t = +-inf (or 0 where the means are equal) with the pooled df."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"Welch's t-test needs at least two values per group, got {len(a)} and {len(b)}")
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    va, vb = sa * sa / len(a), sb * sb / len(b)
+    if va + vb == 0:
+        return (0.0 if ma == mb else math.copysign(math.inf, ma - mb)), float(len(a) + len(b) - 2)
+    df = (va + vb) ** 2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
+    return (ma - mb) / math.sqrt(va + vb), df
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz's method)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
+    if not (a > 0 and b > 0 and 0 <= x <= 1):
+        raise ValueError(f"incomplete_beta needs a, b > 0 and 0 <= x <= 1, got a={a}, b={b}, x={x}")
+    if x in (0.0, 1.0):
+        return x
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):  # where the fraction converges fast; else by the symmetry I_x(a, b) = 1 - I_1-x(b, a)
+        return front * _beta_fraction(a, b, x) / a
+    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom (df > 0, not necessarily whole)."""
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * incomplete_beta(df / 2, 0.5, df / (df + t * t))  # P(T > |t|)
+    return 1.0 - tail if t > 0 else tail
+
+
+def welch_test(a: Sequence[float], b: Sequence[float]):
+    """(t, df, two-sided p) of Welch's t-test of a against b."""
+    t, df = welch(a, b)
+    return t, df, 2.0 * t_cdf(-abs(t), df)
+
+
+ALPHA = 0.05
+
+
+def verdict(a: Sequence[float], b: Sequence[float], names=("higher", "lower")) -> str:
+    """Welch's t-test at ALPHA written out: 'higher'/'lower' (a against b) or 'no significant difference', with
+    t, df and p; not tested where a group has a single value."""
+    if len(a) < 2 or len(b) < 2:
+        return "not tested (one seed)"
+    t, df, p = welch_test(a, b)
+    word = "no significant difference" if p >= ALPHA else names[0] if t > 0 else names[1]
+    return f"{word} (t={t:.2f}, df={df:.1f}, p{'<0.001' if p < 0.001 else f'={p:.3f}'})"
+
+
+def shares_of_finetuning(scores: Sequence[float], finetunes: Sequence[float], baseline: float) -> List[float]:
+    """share_of_finetuning seed by seed (scores and finetunes of the same seeds), leaving out the seeds where
+    finetuning scored exactly the baseline (a few updates in --quick runs): there the share has no meaning."""
+    if len(scores) != len(finetunes):
+        raise ValueError(f"{len(scores)} scores against {len(finetunes)} finetuning scores: one per seed each")
+    return [share_of_finetuning(m, baseline, f) for m, f in zip(scores, finetunes) if f != baseline]
+
+
+def share_of_finetuning(score: float, baseline: float, finetune: float) -> float:
+    """How far a method gets from the task's trivial baseline towards finetuning: (score - baseline) /
+    (finetune - baseline); 0 is the baseline, 1 finetuning."""
+    if finetune == baseline:
+        raise ValueError(f"finetuning scored the trivial baseline's {baseline}: no share of it can be measured")
+    return (score - baseline) / (finetune - baseline)
+
+
 def relative_drop(clean: float, attacked_score: float) -> float:
     """The share of the clean score an attack takes away (negative when the attack helped)."""
     if clean <= 0:
@@ -451,35 +561,52 @@ class Series:
         return [mean_std(v)[1] if v else math.nan for v in self.values]
 
 
-def plot(path, title, series: Dict[str, Series], xlabel, ylabel, kind="line", xticks=None, logx=False, axes=None):
-    """Lines (or grouped bars over `xticks`) with error bars of one standard deviation over seeds."""
+def _short(n: float) -> str:
+    """4190344 -> '4.2M': tick labels of parameter counts that do not run into each other."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:g}"
+
+
+def plot(path, title, series: Dict[str, Series], xlabel, ylabel, kind="line", xticks=None, logx=False, axes=None,
+         baseline: Optional[float] = None):
+    """Lines (or grouped bars over `xticks`) with error bars of one standard deviation over seeds, and the task's
+    trivial `baseline` as a dashed line. On a log x axis the ticks are the data's own x values, labelled short
+    (the default minor labels of a narrow log range overlap). The legend sits beside the plot, off the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
     own = axes is None
     if own:
-        fig, axes = plt.subplots(figsize=(7 if kind == "bar" else 6, 4))
+        fig, axes = plt.subplots(figsize=(8, 4))
     ax = axes
     if kind == "bar":
         width = 0.8 / max(len(series), 1)
         for i, (label, s) in enumerate(series.items()):
             ax.bar([x + i * width for x in range(len(s.values))], s.means(), width, yerr=s.errors(), capsize=3,
                    label=label)
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(xticks))], xticks)
+        # slanted: the labels of several settings ("encoder only", "bottom layer", ...) would run into each other
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(xticks))], xticks,
+                      **(dict(rotation=25, ha="right") if len(xticks) > 2 else {}))
     else:
         for label, s in series.items():
             ax.errorbar(s.xs, s.means(), yerr=s.errors(), marker="o", capsize=3, label=label)
         if logx:
             ax.set_xscale("log")
+            xs = sorted({x for s in series.values() for x in s.xs})
+            ax.xaxis.set_major_locator(FixedLocator(xs))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(FixedFormatter([_short(x) for x in xs]))
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", linewidth=1, label="trivial baseline", zorder=3)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if kind == "bar":  # beside the plot: bars fill the whole height
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    else:
-        ax.legend(fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     if own:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
@@ -495,7 +622,7 @@ def plot_grid(path, panels):
 
     cols = min(len(panels), 2)
     rows = math.ceil(len(panels) / cols)
-    fig, grid = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    fig, grid = plt.subplots(rows, cols, figsize=(8 * cols, 4 * rows), squeeze=False)  # room for the legends
     for ax, panel in zip(grid.flat, panels):
         plot(None, axes=ax, **panel)
     for ax in list(grid.flat)[len(panels):]:
@@ -527,3 +654,20 @@ def settings(a, study: str, updates=200, every=25):
 
 def command_line(script: str, argv) -> str:
     return f"python experiments/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def original_args(ap, out: str, extra: Sequence[str]):
+    """The parsed arguments of the command that made the study in folder `out` (its results.md says which), with
+    `extra` after them: tables and notes remade with --from-results keep the settings the runs had."""
+    first = remade_command_line(out, "-", []).split("`")[0]
+    return ap.parse_args([*shlex.split(first)[2:], *extra])
+
+
+def remade_command_line(out: str, script: str, argv) -> str:
+    """The command that made a study's runs (from its results.md), then the one that remade its table and plots
+    from results.json: what save_results writes as "Made with `...`"."""
+    made = re.search(r"^Made with `(.*)`\.$", read_text(os.path.join(out, "results.md")) or "", re.M)
+    if made is None:
+        raise ValueError(f"{out}/results.md does not say which command made it")
+    first = made.group(1).split("`; table and plots remade")[0]
+    return f"{first}`; table and plots remade from its results.json with `{command_line(script, argv)}"

@@ -6,12 +6,15 @@ the synthetic benchmark's four downstream tasks, each with several seeds.
 Each run validates by generation every --every updates (OFA's --eval-cider / --eval-acc, greedy) and keeps
 checkpoint_best.pt; the test split is scored on that checkpoint with fairseq-generate (beam 5).
 """
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baselines import DESCRIPTION, baseline  # noqa: E402
 from common import (METHODS, SIZES, TASKS, Series, best_point, cli, command_line, execute_all, log,  # noqa: E402
-                    mean_std, method_run, plot_grid, pm, save_results, settings)
+                    mean_std, method_run, plot_grid, pm, original_args, remade_command_line, save_results, settings,
+                    shares_of_finetuning, verdict)
 
 
 def method_runs(tasks, methods, seeds, updates, every, size="micro", matched_loss=None):
@@ -19,42 +22,66 @@ def method_runs(tasks, methods, seeds, updates, every, size="micro", matched_los
             for task in tasks for method in methods for seed in seeds]
 
 
-def shares(results, task, method, seeds, size, updates, every, matched_loss=None):
-    """A method's test score over finetuning's, seed by seed (the same seed's finetuning run)."""
-    def score(m, seed):
-        return results[method_run(task, m, updates, every, seed, size, matched_loss)]["score"]
-    return [score(method, s) / score("finetune", s) for s in seeds if score("finetune", s) > 0]
-
-
-def summarize(results, tasks, methods, seeds, updates, every, size="micro"):
-    """Rows of the comparison table and the per-seed values behind them."""
-    rows, per_seed = [], {}
+def per_seed_values(results, tasks, methods, seeds, updates, every, size="micro"):
+    """{task/method: the per-seed values behind a table row} of the stored runs."""
+    per_seed = {}
     for task in tasks:
         for method in methods:
             rs = [results[method_run(task, method, updates, every, s, size)] for s in seeds]
-            scores = [r["score"] for r in rs]
             best = [best_point(r["curve"]) for r in rs]
-            share = shares(results, task, method, seeds, size, updates, every) if "finetune" in methods else []
-            per_seed[f"{task}/{method}"] = dict(score=scores, share=share, best_valid=[b[1] for b in best],
-                                                 updates_to_best=[b[0] for b in best], seconds=[r["seconds"] for r in rs])
-            n, total = rs[0]["trained"], rs[0]["total"]
-            rows.append([task, method, TASKS[task]["metric"], pm(scores), pm(share, 2) if share else "-",
-                         f"{min(scores):.4f} .. {max(scores):.4f}", f"{n:,} ({100 * n / total:.2f}%)",
-                         pm([b[1] for b in best]), pm([b[0] for b in best], 0),
-                         f"{mean_std([r['seconds'] for r in rs])[0]:.0f}"])
-    return rows, per_seed
+            per_seed[f"{task}/{method}"] = dict(
+                score=[r["score"] for r in rs], best_valid=[b[1] for b in best], updates_to_best=[b[0] for b in best],
+                seconds=[r["seconds"] for r in rs], trainable=f"{rs[0]['trained']:,} "
+                                                              f"({100 * rs[0]['trained'] / rs[0]['total']:.2f}%)")
+    return per_seed
 
 
-HEADER = ["task", "method", "metric", "test score (mean ± sd)", "share of finetuning", "seed range",
-          "trainable parameters", "best validation score", "updates to best", "train seconds"]
+def summarize(per_seed, tasks, methods, baselines):
+    """Rows of the comparison table from the per-seed values, each task's trivial baseline first; shares of
+    finetuning seed by seed (stored into per_seed) and Welch's t-test of each method against finetuning."""
+    rows = []
+    for task in tasks:
+        metric = TASKS[task]["metric"]
+        rows.append([task, f"trivial baseline: {DESCRIPTION[task]}", metric, f"{baselines[task]:.4f}", "0", "-", "-",
+                     "0", "-", "-", "-"])
+        ft = per_seed[f"{task}/finetune"]["score"] if "finetune" in methods else None
+        for method in methods:
+            v = per_seed[f"{task}/{method}"]
+            scores = v["score"]
+            if ft is not None:
+                v["share"] = shares_of_finetuning(scores, ft, baselines[task])
+            test = verdict(scores, ft, ("above finetuning", "below finetuning")) if ft and method != "finetune" else "-"
+            rows.append([task, method, metric, pm(scores), pm(v["share"], 2) if ft else "-", test,
+                         f"{min(scores):.4f} .. {max(scores):.4f}", v["trainable"], pm(v["best_valid"]),
+                         pm(v["updates_to_best"], 0), f"{mean_std(v['seconds'])[0]:.0f}"])
+    return rows
 
 
-def plot_methods(path, tasks, methods, per_seed, title):
-    """One panel per task (its own metric), a bar per method with the seeds' standard deviation."""
+HEADER = ["task", "method", "metric", "test score (mean ± sd)", "share of finetuning from the baseline",
+          "against finetuning (Welch's t-test, 0.05)", "seed range", "trainable parameters", "best validation score",
+          "updates to best", "train seconds"]
+
+
+def plot_methods(path, tasks, methods, per_seed, title, baselines):
+    """One panel per task (its own metric), a bar per method with the seeds' standard deviation and the task's
+    trivial baseline as a line."""
     panels = [dict(title=f"{task} ({title})", xlabel="method", ylabel=TASKS[task]["metric"], kind="bar",
-                   xticks=[""], series={m: Series([0], [per_seed[f"{task}/{m}"]["score"]]) for m in methods})
+                   xticks=[""], series={m: Series([0], [per_seed[f"{task}/{m}"]["score"]]) for m in methods},
+                   baseline=baselines[task])
               for task in tasks]
     plot_grid(path, panels)
+
+
+def stored_per_seed(out: str):
+    """The per-seed values of an earlier results.json (tables and plots remade without training); its rows give
+    the trainable parameters where the per-seed values lack them."""
+    with open(os.path.join(out, "results.json")) as f:
+        stored = json.load(f)
+    column = stored["header"].index("trainable parameters")
+    trainable = {f"{r[0]}/{r[1]}": r[column] for r in stored["rows"]}
+    for key, v in stored["per_seed"].items():
+        v.setdefault("trainable", trainable[key])
+    return stored
 
 
 def main(argv=None):
@@ -62,20 +89,38 @@ def main(argv=None):
     ap.add_argument("--size", default="micro", choices=list(SIZES))
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--from-results", action="store_true",
+                    help="remake table and plot from the output folder's results.json, without training")
     a = ap.parse_args(argv)
+    if a.from_results:  # the settings of the runs behind the stored results
+        out = settings(a, "compare_methods")[3]
+        a = original_args(ap, out, ["--out", out, "--from-results"])
     updates, every, seeds, out = settings(a, "compare_methods")
-    runs = method_runs(a.tasks, a.methods, seeds, updates, every, a.size)
-    log(f"{len(runs)} runs ({a.size} backbone, seeds {seeds}, {updates} updates each)")
-    results = execute_all(runs, a.quick, a.workers)
-    rows, per_seed = summarize(results, a.tasks, a.methods, seeds, updates, every, a.size)
-    save_results(out, f"Method comparison ({a.size} backbone)", rows, HEADER,
-                 f"The {a.size} OFA backbone pretrained on the synthetic pretraining mix, tuned {updates} updates per "
+    if a.from_results:
+        stored = stored_per_seed(out)
+        per_seed, seeds, size = stored["per_seed"], stored["seeds"], stored["size"]
+        tasks = list(dict.fromkeys(k.split("/")[0] for k in per_seed))
+        methods = list(dict.fromkeys(k.split("/")[1] for k in per_seed))
+    else:
+        tasks, methods, size = a.tasks, a.methods, a.size
+        runs = method_runs(tasks, methods, seeds, updates, every, size)
+        log(f"{len(runs)} runs ({size} backbone, seeds {seeds}, {updates} updates each)")
+        per_seed = per_seed_values(execute_all(runs, a.quick, a.workers), tasks, methods, seeds, updates, every, size)
+    baselines = {task: baseline(task, "test", a.quick) for task in tasks}
+    rows = summarize(per_seed, tasks, methods, baselines)
+    save_results(out, f"Method comparison ({size} backbone)", rows, HEADER,
+                 f"The {size} OFA backbone pretrained on the synthetic pretraining mix, tuned {updates} updates per "
                  f"run on each downstream task (batch 32), validated (greedy) every {every} updates; the test split "
                  f"is scored on the best validation checkpoint by fairseq-generate (beam 5). Seeds {seeds}: mean ± "
-                 "sample standard deviation; the share of finetuning is taken seed by seed. Seconds are wall time of "
-                 f"fairseq-train, {a.workers} runs at a time on 2 cores.",
-                 command_line("compare_methods.py", argv), extra=dict(per_seed=per_seed, seeds=seeds, size=a.size))
-    plot_methods(os.path.join(out, "methods.png"), a.tasks, a.methods, per_seed, f"{a.size}, {len(seeds)} seeds")
+                 "sample standard deviation. Each task's trivial baseline (experiments/baselines.py) is scored on the "
+                 "same test split; the share of finetuning is (method - baseline) / (finetune - baseline), seed by seed "
+                 "(0: the baseline, 1: finetuning; negative: below the baseline). Verdicts: Welch's t-test of the "
+                 "seeds' test scores against finetuning's, two-sided at 0.05. Seconds are wall time of fairseq-train, "
+                 f"{a.workers} runs at a time on 2 cores.",
+                 remade_command_line(out, "compare_methods.py", argv) if a.from_results
+                 else command_line("compare_methods.py", argv),
+                 extra=dict(per_seed=per_seed, seeds=seeds, size=size, baselines=baselines))
+    plot_methods(os.path.join(out, "methods.png"), tasks, methods, per_seed, f"{size}, {len(seeds)} seeds", baselines)
     return per_seed
 
 

@@ -9,19 +9,27 @@ Starts (--prompt-init): `random` (OFA's), `vocab`, `activations`; `pretrained`: 
 pretraining mix with the backbone frozen (the paper's "prompt learning during pretraining", its future work),
 exported with `python -m ofa_prompt.prompt_file export` and used to start every downstream prompt;
 `transfer`: the prompt file another task tuned (SPoT-style), same seed; `lr0.1`: random start with a 3x
-learning rate.
+learning rate. The cheap remedies of the model (random start): `gate` (--prompt-gate, zero-init gated prompt
+attention), `residual` (--prompt-residual, E + MLP(E)), `no-dropout` (--no-backbone-dropout) and `remedies` (all
+three), e.g. `--tasks caption refcoco --inits random gate residual no-dropout remedies --workers 1`.
 """
 import hashlib
+import json
 import os
 import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baselines import DESCRIPTION, baseline  # noqa: E402
 from common import (METHODS, PRETRAIN_CONFIG, SIZES, TASKS, Run, Series, build_command, cli,  # noqa: E402
                     command_line, ensure_backbone, execute_all, first_reaching, log, mean_std, method_run, plot_grid, pm,
-                    read_text, run_logged, save_results, settings, store_dir)
+                    original_args, read_text, remade_command_line, run_logged, save_results, settings,
+                    store_dir, verdict)
 
-INITS = ["random", "vocab", "activations", "pretrained", "transfer", "lr0.1"]
+REMEDIES = {"gate": ["train.prompt-gate=true"], "residual": ["train.prompt-residual=true"],
+            "no-dropout": ["train.no-backbone-dropout=true"]}
+REMEDIES["remedies"] = [option for options in REMEDIES.values() for option in options]
+INITS = ["random", "vocab", "activations", "pretrained", "transfer", "lr0.1", *REMEDIES]
 # the task whose tuned prompt starts each task's prompt under `transfer`
 TRANSFER_FROM = {"caption": "vqa", "vqa": "caption", "refcoco": "caption", "snli_ve": "vqa"}
 
@@ -65,6 +73,8 @@ def init_run(task, init, seed, updates, every, size, start_file=None) -> Run:
         return method_run(task, "prompt", updates, every, seed, size)
     if init == "lr0.1":
         return Run(task, "prompt_lr0.1", tuple(METHODS["prompt"] + ["train.lr=0.1"]), updates, every, seed, size)
+    if init in REMEDIES:
+        return Run(task, f"prompt_{init}", tuple(METHODS["prompt"] + REMEDIES[init]), updates, every, seed, size)
     start = start_file or init
     label = f"prompt_init-{init}" + (f"-{digest(start_file)}" if start_file else "")
     return Run(task, label, tuple(METHODS["prompt"] + [f"train.prompt-init={start}"]), updates, every, seed, size)
@@ -76,8 +86,25 @@ def main(argv=None):
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--inits", nargs="+", default=INITS[:5], choices=INITS)
     ap.add_argument("--pretrain-updates", type=int, help="updates of prompt pretraining (default 600, quick 3)")
+    ap.add_argument("--from-results", action="store_true",
+                    help="remake table and plot from the output folder's results.json, without training")
     a = ap.parse_args(argv)
     updates, every, seeds, out = settings(a, "convergence")
+    if a.from_results:  # the runs' own settings, and their curves and test scores as stored
+        a = original_args(ap, out, ["--out", out, "--from-results"])
+        updates, every, _, out = settings(a, "convergence")
+        with open(os.path.join(out, "results.json")) as f:
+            stored = json.load(f)
+        seeds = stored["seeds"]
+        outcomes = {tuple(key.split("/")): [dict(curve=c, score=t) for c, t in zip(v["curves"], v["test"])]
+                    for key, v in stored["per_seed"].items()}
+    else:
+        outcomes = train_all(a, updates, every, seeds)
+    return write_tables(a, argv, outcomes, updates, every, seeds, out)
+
+
+def train_all(a, updates, every, seeds):
+    """{(task, label): [result of each seed]} of finetuning ("finetune") and each prompt start ("prompt, <init>")."""
     quick, size = a.quick, a.size
     ft = [method_run(t, "finetune", updates, every, s, size) for t in a.tasks for s in seeds]
     first = [init_run(t, i, s, updates, every, size) for t in a.tasks for s in seeds
@@ -103,40 +130,62 @@ def main(argv=None):
     def run_of(t, s, i):
         return start_of.get((t, s, i)) or init_run(t, i, s, updates, every, size)
 
-    rows, panels, per_seed = [], [], {}
-    for t in a.tasks:
-        ft_best = [max(p[1] for p in results[r]["curve"]) for r in ft if r.task == t]
+    outcomes = {(t, "finetune"): [results[r] for r in ft if r.task == t] for t in a.tasks}
+    outcomes.update({(t, f"prompt, {i}"): [results[run_of(t, s, i)] for s in seeds] for t in a.tasks for i in a.inits})
+    return outcomes
+
+
+def write_tables(a, argv, outcomes, updates, every, seeds, out):
+    """The convergence table and plot from {(task, label): [result of each seed]}."""
+    rows, panels, per_seed, baselines = [], [], {}, {}
+    tasks = list(dict.fromkeys(t for t, _ in outcomes))
+    for t in tasks:
+        ft_best = [max(p[1] for p in r["curve"]) for r in outcomes[t, "finetune"]]
         target = 0.95 * mean_std(ft_best)[0]
-        ft_reach = [first_reaching(results[r]["curve"], target) for r in ft if r.task == t]
+        ft_reach = [first_reaching(r["curve"], target) for r in outcomes[t, "finetune"]]
         ft_updates = mean_std([p[0] for p in ft_reach if p])[0] if any(ft_reach) else None
+        baselines[t] = {split: baseline(t, split, a.quick) for split in ("valid", "test")}
+        rows.append([t, f"trivial baseline: {DESCRIPTION[t]}", "-", "-", "-", "-", f"{baselines[t]['valid']:.4f}", "-",
+                     f"{baselines[t]['test']:.4f}", "-", "-"])
+        plain = [r["score"] for r in outcomes[t, "prompt, random"]] if (t, "prompt, random") in outcomes else None
         series = {}
-        for label, runs in [("finetune", [r for r in ft if r.task == t])] + \
-                [(f"prompt, {i}", [run_of(t, s, i) for s in seeds]) for i in a.inits]:
-            rs = [results[r] for r in runs]
+        for label in [label for task, label in outcomes if task == t]:
+            rs = outcomes[t, label]
             reach = [first_reaching(r["curve"], target) for r in rs]
             got = [p for p in reach if p]
             within = (mean_std([p[0] for p in got])[0] <= 2 * ft_updates) if got and ft_updates and \
                 len(got) == len(rs) else False
+            # the best validation score a run had by twice the updates finetuning needed to reach the target
+            early = [max(p[1] for p in r["curve"] if p[0] <= 2 * ft_updates) for r in rs] if ft_updates else []
+            tests = [r["score"] for r in rs]
+            against = verdict(tests, plain) if plain and len(seeds) > 1 and label not in ("finetune", "prompt, random") \
+                else "-"
             rows.append([t, label, f"{len(got)}/{len(rs)}", pm([p[0] for p in got], 0) if got else "-",
                          f"{mean_std([p[0] for p in got])[0] / ft_updates:.1f}x" if got and ft_updates else "-",
                          pm([p[2] for p in got], 0) if got else "-",
-                         pm([max(p[1] for p in r["curve"]) for r in rs]), pm([r["score"] for r in rs]),
-                         "yes" if within and label != "finetune" else ("-" if label == "finetune" else "no")])
-            per_seed[f"{t}/{label}"] = dict(reached=[p[0] if p else None for p in reach], test=[r["score"] for r in rs],
-                                            curves=[r["curve"] for r in rs])
+                         pm([max(p[1] for p in r["curve"]) for r in rs]), pm(early), pm(tests),
+                         "yes" if within and label != "finetune" else ("-" if label == "finetune" else "no"), against])
+            per_seed[f"{t}/{label}"] = dict(reached=[p[0] if p else None for p in reach], test=tests,
+                                            best_within_2x=early, curves=[r["curve"] for r in rs])
             xs = [p[0] for p in rs[0]["curve"]]
             series[label] = Series(xs, [[r["curve"][k][1] for r in rs] for k in range(len(xs))])
         panels.append(dict(title=f"{t} (target {target:.3f} = 95% of finetuning's best)", xlabel="updates",
-                           ylabel=f"validation {TASKS[t]['metric']} (greedy)", series=series))
-    save_results(out, f"Convergence ({size} backbone)", rows,
+                           ylabel=f"validation {TASKS[t]['metric']} (greedy)", series=series,
+                           baseline=baselines[t]["valid"]))
+    save_results(out, f"Convergence ({a.size} backbone)", rows,
                  ["task", "run", "seeds reaching 95% of finetuning's best", "updates to reach", "x finetuning's updates",
-                  "seconds to reach", "best validation score", "test score", "within 2x finetuning's updates"],
+                  "seconds to reach", "best validation score", "best validation score within 2x finetuning's updates",
+                  "test score", "within 2x finetuning's updates", "test against prompt, random (Welch's t-test, 0.05)"],
                  f"Validation (greedy generation) every {every} updates, {updates} updates per run, seeds {seeds}; the "
                  "target of each task is 95% of finetuning's best validation score (mean over seeds); updates and "
                  "seconds to reach it are over the seeds that reached it (seconds: wall time of fairseq-train, "
-                 f"{a.workers} runs at a time on 2 cores); test score on the best checkpoint (beam 5). "
-                 f"Transfer sources: {', '.join(f'{t} from {TRANSFER_FROM[t]}' for t in a.tasks)}.",
-                 command_line("convergence.py", argv), extra=dict(per_seed=per_seed, seeds=seeds))
+                 f"{a.workers} runs at a time on 2 cores); test score on the best checkpoint (beam 5). The trivial "
+                 "baseline (experiments/baselines.py) is scored on the validation and test splits; verdicts: Welch's "
+                 "t-test, two-sided at 0.05. "
+                 f"Transfer sources: {', '.join(f'{t} from {TRANSFER_FROM[t]}' for t in tasks)}.",
+                 remade_command_line(out, "convergence.py", argv) if a.from_results
+                 else command_line("convergence.py", argv),
+                 extra=dict(per_seed=per_seed, seeds=seeds, baselines=baselines))
     plot_grid(os.path.join(out, "convergence.png"), panels)
     return rows
 

@@ -22,8 +22,9 @@ from dataclasses import replace
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from baselines import DESCRIPTION, baseline  # noqa: E402
 from common import (METHODS, SIZES, TASKS, Series, best_point, cli, closest_point, command_line,  # noqa: E402
-                    ensure_backbone, execute_all, log, mean_std, plot_grid, pm, relative_drop,
+                    ensure_backbone, execute_all, log, mean_std, plot_grid, pm, relative_drop, remade_command_line,
                     save_results, settings)
 from compare_methods import method_runs  # noqa: E402
 
@@ -121,17 +122,21 @@ def main(argv=None):
                          f"the matched rows pick (default {FINETUNE_EVERY}; --quick: --every)")
     ap.add_argument("--match", type=float, default=0.15,
                     help="clean scores of a method and finetuning further apart than this (relative) are flagged")
+    ap.add_argument("--from-results", action="store_true",
+                    help="remake table and plot from the output folder's results.json, without attacking")
     a = ap.parse_args(argv)
     updates, every, seeds, out = settings(a, "robustness")
+    if a.from_results:
+        return remake(out, argv)
     finetune_every = a.finetune_every or (every if a.quick else FINETUNE_EVERY)
     runs = attacked_runs(a.tasks, a.methods, seeds, updates, every, a.size, finetune_every)
     results = execute_all(list(runs.values()), a.quick, a.workers)
     ensure_backbone(a.quick, a.size)
-    rows, panels, per_seed, matched_updates = [], [], {}, {}
+    rows, per_seed, matched_updates = [], {}, {}
     for attack in a.attacks:
         eps = EPS[attack]
         for task in a.tasks:
-            series, clean = {}, {}
+            clean = {}
 
             def attack_all(name, checkpoints, compare_to):
                 """Attack [(run key, checkpoint)] (one per seed) and add their row, its clean score compared
@@ -149,8 +154,6 @@ def main(argv=None):
                                if drops[e] else "-" for e in eps[1:]),
                              "-" if gap is None else
                              (f"clean {100 * gap:.0f}% apart: not comparable" if gap > a.match else "yes")])
-                if name in a.methods or name == MATCHED.format("prompt"):  # the plot: the methods, and the claim's pair
-                    series[name] = Series(eps, [[g[e] for g in got] for e in eps])
 
             for method in a.methods:
                 done = [results[runs[task, method, sd]] for sd in seeds]
@@ -164,13 +167,12 @@ def main(argv=None):
                 matched_updates[f"{task}/{method}"] = [p[0] for p in points]
                 attack_all(MATCHED.format(method), [(results[ft]["key"], ft.checkpoint_at(a.quick, p[0]))
                                                     for ft, p in zip(tuned, points)], method)
-            panels.append(dict(title=f"FGSM on the {attack} ({task})", xlabel="epsilon", ylabel=TASKS[task]["metric"],
-                               series=series))
 
     def eps_names(start=0):  # the two attacks' epsilons differ: a column names both
         return ["eps " + " / ".join(f"{EPS[k][i]} ({k})" for k in a.attacks) for i in range(start, len(EPS["image"]))]
 
-    save_results(out, f"FGSM robustness ({a.size} backbone)", rows,
+    baselines = {task: baseline(task, "test", a.quick) for task in a.tasks}
+    save_results(out, f"FGSM robustness ({a.size} backbone)", with_baselines(rows, baselines),
                  ["attack", "task", "method", "clean", *eps_names(1), *(f"drop at {n}" for n in eps_names(1)),
                   f"clean score within {100 * a.match:.0f}% of finetuning's (a matched row: of its method's)"],
                  f"FGSM on the test split's first {a.max_batches} batches of 32, beam {a.beam}, best checkpoints of "
@@ -179,11 +181,60 @@ def main(argv=None):
                  "checkpoint's clean score, taken seed by seed. Finetuning validates every "
                  f"{finetune_every} updates and keeps each validation's checkpoint (its best is among them); \""
                  + MATCHED.format("<method>") + "\": its checkpoint whose validation score is closest to the "
-                 "method's best, seed by seed; the updates it was taken at are in results.json (matched_updates).",
-                 command_line("robustness.py", argv),
-                 extra=dict(per_seed=per_seed, eps=EPS, seeds=seeds, matched_updates=matched_updates, match=a.match))
-    plot_grid(os.path.join(out, "robustness.png"), panels)
+                 "method's best, seed by seed; the updates it was taken at are in results.json (matched_updates). "
+                 + BASELINE_NOTE, command_line("robustness.py", argv),
+                 extra=dict(per_seed=per_seed, eps=EPS, seeds=seeds, matched_updates=matched_updates, match=a.match,
+                            baselines=baselines))
+    plot_robustness(out, per_seed, a.methods, baselines)
     return rows
+
+
+BASELINE_NOTE = ("The trivial baseline (experiments/baselines.py, the image never looked at, so no attack moves it) "
+                 "is scored on the whole test split.")
+
+
+def with_baselines(rows, baselines):
+    """The table's rows with each (attack, task)'s trivial baseline first."""
+    out, seen = [], set()
+    for row in rows:
+        if tuple(row[:2]) not in seen and row[1] in baselines:
+            seen.add(tuple(row[:2]))
+            out.append([*row[:2], f"trivial baseline: {DESCRIPTION[row[1]]}", f"{baselines[row[1]]:.4f}",
+                        *["-"] * (len(row) - 4)])
+        out.append(row)
+    return out
+
+
+def plot_robustness(out, per_seed, methods, baselines):
+    """A panel per attack and task: each method's score against epsilon (and the claim's matched pair), with the
+    trivial baseline."""
+    panels = {}
+    for key, by_eps in per_seed.items():
+        attack, task, name = key.split("/")
+        if name in methods or name == MATCHED.format("prompt"):
+            eps = sorted(by_eps, key=float)
+            panel = panels.setdefault((attack, task), dict(
+                title=f"FGSM on the {attack} ({task})", xlabel="epsilon", ylabel=f"test {TASKS[task]['metric']}",
+                series={}, baseline=baselines[task]))
+            panel["series"][name] = Series([float(e) for e in eps], [by_eps[e] for e in eps])
+    plot_grid(os.path.join(out, "robustness.png"), list(panels.values()))
+
+
+def remake(out, argv):
+    """Table (with the baselines) and plot again from results.json, without attacking anything."""
+    with open(os.path.join(out, "results.json")) as f:
+        stored = json.load(f)
+    with open(os.path.join(out, "results.md")) as f:
+        title, note = [part.strip() for part in f.read().split("\n\n")[:2]]
+    tasks = list(dict.fromkeys(key.split("/")[1] for key in stored["per_seed"]))
+    baselines = {task: baseline(task, "test") for task in tasks}
+    rows = [r for r in stored["rows"] if not r[2].startswith("trivial baseline")]
+    methods = list(dict.fromkeys(r[2] for r in rows if not r[2].startswith("finetune at")))
+    save_results(out, title.lstrip("# "), with_baselines(rows, baselines), stored["header"],
+                 note if BASELINE_NOTE in note else f"{note} {BASELINE_NOTE}",
+                 remade_command_line(out, "robustness.py", argv),
+                 extra={**{k: v for k, v in stored.items() if k not in ("header", "rows")}, "baselines": baselines})
+    plot_robustness(out, stored["per_seed"], methods, baselines)
 
 
 if __name__ == "__main__":

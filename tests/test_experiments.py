@@ -21,6 +21,12 @@ def table(out):
     return data
 
 
+def runs_of(rows, column=1):
+    """A table's rows without its trivial-baseline rows (which every table has)."""
+    assert any(str(r[column]).startswith("trivial baseline") for r in rows)
+    return [r for r in rows if not str(r[column]).startswith("trivial baseline")]
+
+
 def test_mean_and_sample_standard_deviation():
     import common
 
@@ -99,10 +105,12 @@ def compared(store, docs):
 @pytest.mark.slow
 def test_compare_methods_over_seeds(compared, store):
     data = table(compared)
-    rows = data["rows"]
+    rows = runs_of(data["rows"])
     assert [r[1] for r in rows] == ["finetune", "prompt", "bitfit"]
     assert all(" ± " in r[3] for r in rows)  # two seeds: mean ± sd
-    trained = {r[1]: float(r[6].split("(")[1].rstrip("%)")) for r in rows}
+    assert rows[1][5].split(" (")[0] in ("above finetuning", "below finetuning", "no significant difference")
+    assert data["baselines"]["snli_ve"] == pytest.approx(float(data["rows"][0][3]), abs=1e-4)
+    trained = {r[1]: float(r[7].split("(")[1].rstrip("%)")) for r in rows}
     assert trained["finetune"] == 100.0 and 0 < trained["bitfit"] < trained["prompt"] < 2.0
     for method in ("finetune", "prompt", "bitfit"):
         seeds = data["per_seed"][f"snli_ve/{method}"]
@@ -143,10 +151,10 @@ def attacked(compared, docs):
 @pytest.mark.slow
 def test_robustness_on_both_attacks_matches_generate_at_eps_zero(compared, attacked):
     data = table(attacked)
-    rows = data["rows"]
+    rows = runs_of(data["rows"], 2)
     methods = ("finetune", "prompt", "finetune at prompt's score", "bitfit", "finetune at bitfit's score")
     assert [(r[0], r[2]) for r in rows] == [(a, m) for a in ("image", "text") for m in methods]
-    clean = {r[1]: r[3] for r in table(compared)["rows"]}
+    clean = {r[1]: r[3] for r in runs_of(table(compared)["rows"])}
     # eps 0 is the clean test split, scored in-process: the same accuracy fairseq-generate reported (finetuning
     # kept every checkpoint: the same training as the comparison's run)
     assert all(r[3] == clean[r[2]] for r in rows if r[2] in clean)
@@ -214,8 +222,9 @@ def ablated(compared, docs):
 @pytest.mark.slow
 def test_ablation_shares_the_recommended_run_and_counts_the_mlp(ablated, store):
     data = table(ablated / "reparam")
-    counts = [int(r[3].split()[0].replace(",", "")) for r in data["rows"]]
-    assert [r[0] for r in data["rows"]] == ["no reparameterization", "MLP reparameterization"] and counts[1] > counts[0]
+    rows = runs_of(data["rows"], 0)
+    counts = [int(r[4].split()[0].replace(",", "")) for r in rows]
+    assert [r[0] for r in rows] == ["no reparameterization", "MLP reparameterization"] and counts[1] > counts[0]
     shared = json.loads((store / "micro" / "snli_ve_prompt_u3_s1.json").read_text())["score"]
     assert data["per_seed"]["no reparameterization"] == [shared]
 
@@ -231,7 +240,7 @@ def converged(compared, docs):
 
 @pytest.mark.slow
 def test_convergence_starts_prompts_from_pretrained_and_transferred_files(converged, store):
-    rows = table(converged)["rows"]
+    rows = runs_of(table(converged)["rows"])
     assert [r[1] for r in rows] == ["finetune", "prompt, random", "prompt, vocab", "prompt, pretrained",
                                     "prompt, transfer"]
     for kind, source in (("pretrained", "prompt_pretraining_u3.safetensors"), ("transfer", ".vqa.safetensors")):
@@ -256,7 +265,8 @@ def scaled(compared, docs):
 def test_scale_plots_the_share_against_parameters(scaled):
     data = table(scaled)
     assert data["params"]["small"] > data["params"]["micro"]
-    assert [(r[0], r[3]) for r in data["rows"]] == [(s, m) for s in ("micro", "small") for m in ("finetune", "prompt")]
+    assert [(r[0], r[3]) for r in runs_of(data["rows"], 3)] == [(s, m) for s in ("micro", "small")
+                                                                 for m in ("finetune", "prompt")]
     assert (scaled / "scale.png").is_file() and (scaled / "scores.png").is_file()
     assert not any(math.isnan(v) for vs in data["pooled"]["prompt"].values() for v in vs)
     # matched pretraining: micro tuned from its first checkpoint as well pretrained as the small one's last
@@ -290,7 +300,7 @@ def learning_rates(scaled, docs):
 @pytest.mark.slow
 def test_learning_rate_by_size_shares_the_scale_studys_runs(learning_rates, scaled, store):
     data = table(learning_rates)
-    assert [(r[0], r[1]) for r in data["rows"]] == [
+    assert [(r[0], r[1]) for r in runs_of(data["rows"])] == [
         ("micro", "0.0005 (default)"), ("micro", "0.002"), ("small", "0.0005 (default)"), ("small", "0.002")]
     runs = table(scaled)["per_run"]
     for size in ("micro", "small"):
@@ -379,13 +389,15 @@ def test_the_closest_validation_point_is_the_earliest_of_equals():
     assert common.closest_point(curve, 0.0)[0] == 25  # below every point: the first
 
 
-def test_a_claim_holds_only_beyond_the_seeds_spread():
+def test_a_claim_holds_only_where_welchs_test_finds_it():
     import claims
 
     assert claims.verdict([0.9, 0.91, 0.89], [0.5, 0.52, 0.48]) == "holds"
     assert claims.verdict([0.5, 0.52, 0.48], [0.9, 0.91, 0.89]) == "does not hold"
     assert claims.verdict([0.5, 0.9, 0.1], [0.52, 0.1, 0.9]).startswith("not resolved")
-    assert claims.verdict([], [0.5]) == "not measured"
+    # beyond one standard error of the difference, but not significant at 0.05 (t=1.22, df=4, p=0.29)
+    assert claims.verdict([0.6, 0.7, 0.8], [0.5, 0.6, 0.7]) == "not resolved (Welch's t-test p=0.29)"
+    assert claims.verdict([], [0.5]) == "not measured" and claims.verdict([0.9], [0.5]) == "not measured"
 
 
 def test_best_learning_rate_per_size():
@@ -411,3 +423,126 @@ def test_the_scale_claim_is_flagged_when_finetuning_itself_falls_with_size():
     assert "falls with size" in caveat and "snli_ve 0.720 to 0.420" in caveat
     assert claims.finetuning_falls(study(0.80), "micro", "medium") == ""  # finetuning improves: no caveat
     assert claims.finetuning_falls(study(0.70), "micro", "medium") == ""  # within the seeds' spread
+
+
+# ------------------------------------------------------------- statistics, baselines, run keys and plots (issue 36)
+
+@pytest.mark.parametrize("t, df, cdf", [
+    (12.706, 1, 0.975), (4.303, 2, 0.975), (2.776, 4, 0.975), (2.228, 10, 0.975), (1.812, 10, 0.95),
+    (2.086, 20, 0.975), (3.169, 10, 0.995), (0.0, 3, 0.5), (-2.228, 10, 0.025), (1.960, 1e6, 0.975)])
+def test_student_t_cdf_gives_the_table_values(t, df, cdf):
+    import common
+
+    assert common.t_cdf(t, df) == pytest.approx(cdf, abs=2e-4)
+
+
+def test_student_t_cdf_of_fractional_degrees_of_freedom():
+    """Welch's df are fractional: values of scipy.stats.t.cdf (not a dependency; copied here)."""
+    import common
+
+    assert common.t_cdf(1.0, 2.5) == pytest.approx(0.7979694863608632, rel=1e-10)
+    assert common.t_cdf(-3.2, 7.3) == pytest.approx(0.007119834019329153, rel=1e-9)
+    assert common.incomplete_beta(2.0, 3.0, 0.4) == pytest.approx(0.5248, abs=1e-12)  # 1 - sum of binomial terms
+    with pytest.raises(ValueError):
+        common.incomplete_beta(0.0, 1.0, 0.5)
+
+
+def test_welch_statistic_degrees_of_freedom_and_verdict():
+    import common
+
+    a, b = [0.5, 0.6, 0.55], [0.3, 0.35, 0.2]
+    t, df = common.welch(a, b)
+    va, vb = 0.0025 / 3, 0.00583333333 / 3  # sample variances over n
+    assert t == pytest.approx(0.2666666667 / math.sqrt(va + vb))
+    assert df == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2))
+    t, df, p = common.welch_test(a, b)
+    assert p == pytest.approx(0.010555091171331025, rel=1e-9)  # scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert common.verdict(a, b).startswith("higher (t=5.06, df=3.4, p=0.011")
+    assert common.verdict(b, a).startswith("lower")
+    assert common.verdict([0.5, 0.6], [0.55, 0.56]).startswith("no significant difference")
+    assert common.welch([1.0, 1.0], [1.0, 1.0]) == (0.0, 2.0) and common.welch([2.0, 2.0], [1.0, 1.0])[0] == math.inf
+    with pytest.raises(ValueError, match="at least two values"):
+        common.welch([1.0], [1.0, 2.0])
+
+
+def test_share_of_finetuning_is_measured_from_the_baseline():
+    import common
+
+    assert common.share_of_finetuning(0.6, 0.4, 0.8) == pytest.approx(0.5)
+    assert common.share_of_finetuning(0.3, 0.4, 0.8) == pytest.approx(-0.25)  # below the trivial baseline
+    with pytest.raises(ValueError, match="trivial baseline"):
+        common.share_of_finetuning(0.5, 0.4, 0.4)
+
+
+def test_run_keys_change_with_the_source_code(tmp_path, monkeypatch):
+    import common
+
+    for folder in ("ofa_prompt", "experiments"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.py").write_text("a = 1\n")
+    first = common.source_digest(str(tmp_path))
+    (tmp_path / "experiments" / "x.py").write_text("a = 2\n")
+    common.source_digest.cache_clear()
+    assert common.source_digest(str(tmp_path)) != first
+    backbone = tmp_path / "backbone.pt"
+    backbone.write_text("")
+    keys = set()
+    for digest in ("one", "two"):
+        monkeypatch.setattr(common, "source_digest", lambda: digest)
+        keys.add(common.run_key(["train"], ["generate"], str(backbone)))
+    assert len(keys) == 2
+
+
+def _tsv(path, rows):
+    path.write_text("".join("\t".join(row) + "\n" for row in rows))
+
+
+def test_trivial_baselines_of_each_task(tmp_path):
+    import baselines
+
+    _tsv(tmp_path / "downstream_snli_ve_train.tsv", [[str(i), "0", "img", "h", "c", label]
+                                                     for i, label in enumerate(["no", "yes", "no", "maybe"])])
+    _tsv(tmp_path / "downstream_snli_ve_test.tsv", [[str(i), "0", "img", "h", "c", label]
+                                                    for i, label in enumerate(["no", "yes", "yes", "yes"])])
+    assert baselines.baseline_of(str(tmp_path), "snli_ve", "test") == 0.25
+    boxes = ["0,0,10,10", "1,1,11,11", "0,0,10,10", "40,40,60,60"]  # one box is right on 3 of 4 training rows
+    _tsv(tmp_path / "downstream_refcoco_train.tsv", [[str(i), "0", "the x", box, "img"] for i, box in enumerate(boxes)])
+    _tsv(tmp_path / "downstream_refcoco_test.tsv", [["0", "0", "the x", "1,1,11,11", "img"],
+                                                    ["1", "0", "the x", "40,40,60,60", "img"]])
+    assert baselines.baseline_of(str(tmp_path), "refcoco", "test") == 0.5
+    train = [("what color?", "1.0|!+red"), ("what color?", "1.0|!+red&&0.3|!+blue"), ("what color?", "1.0|!+blue"),
+             ("how many?", "1.0|!+two"), ("where?", "1.0|!+left"), ("where?", "1.0|!+left")]
+    _tsv(tmp_path / "downstream_vqa_train.tsv", [[str(i), "0", q, a, "o", "img"] for i, (q, a) in enumerate(train)])
+    test = [("what color?", "1.0|!+red"), ("how many?", "1.0|!+three"), ("is it?", "1.0|!+left&&0.5|!+red")]
+    _tsv(tmp_path / "downstream_vqa_test.tsv", [[str(i), "0", q, a, "o", "img"] for i, (q, a) in enumerate(test)])
+    # red by its question; two by its question (wrong); an unseen question gets the commonest answer (red, 0.5)
+    assert baselines.baseline_of(str(tmp_path), "vqa", "test") == pytest.approx(1.5 / 3)
+    captions = ["a red square", "a blue circle", "a red square&&a big red square", "a green cross"]
+    _tsv(tmp_path / "downstream_caption_train.tsv", [[str(i), "0", c, "o", "img"] for i, c in enumerate(captions)])
+    _tsv(tmp_path / "downstream_caption_test.tsv", [["0", "0", "a red square", "o", "img"],
+                                                    ["1", "1", "a blue circle", "o", "img"]])
+    from ofa_prompt.metrics.caption import caption_scores
+
+    expected = caption_scores({0: "a red square", 1: "a red square"}, {0: ["a red square"], 1: ["a blue circle"]})
+    assert baselines.baseline_of(str(tmp_path), "caption", "test") == pytest.approx(expected["CIDEr"])
+
+
+def test_log_axes_are_labelled_at_the_data_and_baselines_drawn(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import common
+
+    fig, ax = plt.subplots()
+    xs = [4190344, 5587308, 11333216]
+    common.plot(None, "t", {"prompt": common.Series(xs, [[0.1, 0.2], [0.3], [0.5]])}, "parameters", "share",
+                logx=True, axes=ax, baseline=0.25)
+    fig.canvas.draw()
+    assert list(ax.get_xticks()) == xs and [t.get_text() for t in ax.get_xticklabels()] == ["4.19M", "5.59M", "11.3M"]
+    assert not ax.xaxis.get_minor_ticks() or not any(t.get_text() for t in ax.xaxis.get_minorticklabels())
+    line = [ln for ln in ax.lines if ln.get_label() == "trivial baseline"]
+    assert line and list(line[0].get_ydata()) == [0.25, 0.25]
+    assert ax.get_legend()._loc == 2 and ax.get_legend().get_bbox_to_anchor().x0 >= ax.bbox.x1 - 1  # beside the axes
+    plt.close(fig)
