@@ -77,10 +77,12 @@ def stored_per_seed(out: str):
     the trainable parameters where the per-seed values lack them."""
     with open(os.path.join(out, "results.json")) as f:
         stored = json.load(f)
-    column = stored["header"].index("trainable parameters")
-    trainable = {f"{r[0]}/{r[1]}": r[column] for r in stored["rows"]}
-    for key, v in stored["per_seed"].items():
-        v.setdefault("trainable", trainable[key])
+    missing = [key for key, v in stored["per_seed"].items() if "trainable" not in v]
+    if missing:
+        column = stored["header"].index("trainable parameters")
+        trainable = {f"{r[0]}/{r[1]}": r[column] for r in stored["rows"]}
+        for key in missing:
+            stored["per_seed"][key]["trainable"] = trainable[key]
     return stored
 
 

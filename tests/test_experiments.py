@@ -546,3 +546,47 @@ def test_log_axes_are_labelled_at_the_data_and_baselines_drawn(tmp_path):
     assert line and list(line[0].get_ydata()) == [0.25, 0.25]
     assert ax.get_legend()._loc == 2 and ax.get_legend().get_bbox_to_anchor().x0 >= ax.bbox.x1 - 1  # beside the axes
     plt.close(fig)
+
+
+def _stored_study(out, command, data):
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps(data))
+    (out / "results.md").write_text(f"# old\n\nnote\n\nMade with `{command}`.\n\n| a |\n|---|\n")
+
+
+def test_tables_and_plots_remade_from_stored_results(tmp_path):
+    """--from-results: the stored per-seed scores, the run's own settings (its results.md's command), shares from
+    the trivial baseline and Welch's verdicts; no training."""
+    import baselines
+    import compare_methods
+    import scale
+
+    cm = tmp_path / "compare_methods"
+    per_seed = {f"snli_ve/{m}": dict(score=s, best_valid=[0.5, 0.5], updates_to_best=[3, 3], seconds=[1.0, 1.0],
+                                     trainable="1 (1%)")
+                for m, s in (("finetune", [0.9, 0.92]), ("prompt", [0.6, 0.64]))}
+    _stored_study(cm, "python experiments/compare_methods.py --quick --tasks snli_ve --seeds 1 2",
+                  dict(header=[], rows=[], per_seed=per_seed, seeds=[1, 2], size="micro"))
+    compare_methods.main(["--from-results", "--out", str(cm)])
+    data = table(cm)
+    base = baselines.baseline("snli_ve", "test", quick=True)
+    assert data["baselines"] == {"snli_ve": base} and data["rows"][0][1].startswith("trivial baseline")
+    prompt = data["rows"][2]
+    expected = [(p - base) / (f - base) for p, f in zip([0.6, 0.64], [0.9, 0.92])]
+    assert data["per_seed"]["snli_ve/prompt"]["share"] == pytest.approx(expected)
+    assert prompt[5].startswith("below finetuning (t=")
+    made = (cm / "results.md").read_text()
+    assert "Made with `python experiments/compare_methods.py --quick --tasks snli_ve --seeds 1 2`; table and plots " \
+           "remade from its results.json with `python experiments/compare_methods.py --from-results" in made
+    assert (cm / "methods.png").is_file()
+
+    sc = tmp_path / "scale"
+    per_run = {f"{size}/snli_ve_{m}_u3_s{s}": score for size, off in (("micro", 0.0), ("small", 0.05))
+               for m, scores in (("finetune", [0.9, 0.92]), ("prompt", [0.6, 0.66])) for s, score in
+               zip((1, 2), [v + off for v in scores])}
+    _stored_study(sc, "python experiments/scale.py --quick --sizes micro small --tasks snli_ve --methods finetune "
+                      "prompt --pretraining final --seeds 1 2",
+                  dict(header=[], rows=[], params={"micro": 100, "small": 200}, seeds=[1, 2], per_run=per_run))
+    pooled = scale.main(["--from-results", "--out", str(sc)])
+    assert pooled["prompt"]["micro"] == pytest.approx([(0.6 - base) / (0.9 - base), (0.66 - base) / (0.92 - base)])
+    assert [r[3] for r in table(sc)["rows"]] == ["trivial baseline", "finetune", "prompt"] * 2
