@@ -88,6 +88,14 @@ def shared_dir(name: str, variable: str) -> Path:
                      f"benchmarks/gpu_check.sh --download` where ../shared exists, or set {variable}")
 
 
+def no_tf32():
+    """float32 matrix products and convolutions in float32 (cuDNN's convolutions default to TF32)."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 # --- 1. the reference fixtures on the device -------------------------------------------------------------
 def fixture_errors(device: str) -> Dict[str, float]:
     """The largest logit error of the three reference checkpoints on `device`: fp32 absolute, fp16 and bf16 as
@@ -96,6 +104,7 @@ def fixture_errors(device: str) -> Dict[str, float]:
 
     from ofa_prompt import load_model
 
+    no_tf32()
     reference = shared_dir("ofa_reference", "OFA_REFERENCE_DIR")
     errors = {p: 0.0 for p in TOLERANCE}
     for name in NAMES:
@@ -213,8 +222,7 @@ def measured(entry: str, argv: List[str]):
     import torch
 
     if os.environ.get("GPU_CHECK_FP32"):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        no_tf32()
     from fairseq.trainer import Trainer
 
     steps = []

@@ -8,9 +8,11 @@
 #   bash benchmarks/gpu_check.sh --cpu        # micro sizes on the CPU: the same logic (tests/test_gpu_check.py)
 #
 # .gpu_check/ (ignored; carry it to the GPU machine) holds wheels/ (CPython 3.12, manylinux x86-64) of what
-# fairseq and the plugin import beyond torch, torchvision, timm, numpy, pillow, pyyaml, safetensors and what
-# the GPU image already has (scipy, scikit-learn, lxml), and shared/, a copy of ../shared/ofa_reference and
-# ../shared/ofa_bpe (../shared does not travel with the working tree).
+# fairseq and the plugin import beyond torch, torchvision, timm, numpy, pillow, pyyaml and safetensors, except
+# scipy and scikit-learn (fairseq's sentence_prediction criterion imports them; 50 MB of wheels, and the GPU
+# image has them), and shared/, a copy of ../shared/ofa_reference and ../shared/ofa_bpe (../shared does not
+# travel with the working tree). The pycocoevalcap there has no Java parts: where `java` is on the PATH the
+# plugin would call them for caption metrics, so take java off the PATH if the image has it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=.gpu_check
@@ -68,6 +70,7 @@ install_offline() {
     READTHEDOCS=1 "$python" -m pip install -q --no-index --find-links "$wheels" --no-deps --no-build-isolation \
       --ignore-installed "$name"
   done
+  (cd / && "$python" -c "import fairseq_cli.train, fairseq_cli.generate")  # its error if something is still missing
 }
 
 case "${1:-}" in
