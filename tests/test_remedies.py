@@ -250,3 +250,27 @@ def test_fairseq_train_with_every_remedy_then_export(tmp_path, reference):
     attach_prompts(model, str(out))
     case = io(reference, "plain")
     assert (logits_of(model, case) - logits_of(trained, case)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("change, complaint", [
+    (lambda meta, tensors: meta["sides"]["encoder"].update(gated="yes"), "'gated' must be true or false"),
+    (lambda meta, tensors: tensors.pop("encoder.0.gate"), "tensor 'encoder.0.gate' listed in its metadata is missing"),
+    (lambda meta, tensors: tensors.update({"encoder.1.gate": torch.zeros(3)}), r"layer\(s\) \[1\] are not of shape"),
+])
+def test_malformed_gated_prompt_files_are_named(tmp_path, reference, backbone, change, complaint):
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    ckpt, out, bad = tmp_path / "checkpoint_best.pt", tmp_path / "p.safetensors", tmp_path / "bad.safetensors"
+    write_prompt_checkpoint(reference, backbone, ckpt, prompt_gate=True)
+    prompt_file_cli(["export", str(ckpt), str(out)])
+    with safe_open(str(out), framework="pt") as f:
+        meta = json.loads(f.metadata()["ofa_prompt"])
+    tensors = load_file(str(out))
+    change(meta, tensors)
+    save_file(tensors, str(bad), metadata={"ofa_prompt": json.dumps(meta)})
+    with pytest.raises(ValueError, match=complaint) as e:
+        read_prompts(str(bad))
+    assert str(bad) in str(e.value)
