@@ -352,8 +352,8 @@ def run_key(train: List[str], generate: List[str], backbone: str) -> str:
 
 def execute(run: Run, quick: bool, threads: Optional[int] = None) -> dict:
     """Train and score `run`, or return its stored result when the same commands (and the same backbone
-    file) ran before with the same source code (source_digest). The result: test score, validation curve, updates per epoch, parameter counts,
-    seconds of training, checkpoint."""
+    file) ran before with the same source code (source_digest). The result: test score, validation curve, updates
+    per epoch, parameter counts, seconds of training, checkpoint."""
     backbone = run.backbone(quick)
     save, train, generate = run_commands(run, quick, backbone)
     key = run_key(train, generate, backbone)

@@ -115,7 +115,8 @@ def main(argv=None):
                  f"run on each downstream task (batch 32), validated (greedy) every {every} updates; the test split "
                  f"is scored on the best validation checkpoint by fairseq-generate (beam 5). Seeds {seeds}: mean ± "
                  "sample standard deviation. Each task's trivial baseline (experiments/baselines.py) is scored on the "
-                 "same test split; the share of finetuning is (method - baseline) / (finetune - baseline), seed by seed "
+                 "same test split; the share of finetuning is (method - baseline) / (finetune - baseline), seed by "
+                 "seed "
                  "(0: the baseline, 1: finetuning; negative: below the baseline). Verdicts: Welch's t-test of the "
                  "seeds' test scores against finetuning's, two-sided at 0.05. Seconds are wall time of fairseq-train, "
                  f"{a.workers} runs at a time on 2 cores.",

@@ -158,8 +158,7 @@ def write_tables(a, argv, outcomes, updates, every, seeds, out):
             # the best validation score a run had by twice the updates finetuning needed to reach the target
             early = [max(p[1] for p in r["curve"] if p[0] <= 2 * ft_updates) for r in rs] if ft_updates else []
             tests = [r["score"] for r in rs]
-            against = verdict(tests, plain) if plain and len(seeds) > 1 and label not in ("finetune", "prompt, random") \
-                else "-"
+            against = verdict(tests, plain) if plain and label not in ("finetune", "prompt, random") else "-"
             rows.append([t, label, f"{len(got)}/{len(rs)}", pm([p[0] for p in got], 0) if got else "-",
                          f"{mean_std([p[0] for p in got])[0] / ft_updates:.1f}x" if got and ft_updates else "-",
                          pm([p[2] for p in got], 0) if got else "-",

@@ -94,7 +94,8 @@ def main(argv=None):
         matched = _matched_loss(stored["per_run"])
         per_run = stored["per_run"]
     else:
-        sizes, tasks, methods = sorted(dict.fromkeys(a.sizes), key=list(SIZES).index), a.tasks, a.methods  # smallest first
+        sizes = sorted(dict.fromkeys(a.sizes), key=list(SIZES).index)  # smallest first
+        tasks, methods = a.tasks, a.methods
         matched = None
         if a.pretraining == "matched":
             matched = pretraining(a.quick, sizes[-1]).checkpoints[-1][1]
