@@ -86,6 +86,29 @@ def test_the_plugins_options_are_read_from_its_source():
     assert live <= yaml_config.known_options(yaml_config.default_user_dir())
 
 
+# --- fast: --fp16 where it cannot run ----------------------------------------------------------------------
+def test_fp16_is_refused_on_the_cpu_and_without_cuda():
+    from omegaconf import OmegaConf
+
+    from ofa_prompt.tasks.base import check_precision
+    from ofa_prompt.tasks.saved_settings import SettingsError
+
+    cfg = OmegaConf.create({"common": {"fp16": True, "memory_efficient_fp16": False, "cpu": True}, "task": {"a": 1}})
+    with pytest.raises(SettingsError, match=r"--fp16 runs in half precision on a CUDA GPU, with --cpu: .*fp16=false"):
+        check_precision(cfg.task)
+    cfg.common.cpu = False
+    if torch.cuda.is_available():
+        check_precision(cfg.task)  # a GPU: fairseq's fp16 as ever
+    else:
+        with pytest.raises(SettingsError, match="torch finds no CUDA GPU here"):
+            check_precision(cfg.task)
+    cfg.common.fp16, cfg.common.cpu = False, True
+    check_precision(cfg.task)  # float32 on the CPU
+    cfg.common.memory_efficient_fp16 = True
+    with pytest.raises(SettingsError, match="--memory-efficient-fp16 .* with --cpu: .*memory-efficient-fp16=false"):
+        check_precision(cfg.task)
+
+
 # --- fast: start-up ------------------------------------------------------------------------------------
 def test_absent_biases_are_not_shared_parameters():
     """fairseq's Trainer ties (and logs) the parameters it finds shared: only the tied embeddings are."""

@@ -594,15 +594,16 @@ def check_precision(task_cfg):
     common = root.get("common") if root is not None and "common" in root else None
     if common is None or not (common.get("fp16") or common.get("memory_efficient_fp16")):
         return
+    flag = "--fp16" if common.get("fp16") else "--memory-efficient-fp16"
     if common.get("cpu"):
         where = "with --cpu"
     elif not torch.cuda.is_available():
         where = "and torch finds no CUDA GPU here"
     else:
         return
-    raise SettingsError(f"--fp16 runs in half precision on a CUDA GPU, {where}: leave it out (a YAML configuration "
-                        "of scripts/train.sh or evaluate.sh: the override fp16=false) and run with --cpu, or compute "
-                        "in bfloat16 on the CPU with --autocast bf16 (fairseq-generate: --model-overrides "
+    raise SettingsError(f"{flag} runs in half precision on a CUDA GPU, {where}: leave it out (a YAML configuration "
+                        f"of scripts/train.sh or evaluate.sh: the override {flag[2:]}=false) and run with --cpu, or "
+                        "compute in bfloat16 on the CPU with --autocast bf16 (fairseq-generate: --model-overrides "
                         "\"{'autocast': 'bf16'}\")")
 
 
