@@ -189,8 +189,8 @@ def main(argv=None):
     return rows
 
 
-BASELINE_NOTE = ("The trivial baseline (experiments/baselines.py, the image never looked at, so no attack moves it) "
-                 "is scored on the whole test split.")
+BASELINE_NOTE = ("The trivial baseline (experiments/baselines.py: it never looks at the image, so the image attack "
+                 "cannot move it; it is drawn unattacked under the text attack too) is scored on the whole test split.")
 
 
 def with_baselines(rows, baselines):
