@@ -182,8 +182,9 @@ def test_the_command_line_prints_what_the_api_returns(reference, tmp_path):
 
 
 def readme_snippet() -> str:
-    text = (REPO / "README.md").read_text()
-    marker = text.index("<!-- README snippet: executed by tests/test_predictor.py")
+    """The API snippet of docs/prompt_files.md (the README's own snippets: tests/test_readme.py)."""
+    text = (REPO / "docs" / "prompt_files.md").read_text()
+    marker = text.index("<!-- docs snippet: executed by tests/test_predictor.py")
     return re.search(r"```python\n(.*?)```", text[marker:], re.S).group(1)
 
 
@@ -213,7 +214,7 @@ def test_readme_snippet(tmp_path, monkeypatch, capsys):
     for name, color in (("cat.jpg", "black"), ("dog.jpg", "white")):
         Image.new("RGB", (40, 30), color).save(tmp_path / name)
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_snippet(), "README.md", "exec"), {})
+    exec(compile(readme_snippet(), "docs/prompt_files.md", "exec"), {})
     captions, answer = capsys.readouterr().out.splitlines()
     assert len(eval(captions)) == 2 and answer in ("black", "white", "grey")
 
