@@ -4,6 +4,7 @@ incremental key/value cache for beam search.
 
 Tensors are batch-first inside the model: query [B, T, C], keys [B, S, C].
 """
+import functools
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -139,14 +140,28 @@ class MultiheadAttention(nn.Module):
     @staticmethod
     def _logit_mask(bias, key_padding_mask, n_prefix: int, real_len: int, dtype, prefix_mask=None) -> Optional[Tensor]:
         """Additive [B|1, H|1, T|1, P+S] mask from the bias and the padding masks; on the prefix zeros,
-        -inf where `prefix_mask` ([B, P]) marks padding."""
-        mask = bias
-        if key_padding_mask is not None:
-            mask = _add(mask, _neg_inf_where(key_padding_mask, dtype))
-        if mask is not None and n_prefix:
-            mask = F.pad(mask, (n_prefix, 0))
-        if prefix_mask is not None:
-            mask = _add(mask, F.pad(_neg_inf_where(prefix_mask, dtype), (0, real_len)))
+        -inf where `prefix_mask` ([B, P]) marks padding. Written in one pass: at 480 px it is the largest
+        tensor of an encoder layer ([B, H, 900+, 900+]), and building it piece by piece (sum, then pad) cost
+        as much as the attention's own arithmetic on a CPU."""
+        real = [t for t in (bias, None if key_padding_mask is None else _neg_inf_where(key_padding_mask, dtype))
+                if t is not None]
+        prefix = None if prefix_mask is None else _neg_inf_where(prefix_mask, dtype)
+        if not n_prefix or (not real and prefix is None):
+            return functools.reduce(_add, real, None)
+        pieces = real + ([] if prefix is None else [prefix])
+        lead = torch.broadcast_shapes(*(t.shape[:-1] for t in pieces))
+        mask = torch.empty(*lead, n_prefix + real_len, device=pieces[0].device,
+                           dtype=functools.reduce(torch.promote_types, (t.dtype for t in pieces)))
+        mask[..., :n_prefix] = 0 if prefix is None else prefix
+        keys = mask[..., n_prefix:]
+        if not real:
+            keys.zero_()
+        elif len(real) == 2 and torch.broadcast_shapes(real[0].shape, real[1].shape) == keys.shape:
+            torch.add(real[0], real[1], out=keys)
+        else:  # one part, or two that broadcast to less than the whole (a padded prefix widens the batch)
+            keys.copy_(real[0].expand_as(keys))
+            for extra in real[1:]:
+                keys.add_(extra)
         return mask
 
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
@@ -168,5 +183,5 @@ def _neg_inf_where(padding: Tensor, dtype) -> Tensor:
     return zeros.masked_fill(padding, float("-inf"))[:, None, None, :]
 
 
-def _add(mask: Optional[Tensor], extra: Tensor) -> Tensor:
+def _add(mask: Optional[Tensor], extra: Optional[Tensor]) -> Optional[Tensor]:
     return extra if mask is None else mask + extra

@@ -84,7 +84,9 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         x = self.embed_text(src_tokens, token_embeddings)
         padding_mask = src_tokens.eq(self.padding_idx)
         text_pos = torch.arange(src_len, device=device)
-        pos = self.pos_ln(self.embed_positions(text_pos)).expand(bsz, -1, -1)
+        # every row has the same positions: the position embeddings and biases are computed for one row (batch
+        # dimension 1, broadcast in attention), not for each
+        pos = self.pos_ln(self.embed_positions(text_pos))[None]
         n_img = 0
         if patch_images is not None:
             img, img_ids = self.embed_image(patch_images, image_keys)
@@ -94,21 +96,22 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
                 img_mask |= ~patch_masks.bool()[:, None]
             x = torch.cat([img, x], dim=1)
             padding_mask = torch.cat([img_mask, padding_mask], dim=1)
-            img_pos = self.image_pos_ln(self.embed_image_positions(img_ids)).expand(bsz, -1, -1)
+            img_pos = self.image_pos_ln(self.embed_image_positions(img_ids))[None]
             pos = torch.cat([img_pos, pos], dim=1)
+            img_buckets = self.image_buckets(img_ids)  # the same for every layer
 
         has_pads = bool(padding_mask.any())
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
 
-        abs_bias = self.pos_bias(self.pos_q_linear, self.pos_k_linear, pos, pos)
+        abs_bias = self.pos_bias(self.pos_q_linear, self.pos_k_linear, pos, pos)  # [1, H, T, T]
         prompts = self.prefixes(bsz, prompt_ids)
         states = [x] if return_all_hiddens else []
         for idx, layer in enumerate(self.layers):
             bias = abs_bias.clone()
             bias[:, :, n_img:, n_img:] += self.token_rel_bias(idx, text_pos, text_pos)
             if n_img:
-                bias[:, :, :n_img, :n_img] += self.image_rel_bias(idx, img_ids)
+                bias[:, :, :n_img, :n_img] += self.image_rel_bias(idx, img_buckets)
             x, _ = layer(x, bias, padding_mask if has_pads else None, prefix=prompts.get(idx))
             if return_all_hiddens:
                 states.append(x)
@@ -121,7 +124,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             "encoder_states": [s.transpose(0, 1) for s in states],
             "src_tokens": [],
             "src_lengths": [],
-            "position_embeddings": [pos],  # B x T x C, consumed by the decoder's cross-attention bias
+            "position_embeddings": [pos.expand(bsz, -1, -1)],  # B x T x C, for the decoder's cross-attention bias
             "prompt_ids": [] if prompt_ids is None else [prompt_ids],  # B: the decoder's prompt sets too
         }
 

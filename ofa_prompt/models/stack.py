@@ -93,9 +93,12 @@ class TransformerStack:
         buckets = self.token_rp_bucket[q_idx][:, k_idx]
         return F.embedding(buckets, self.token_rel_pos_table_list[layer].weight).permute(2, 0, 1)
 
-    def image_rel_bias(self, layer: int, ids: Tensor) -> Tensor:
-        """[H, N, N] relative bias between image patches with position ids `ids`."""
-        buckets = self.image_rp_bucket[ids][:, ids]
+    def image_buckets(self, ids: Tensor) -> Tensor:
+        """[N, N] relative-position buckets between image patches with position ids `ids`."""
+        return self.image_rp_bucket[ids][:, ids]
+
+    def image_rel_bias(self, layer: int, buckets: Tensor) -> Tensor:
+        """[H, N, N] relative bias of `layer` between image patches (`buckets`: image_buckets(ids))."""
         return F.embedding(buckets, self.image_rel_pos_table_list[layer].weight).permute(2, 0, 1)
 
 
