@@ -1,6 +1,7 @@
 """This project's model against the official OFA implementation, side by side on this machine, in one run.
 
-    python benchmarks/official_side_by_side.py [--repetitions 3] [--steps 5] [--ofa-repo PATH] [--json FILE]
+    python benchmarks/official_side_by_side.py [--size base --image-size 480 --batch 2] [--repetitions 3] [--steps 5]
+                                               [--ofa-repo PATH] [--json FILE]
 
 The official code is OFA-Sys/OFA (--ofa-repo: a git directory, bare mirrors included, or a checkout;
 default $OFA_REPO or /work/.mirror/OFA-Sys+OFA/repo). At run time its `models/`, `data/` and `utils/`
@@ -9,12 +10,14 @@ model code, `models/ofa/` (unify_transformer.py and the OFAModel of ofa.py), is 
 against the installed fairseq; OFA's own bundled fairseq fork is not used. Each side runs in its own
 fresh process (multiprocessing spawn): the two register conflicting fairseq models (both are "ofa").
 
-Configuration: ofa_tiny (OFA's `ofa_tiny` arch: 256-d, 4 heads, 4+4 layers, FFN 1024, resnet50; ours
-`--arch ofa_prompt_tiny`, the same sizes, checked field by field against the official Namespace), with
+Configuration: --size (default tiny; OFA's `ofa_SIZE` arch, e.g. ofa_base: 768-d, 12 heads, 6+6 layers, FFN 3072,
+resnet101; ours `--arch ofa_prompt_SIZE`, the same sizes, checked field by field against the official Namespace),
+with
 the switches of every released OFA model (--encoder/decoder-normalize-before, --layernorm-embedding,
 --patch/code-layernorm-embedding, --add-type-embedding, --scale-attn/fc/heads, --disable-entangle,
 shared embeddings), dropout 0.1, attention dropout 0, no drop-path; a fairseq Dictionary of 59,457
-symbols (OFA's vocabulary size), 256x256 images, batch 4, 20 source and 12 target tokens; prompt
+symbols (OFA's vocabulary size), --image-size images (default 256; users train at 480), --batch (default 4),
+20 source and 12 target tokens; prompt
 tuning with OFA's flags --encoder-prompt --decoder-prompt --encoder/decoder-prompt-type prefix
 --encoder/decoder-prompt-length 64.
 
@@ -62,7 +65,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OFA_REPO = "/work/.mirror/OFA-Sys+OFA/repo"
 OFA_FOLDERS = ("models", "data", "utils")  # OFA's model code, and what its sequence generator imports
 
-SHAPE = dict(image=256, batch=4, vocab=59457, src=20, tgt=12)
+# the size options reach the spawned worker processes through the environment (main() sets it)
+SIZE = os.environ.get("BENCH_SIZE", "tiny")
+SHAPE = dict(image=int(os.environ.get("BENCH_IMAGE_SIZE", 256)), batch=int(os.environ.get("BENCH_BATCH", 4)),
+             vocab=59457, src=20, tgt=12)
 PROMPT_LENGTH = 64
 BEAM, GEN_LEN = 5, 12
 SEED = 0
@@ -75,7 +81,7 @@ OFA_FLAGS = ["--encoder-normalize-before", "--decoder-normalize-before", "--shar
 PROMPT_FLAGS = ["--encoder-prompt", "--decoder-prompt", "--encoder-prompt-type=prefix", "--decoder-prompt-type=prefix",
                 f"--encoder-prompt-length={PROMPT_LENGTH}", f"--decoder-prompt-length={PROMPT_LENGTH}"]
 # ours: ofa_prompt_tiny sets the sizes and the released switches; the rest as the flags above
-OURS_ARGS = dict(arch="ofa_prompt_tiny", dropout=0.1, attention_dropout=0.0, resnet_drop_path_rate=0.0,
+OURS_ARGS = dict(arch=f"ofa_prompt_{SIZE}", dropout=0.1, attention_dropout=0.0, resnet_drop_path_rate=0.0,
                  encoder_drop_path_rate=0.0, decoder_drop_path_rate=0.0)
 OURS_PROMPT_ARGS = dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_type="prefix",
                         decoder_prompt_type="prefix", encoder_prompt_length=PROMPT_LENGTH,
@@ -137,7 +143,8 @@ def import_official(ofa_dir):
     # OFA's models/__init__.py imports models.ofa, which also imports ofa_speech; they import as they are
     # with fairseq-fixed 0.12.3.1 on Python 3.11, so no stubs are needed here. Should one fail, stub it here
     # (this process only), e.g. sys.modules["models.ofa.ofa_speech"] = types.ModuleType(...), with the reason.
-    from models.ofa.ofa import OFAModel, ofa_tiny_architecture
+    from models.ofa import ofa as official_ofa
+    from models.ofa.ofa import OFAModel
     from models.ofa.unify_transformer import base_architecture
     try:
         from models.sequence_generator import SequenceGenerator
@@ -145,21 +152,21 @@ def import_official(ofa_dir):
     except Exception as e:  # noqa: BLE001  (then fairseq's, and the report says so)
         from fairseq.sequence_generator import SequenceGenerator
         generator = f"fairseq's (OFA's did not import: {type(e).__name__}: {e})"
-    return OFAModel, ofa_tiny_architecture, base_architecture, SequenceGenerator, generator
+    return OFAModel, getattr(official_ofa, f"ofa_{SIZE}_architecture"), base_architecture, SequenceGenerator, generator
 
 
 def official_args(ofa_dir, prompt):
     """The model Namespace OFA's train.py would build from its flags: OFAModel.add_args into a parser whose
     unset options are absent (fairseq's model-specific group uses argparse.SUPPRESS), the task's options
     that the model reads, then the arch function and the unify_transformer defaults."""
-    OFAModel, ofa_tiny, base, _, _ = import_official(ofa_dir)
+    OFAModel, size_architecture, base, _, _ = import_official(ofa_dir)
     parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
     OFAModel.add_args(parser)
     args = parser.parse_args(OFA_FLAGS + (PROMPT_FLAGS if prompt else []))
-    args.arch = "ofa_tiny"
+    args.arch = f"ofa_{SIZE}"
     # OFATask's options that the model reads (--patch-image-size; fairseq's max positions)
     args.patch_image_size, args.max_source_positions, args.max_target_positions = SHAPE["image"], 1024, 1024
-    ofa_tiny(args)
+    size_architecture(args)
     base(args)
     return args
 
@@ -203,7 +210,7 @@ def official_setup(ofa_dir, workdir, queue):
                 base = 1.0 if name.endswith("weight") else 0.0
                 p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    weights = os.path.join(workdir, "official_ofa_tiny.pt")
+    weights = os.path.join(workdir, f"official_ofa_{SIZE}.pt")
     torch.save(state, weights)
     batch = make_batch()
     reference = {}
@@ -340,7 +347,13 @@ def main():
     ap.add_argument("--steps", type=int, default=5, help="timed training steps (and beam searches) per run")
     ap.add_argument("--repetitions", type=int, default=3, help="interleaved repetitions of every configuration")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--size", default="tiny", choices=["tiny", "medium", "base", "large", "huge"],
+                    help="OFA's size (ofa_SIZE on both sides); users train base and large")
+    ap.add_argument("--image-size", type=int, default=256, help="square images of this many pixels (OFA: 480)")
+    ap.add_argument("--batch", type=int, default=4, help="samples a batch")
     a = ap.parse_args()
+    os.environ.update(BENCH_SIZE=a.size, BENCH_IMAGE_SIZE=str(a.image_size), BENCH_BATCH=str(a.batch))
+    SHAPE.update(image=a.image_size, batch=a.batch)
     if not os.path.isdir(a.ofa_repo):
         raise SystemExit(f"OFA repository not found at {a.ofa_repo}: give it with --ofa-repo PATH or OFA_REPO")
     sys.path.insert(0, ROOT)  # this project's package, for our side's processes
@@ -374,7 +387,7 @@ def main():
     def col(name, key):
         return [r[key] for r in res[name]]
 
-    print(f"\nofa_tiny, vocabulary {SHAPE['vocab']}, {SHAPE['image']}px images, batch {SHAPE['batch']}, "
+    print(f"\nofa_{a.size}, vocabulary {SHAPE['vocab']}, {SHAPE['image']}px images, batch {SHAPE['batch']}, "
           f"{SHAPE['src']} source / {SHAPE['tgt']} target tokens, prompts {PROMPT_LENGTH} on encoder and decoder; "
           f"official OFA {commit[:7]}; torch {torch.__version__}, "
           f"{os.environ.get('BENCH_THREADS', torch.get_num_threads())} threads")
