@@ -50,27 +50,31 @@ def timed_steps(model, batch, steps, before_step=None):
     step()  # warm-up: optimizer state allocated, caches built
     reset_peak_rss()
     before = status_mb("VmRSS")
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    times, cpu = timed(step, steps)
     peak = status_mb("VmHWM")
     params = list(model.parameters())  # tied weights once
-    return dict(step_ms=1000 * statistics.median(times), mem_growth_mb=peak - before,
+    return dict(step_ms=times, step_cpu_ms=cpu, mem_growth_mb=peak - before, peak_rss_mb=peak,
                 trainable=sum(p.numel() for p in params if p.requires_grad), total=sum(p.numel() for p in params))
 
 
+def timed(fn, calls):
+    """Median wall-clock and CPU milliseconds of `calls` calls of fn(). The CPU time (all the process's threads)
+    is the figure a loaded machine disturbs least: with one thread it is the work itself, wherever it waited."""
+    wall, cpu = [], []
+    for _ in range(calls):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
+
+
 @torch.no_grad()
-def timed_beam(generate, steps):
-    """Median milliseconds of `generate()` over `steps` calls after a warm-up one."""
+def timed_beam(generate, steps) -> dict:
+    """Median wall-clock and CPU milliseconds of `generate()` over `steps` calls after a warm-up one."""
     generate()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        generate()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+    wall, cpu = timed(generate, steps)
+    return dict(beam5_ms=wall, beam5_cpu_ms=cpu)
 
 
 def reports_errors(worker):

@@ -236,7 +236,7 @@ def official_run(ofa_dir, weights, prompt, steps, queue):
     model.eval()
     gen = official_generator(ofa_dir, model, d)
     sample = net_input(batch)
-    out["beam5_ms"] = timed_beam(lambda: gen.generate([model], sample), steps)
+    out.update(timed_beam(lambda: gen.generate([model], sample), steps))
     queue.put(out)
 
 
@@ -310,7 +310,7 @@ def our_run(weights, prompt, steps, cache, queue):
     if not cache:
         model.eval()
         generate, sample = our_generator(model, d), net_input(batch)
-        out["beam5_ms"] = timed_beam(lambda: generate(sample), steps)
+        out.update(timed_beam(lambda: generate(sample), steps))
     queue.put(out)
 
 
@@ -402,14 +402,20 @@ def main():
           f"{min(loads):.2f}-{max(loads):.2f}")
     print("\n| figure | official | ours | ours / official |")
     print("|---|---|---|---|")
-    rows = [("prompt-tuning step (ms)", "official prompt", "ours prompt", "step_ms", 0),
-            ("finetuning step (ms)", "official finetune", "ours finetune", "step_ms", 0),
-            ("peak memory growth of a prompt-tuning step (MB)", "official prompt", "ours prompt", "mem_growth_mb", 0),
-            ("peak memory growth of a finetuning step (MB)", "official finetune", "ours finetune", "mem_growth_mb", 0),
-            ("beam-5 generation, 12 tokens, with prompts (ms)", "official prompt", "ours prompt", "beam5_ms", 0),
-            ("beam-5 generation, 12 tokens, no prompts (ms)", "official finetune", "ours finetune", "beam5_ms", 0),
-            ("ours, cached image features: prompt-tuning step (ms)", "official prompt", "ours prompt, cached features",
-             "step_ms", 0)]
+    rows = []
+    for what, key in (("wall", "ms"), ("CPU", "cpu_ms")):
+        rows += [(f"prompt-tuning step, {what} (ms)", "official prompt", "ours prompt", f"step_{key}", 0),
+                 (f"finetuning step, {what} (ms)", "official finetune", "ours finetune", f"step_{key}", 0),
+                 (f"beam-5 generation, 12 tokens, with prompts, {what} (ms)", "official prompt", "ours prompt",
+                  f"beam5_{key}", 0),
+                 (f"beam-5 generation, 12 tokens, no prompts, {what} (ms)", "official finetune", "ours finetune",
+                  f"beam5_{key}", 0),
+                 (f"ours, cached image features: prompt-tuning step, {what} (ms)", "official prompt",
+                  "ours prompt, cached features", f"step_{key}", 0)]
+    for method in ("prompt", "finetune"):
+        rows += [(f"peak memory growth of a {method} step (MB)", f"official {method}", f"ours {method}",
+                  "mem_growth_mb", 0),
+                 (f"peak RSS during {method} steps (MB)", f"official {method}", f"ours {method}", "peak_rss_mb", 0)]
     for label, off, ours, key, digits in rows:
         print(f"| {label} | {shown(col(off, key), digits)} | {shown(col(ours, key), digits)} | "
               f"{ratio(col(ours, key), col(off, key))} |")
