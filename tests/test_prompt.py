@@ -95,3 +95,41 @@ def test_incremental_with_beam_reordering():
     # Reordering before step t applies to all earlier steps, so the final order is `reorder` applied (t-1) times.
     full, _ = model(**{**batch, "prev_output_tokens": prev})
     assert (steps[:, -1] - full[:, -1]).abs().max() < 1e-4
+
+
+@torch.no_grad()
+def test_beam_copies_of_encoder_rows_are_projected_once_and_moved_only_across_sentences():
+    """Beam search copies each sentence's encoder row once per beam (reorder_encoder_out) and reorders the rows
+    within sentences at every step: the copies' keys are computed once per sentence, and a reorder within
+    sentences moves nothing; decoding gives what an encoder run on the copied batch gives."""
+    model = build_micro(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=4, decoder_prompt_length=4).eval()
+    batch = micro_batch(model, bsz=2)
+    beam = 3
+    expand = torch.arange(2).repeat_interleave(beam)
+    copied = {k: v.index_select(0, expand) for k, v in batch.items()}
+    copied["prev_output_tokens"][:, 1:] = torch.randint(4, 300, (6, 4), generator=torch.Generator().manual_seed(1))
+    reorder = torch.tensor([2, 0, 1, 5, 5, 3])  # within sentences
+    expected, _ = _incremental(model, copied, 5, reorder=reorder)
+
+    enc = model.encoder(batch["src_tokens"], batch["src_lengths"], patch_images=batch["patch_images"],
+                        patch_masks=batch["patch_masks"])
+    enc = model.encoder.reorder_encoder_out(enc, expand)
+    assert enc["row_source"][0].tolist() == expand.tolist()
+    within = model.encoder.reorder_encoder_out(enc, reorder)
+    assert within["encoder_out"][0] is enc["encoder_out"][0]  # nothing moved: the rows are copies
+    across = model.encoder.reorder_encoder_out(enc, torch.tensor([3, 4, 5, 0, 1, 2]))
+    assert across["row_source"][0].tolist() == [1, 1, 1, 0, 0, 0]
+    assert torch.equal(across["encoder_out"][0][:, 0], enc["encoder_out"][0][:, 3])
+    projected = []
+    model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(lambda m, args, out: projected.append(len(out)))
+    state, rows, prev = {}, [], copied["prev_output_tokens"]
+    for t in range(1, 6):
+        if t > 1:
+            model.decoder.reorder_incremental_state_scripting(state, reorder)
+            enc = model.encoder.reorder_encoder_out(enc, reorder)
+            prev = prev.index_select(0, reorder)
+            rows = [r.index_select(0, reorder) for r in rows]
+        logits, _ = model.decoder(prev[:, :t], encoder_out=enc, incremental_state=state)
+        rows.append(logits[:, 0])
+    assert projected == [2]  # once, at the first step, for the two sentences
+    assert (torch.stack(rows, 1) - expected).abs().max() < 1e-5

@@ -68,13 +68,15 @@ class MultiheadAttention(nn.Module):
         prefix: Optional[Prefix] = None,
         incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
         need_weights: bool = False,
+        key_rows: Optional[Tuple[Tensor, Tensor]] = None,
     ):
         """query [B, T, C]; key [B, S, C] for cross-attention (None: self-attention).
 
         bias: float [B or 1, H, T, S] added to the logits of the S real keys (position bias, causal
         mask). key_padding_mask: bool [B, S], True = ignore. prefix: prompt keys/values put in front
         of the real ones; they get no bias and are masked only where a MaskedPrefix is padding; a GatedPrefix
-        gets its own softmax, scaled by its gate. Returns (out [B, T, C], weights or
+        gets its own softmax, scaled by its gate. key_rows: which rows of `key` are copies of others
+        (OFADecoder.distinct_rows), so that each distinct row is projected once. Returns (out [B, T, C], weights or
         None), weights being the head-averaged probabilities over the real keys [B, T, S].
         """
         bsz, tgt_len, _ = query.shape
@@ -87,7 +89,8 @@ class MultiheadAttention(nn.Module):
             k, v = cache["key"], cache["value"]
         else:
             src = query if key is None else key
-            k, v = self._heads(self.k_proj(src)), self._heads(self.v_proj(src))
+            k = project_rows(lambda x: self._heads(self.k_proj(x)), src, key_rows)
+            v = project_rows(lambda x: self._heads(self.v_proj(x)), src, key_rows)
             if not self.cross and cache:  # the cache already starts with the prefix
                 k = torch.cat([cache["key"], k], dim=2)
                 v = torch.cat([cache["value"], v], dim=2)
@@ -185,3 +188,12 @@ def _neg_inf_where(padding: Tensor, dtype) -> Tensor:
 
 def _add(mask: Optional[Tensor], extra: Optional[Tensor]) -> Optional[Tensor]:
     return extra if mask is None else mask + extra
+
+
+def project_rows(project, x: Tensor, rows: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
+    """project(x) along x's first (batch) dimension, computed once per distinct row where `rows` says which
+    rows are copies (distinct_rows)."""
+    if rows is None:
+        return project(x)
+    first, inverse = rows
+    return project(x.index_select(0, first)).index_select(0, inverse)

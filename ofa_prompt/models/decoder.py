@@ -1,11 +1,12 @@
 """OFA's decoder: text (and location-bin) tokens, positions as self- and cross-attention biases."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from fairseq.models import FairseqIncrementalDecoder
 from torch import Tensor
 
+from .attention import project_rows
 from .stack import TransformerStack, build_prompt_encoder
 
 
@@ -64,9 +65,11 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
         tgt_pos = self.pos_ln(tgt_pos_raw)[None]
         self_bias = self.pos_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos[:, q_pos], tgt_pos)
         src_pos = encoder_out["position_embeddings"][0]
+        # the first decoding step projects the encoder's rows: each distinct one once (beam search copies them)
+        rows = distinct_rows(encoder_out) if incremental_state is not None else None
         cross_bias = self.pos_bias(self.cross_pos_q_linear, self.cross_pos_k_linear,
                                    tgt_pos[:, q_pos].expand(src_pos.size(0), -1, -1), src_pos,
-                                   self.cross_position_keys(encoder_out, src_pos, incremental_state))
+                                   self.cross_position_keys(encoder_out, src_pos, incremental_state, rows))
         if incremental_state is None:
             self_bias = self_bias + self.causal_mask(tgt_len, self_bias)
 
@@ -87,7 +90,7 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
         for idx, layer in enumerate(self.layers):
             bias = self_bias + self.token_rel_bias(idx, q_pos, all_pos)
             x, layer_attn = layer(x, bias, padding_mask, prefix=prompts.get(idx), encoder_out=enc,
-                                  encoder_padding_mask=enc_mask, cross_bias=cross_bias,
+                                  encoder_padding_mask=enc_mask, cross_bias=cross_bias, encoder_rows=rows,
                                   incremental_state=incremental_state, need_attn=idx == alignment_layer)
             inner_states.append(x)
             if layer_attn is not None:
@@ -95,14 +98,15 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
         x = self.layer_norm(x)
         return x, {"attn": [attn], "inner_states": [s.transpose(0, 1) for s in inner_states]}
 
-    def cross_position_keys(self, encoder_out, src_pos, incremental_state) -> Optional[Tensor]:
+    def cross_position_keys(self, encoder_out, src_pos, incremental_state, rows=None) -> Optional[Tensor]:
         """The source positions' keys of the cross-attention position bias, which do not change while a
         generation decodes: computed at its first step and kept in its encoder output (which the encoder's
         reorder_encoder_out carries along with the beams); None outside incremental decoding."""
         if incremental_state is None:
             return None
         if not encoder_out.get("cross_position_keys"):
-            encoder_out["cross_position_keys"] = [self.pos_keys(self.cross_pos_k_linear, src_pos)]
+            encoder_out["cross_position_keys"] = [project_rows(lambda x: self.pos_keys(self.cross_pos_k_linear, x),
+                                                               src_pos, rows)]
         return encoder_out["cross_position_keys"][0]
 
     @property
@@ -127,3 +131,18 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
 
     def max_positions(self):
         return self.max_target_positions
+
+
+def distinct_rows(encoder_out) -> Optional[Tuple[Tensor, Tensor]]:
+    """(a row of each distinct encoder row, the index of each row's among them) where the encoder output holds
+    copies (beam search: reorder_encoder_out's "row_source"), else None."""
+    source = encoder_out.get("row_source")
+    if not source:
+        return None
+    distinct, inverse = torch.unique(source[0], return_inverse=True)
+    if distinct.numel() == source[0].numel():
+        return None
+    order = torch.arange(inverse.numel(), device=inverse.device)
+    first = torch.full_like(distinct, inverse.numel()).scatter_reduce(0, inverse, order, "amin")
+    return first, inverse
+

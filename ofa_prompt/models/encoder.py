@@ -129,6 +129,16 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         }
 
     def reorder_encoder_out(self, encoder_out: Dict[str, List[Tensor]], new_order: Tensor):
+        """The rows of `encoder_out` in `new_order`. Beam search copies each sentence's row once per beam, then
+        reorders the rows at every step, within each sentence: "row_source" records which row of the encoder's
+        own output each row is a copy of, and a reorder that leaves every row a copy of the same row moves nothing
+        (the copies are equal). The decoder projects each distinct row once (OFADecoder.distinct_rows)."""
+        rows = encoder_out["encoder_out"][0].size(1) if encoder_out.get("encoder_out") else new_order.numel()
+        source = (encoder_out.get("row_source") or [torch.arange(rows, device=new_order.device)])[0]
+        new_source = source.index_select(0, new_order)
+        if new_source.shape == source.shape and torch.equal(new_source, source):
+            return dict(encoder_out)
+
         def pick(key, dim):  # an entry may be absent (an encoder output built elsewhere): empty
             return [t.index_select(dim, new_order) for t in encoder_out.get(key, [])]
 
@@ -143,6 +153,7 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             "prompt_ids": pick("prompt_ids", 0),
             # the decoder's cache of the cross-attention position keys (OFADecoder.cross_position_keys)
             "cross_position_keys": pick("cross_position_keys", 0),
+            "row_source": [new_source],
         }
 
     def max_positions(self):

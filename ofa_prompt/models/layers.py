@@ -91,10 +91,12 @@ class TransformerLayer(nn.Module):
         encoder_out: Optional[Tensor] = None,
         encoder_padding_mask: Optional[Tensor] = None,
         cross_bias: Optional[Tensor] = None,
+        encoder_rows=None,
         incremental_state=None,
         need_attn: bool = False,
     ):
-        """x [B, T, C]. Returns (x, cross-attention weights or None)."""
+        """x [B, T, C]; encoder_rows: which rows of encoder_out are copies (OFADecoder.distinct_rows).
+        Returns (x, cross-attention weights or None)."""
         h, _ = self.self_attn(self.self_attn_layer_norm(x), bias=self_bias, key_padding_mask=padding_mask,
                               prefix=prefix, incremental_state=incremental_state)
         x = self._residual(_apply(self.self_attn_ln if self.decoder else self.attn_ln, h), x)
@@ -102,7 +104,7 @@ class TransformerLayer(nn.Module):
         weights = None
         if self.decoder:
             h, weights = self.encoder_attn(self.encoder_attn_layer_norm(x), key=encoder_out, bias=cross_bias,
-                                           key_padding_mask=encoder_padding_mask,
+                                           key_padding_mask=encoder_padding_mask, key_rows=encoder_rows,
                                            incremental_state=incremental_state, need_weights=need_attn)
             x = self._residual(_apply(self.cross_attn_ln, h), x)
 
