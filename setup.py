@@ -32,6 +32,8 @@ setup(
     extras_require={
         "experiments": ["matplotlib"],  # experiments/*.py plots
         "tensorboard": ["tensorboard"],  # fairseq-train --tensorboard-logdir
-        "test": ["pytest", "matplotlib", "tensorboard"],  # the tests run the experiments and that flag
+        # the tests run the experiments and that flag, and `ruff check` (tests/test_lint.py; the minor version
+        # pinned: ruff's rules, the preview blank-line rules of ruff.toml above all, change between minor versions)
+        "test": ["pytest", "matplotlib", "tensorboard", "ruff>=0.17,<0.18"],
     },
 )

@@ -56,7 +56,8 @@ def main():
         adam = 2 * 4 * prompt
         print(f"| ofa_{size} | {total / 1e6:,.1f} M | {prompt / 1e6:,.2f} M ({100 * prompt / total:.2f}%) "
               f"| {mb(4 * total)} | {mb(4 * prompt)} | {total / prompt:,.0f}x "
-              f"| {mb(4 * total + adam)} | {mb(4 * prompt + adam)} | {(4 * total + adam) / (4 * prompt + adam):,.0f}x |")
+              f"| {mb(4 * total + adam)} | {mb(4 * prompt + adam)} "
+              f"| {(4 * total + adam) / (4 * prompt + adam):,.0f}x |")
     if a.measure:
         full, small = (os.path.getsize(p) for p in a.measure)
         print(f"\nmeasured: {a.measure[0]} {mb(full)}, {a.measure[1]} {mb(small)}, ratio {full / small:,.1f}x")

@@ -74,10 +74,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    import tiny_data
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
     import ofa_prompt  # noqa: F401
+    import tiny_data
     from ofa_prompt.models.image_cache import ImageFeatureCache
 
     with tempfile.TemporaryDirectory() as folder:

@@ -15,12 +15,9 @@ import sys
 import tempfile
 import time
 
-import torch
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 from common import BASE_CONFIG, ensure_backbone  # noqa: E402
-
 from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint  # noqa: E402
 from ofa_prompt.yaml_config import build_command  # noqa: E402
 
@@ -41,7 +38,8 @@ def train(save_dir: str, updates: int, extra, world_size: int = 1):
         subprocess.run(cmd + extra, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         return time.time() - start
     port = free_port()
-    ranks = [subprocess.Popen(cmd + extra + ["--distributed-backend", "gloo", "--distributed-world-size", str(world_size),
+    ranks = [subprocess.Popen(cmd + extra + ["--distributed-backend", "gloo",
+                                             "--distributed-world-size", str(world_size),
                                              "--distributed-rank", str(r), "--distributed-init-method",
                                              f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
                                              "--ddp-backend", "legacy_ddp", "--load-checkpoint-on-all-dp-ranks"],
@@ -73,7 +71,8 @@ def main(argv=None):
         diff = max((p[k].float() - q[k].float()).abs().max().item() for k in p)
         control = max((h[k].float() - q[k].float()).abs().max().item() for k in h)
         scale = max(q[k].float().abs().max().item() for k in q)
-    print(f"demo configuration, {a.updates} updates of 32 rows, prompts {', '.join(f'{k} {tuple(v.shape)}' for k, v in p.items())}")
+    print(f"demo configuration, {a.updates} updates of 32 rows, "
+          f"prompts {', '.join(f'{k} {tuple(v.shape)}' for k, v in p.items())}")
     print(f"{n} gloo processes (batch {batch} each): {dist:.1f} s")
     print(f"1 process, --update-freq {n} (batch {batch}): {single:.1f} s")
     print(f"largest difference of the final prompts: {diff:.3g} (largest prompt value {scale:.3g})")

@@ -26,8 +26,8 @@ import json
 import math
 import os
 import re
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile

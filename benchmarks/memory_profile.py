@@ -80,7 +80,8 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"{a.method} step, ofa_tiny, batch {sbs.SHAPE['batch']}, {sbs.SHAPE['image']} px, official OFA {commit[:7]}: "
           "live tensor memory (MB) at the start of the step and at its peak, by torch's categories")
-    print("\n| category | official, start | official, at peak | ours, start | ours, at peak | ours - official at peak |")
+    print("\n| category | official, start | official, at peak | ours, start | ours, at peak "
+          "| ours - official at peak |")
     print("|---|---|---|---|---|---|")
     off, ours = sides["official"], sides["ours"]
     for name in off["at_peak"]:
@@ -88,8 +89,8 @@ def main():
         if max(o, u, off["at_start"][name], ours["at_start"][name]) >= 0.05:
             print(f"| {name} | {off['at_start'][name]:.1f} | {o:.1f} | {ours['at_start'][name]:.1f} | {u:.1f} | "
                   f"{u - o:+.1f} |")
-    print(f"| **total** | {off['start_mb']:.1f} | {off['peak_mb']:.1f} | {ours['start_mb']:.1f} | {ours['peak_mb']:.1f} | "
-          f"{ours['peak_mb'] - off['peak_mb']:+.1f} |")
+    print(f"| **total** | {off['start_mb']:.1f} | {off['peak_mb']:.1f} | {ours['start_mb']:.1f} "
+          f"| {ours['peak_mb']:.1f} | {ours['peak_mb'] - off['peak_mb']:+.1f} |")
     print(f"\ngrowth over the step (peak - start): official {off['peak_mb'] - off['start_mb']:.1f} MB, "
           f"ours {ours['peak_mb'] - ours['start_mb']:.1f} MB")
     for side in ("official", "ours"):

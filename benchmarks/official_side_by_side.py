@@ -243,7 +243,9 @@ def official_run(ofa_dir, weights, prompt, steps, queue):
 # --- this project's side (a fresh process) ---------------------------------------------------------------
 
 def our_model(prompt, weights, official=None):
-    import ofa_prompt  # noqa: F401  (registers the plugin with fairseq)
+    # first, before fairseq: the plugin's load() imports fairseq with its import notices silenced and the root
+    # logger's level kept (fairseq's import sets it to DEBUG)
+    import ofa_prompt  # noqa: F401, I001  (registers the plugin with fairseq)
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
     from ofa_prompt.models.ofa import OFAModel
@@ -393,8 +395,8 @@ def main():
           f"{os.environ.get('BENCH_THREADS', torch.get_num_threads())} threads")
     print("same weights: max |logits ours - official| = "
           f"{check[True]['max_abs_diff']:.2e} with prompts, {check[False]['max_abs_diff']:.2e} without "
-          f"(max |logit| {check[True]['max_abs_logit']:.2f} / {check[False]['max_abs_logit']:.2f}; the prompts move the "
-          f"official logits by up to {check['prompt_effect']:.2f}); beam-5 "
+          f"(max |logit| {check[True]['max_abs_logit']:.2f} / {check[False]['max_abs_logit']:.2f}; the prompts "
+          f"move the official logits by up to {check['prompt_effect']:.2f}); beam-5 "
           f"hypotheses identical: {check[True]['same_hypotheses']}/{check[True]['hypotheses']} with prompts, "
           f"{check[False]['same_hypotheses']}/{check[False]['hypotheses']} without")
     print(f"medians of {a.repetitions} interleaved repetitions (min-max), each the median of {a.steps} steps after "

@@ -30,12 +30,15 @@ SIZES = {  # base and large at 480 px are what users train (random weights: only
     "tiny": dict(arch="ofa_prompt_tiny", image=256, batch=4, vocab=59457, src=24, tgt=16),
     "demo": dict(arch="ofa_prompt_tiny", image=64, batch=8, vocab=2000, src=16, tgt=12, encoder_layers=2,
                  decoder_layers=2, encoder_embed_dim=64, decoder_embed_dim=64, encoder_ffn_embed_dim=128,
-                 decoder_ffn_embed_dim=128, encoder_attention_heads=4, decoder_attention_heads=4, resnet_type="resnet18"),
+                 decoder_ffn_embed_dim=128, encoder_attention_heads=4, decoder_attention_heads=4,
+                 resnet_type="resnet18"),
 }
 
 
 def build(size, prompt, length=64, batch_size=None):
-    import ofa_prompt  # noqa: F401
+    # first, before fairseq: the plugin's load() imports fairseq with its import notices silenced and the root
+    # logger's level kept (fairseq's import sets it to DEBUG)
+    import ofa_prompt  # noqa: F401, I001  (registers the plugin with fairseq)
     from fairseq.data import Dictionary
     from fairseq.models import ARCH_CONFIG_REGISTRY
 

@@ -9,7 +9,6 @@ record) and with it (the record is used). Printed: medians and min-max, seconds 
 ratio, and the load average.
 """
 import argparse
-from pathlib import Path
 import base64
 import io
 import os
@@ -17,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -46,10 +46,10 @@ def main():
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    import tiny_data
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
     import ofa_prompt  # noqa: F401
+    import tiny_data
     from ofa_prompt.data import row_index
 
     with tempfile.TemporaryDirectory() as folder:
@@ -76,8 +76,10 @@ def main():
             loads.append(os.getloadavg()[0])
         per_m = 1e6 / args.rows
         c, r = statistics.median(checked), statistics.median(recorded)
-        print(f"checking every row:      {c:7.3f} s ({min(checked):.3f}-{max(checked):.3f}) = {c * per_m:8.1f} s per M rows")
-        print(f"with the earlier record: {r:7.3f} s ({min(recorded):.3f}-{max(recorded):.3f}) = {r * per_m:8.1f} s per M rows")
+        print(f"checking every row:      {c:7.3f} s ({min(checked):.3f}-{max(checked):.3f}) "
+              f"= {c * per_m:8.1f} s per M rows")
+        print(f"with the earlier record: {r:7.3f} s ({min(recorded):.3f}-{max(recorded):.3f}) "
+              f"= {r * per_m:8.1f} s per M rows")
         print(f"record / check: {r / c:.4f}x; load average {min(loads):.2f}-{max(loads):.2f}")
 
 

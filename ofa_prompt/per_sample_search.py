@@ -8,7 +8,6 @@ its rule (OFATask.next_token_rule).
 """
 from typing import Callable, Optional
 
-import torch
 from fairseq.search import BeamSearch
 from torch import Tensor
 

@@ -30,16 +30,16 @@ from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 from fairseq.tasks.fairseq_task import FairseqTask
 from PIL import Image
 
+from .checkpoint import saved_task
 from .data.dataset import OFADataset
 from .data.image import as_rgb
+from .data.tokenize import clean_text
 from .errors import InputError
 from .hub import load_model
-from .data.tokenize import clean_text
 from .metrics.grounding import bins_to_box
 from .ngram_blocking import block_repeated_ngrams
 from .per_sample_search import allow_only, use_per_sample_rules
 from .prompt_file import attach_prompts, read_prompts
-from .checkpoint import saved_task
 from .tasks.base import generation_options
 from .tasks.saved_settings import SHARED, read_state
 

@@ -50,12 +50,20 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from .atomic_file import atomic_path  # noqa: E402
 from .checkpoint import (  # noqa: E402
-    BACKBONE_KEY, CHECKPOINT_USES, WrongFileKind, file_fingerprint, file_kind, model_args, read_checkpoint, saved_task,
-    store_model_args)
-from .models.stack import build_prompt_encoder  # noqa: E402
-from .models.config import config_from  # noqa: E402
+    BACKBONE_KEY,
+    CHECKPOINT_USES,
+    WrongFileKind,
+    file_fingerprint,
+    file_kind,
+    model_args,
+    read_checkpoint,
+    saved_task,
+    store_model_args,
+)
 from .errors import InputError  # noqa: E402
+from .models.config import config_from  # noqa: E402
 from .models.prompt import fold, unfold  # noqa: E402
+from .models.stack import build_prompt_encoder  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +193,8 @@ def read_prompts(path: str):
             raise PromptFileError(f"{path}: tensor {e} listed in its metadata is missing") from None
         shape = (info["heads"], info["length"], info["embed_dim"] // info["heads"])
         shapes = (shape, shape, (info["heads"],))
-        bad = [layer for layer, prefix in kv[side].items() if any(tuple(t.shape) != want for t, want in zip(prefix, shapes))]
+        bad = [layer for layer, prefix in kv[side].items()
+               if any(tuple(t.shape) != want for t, want in zip(prefix, shapes))]
         if bad:
             raise ValueError(f"{path}: {side} layer(s) {bad} are not of shape {list(shape)}"
                              + (f" (gate [{info['heads']}])" if info.get("gated") else ""))

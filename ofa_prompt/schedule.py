@@ -93,4 +93,3 @@ def default_total_updates(parser) -> None:
     start-up. 0 stands for "not given" instead (plan_lr_schedule counts the updates then). fairseq adds the
     scheduler's options after the task's, without a default of their own, so argparse takes this one."""
     parser.set_defaults(total_num_update=0.0)
-

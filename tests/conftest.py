@@ -159,8 +159,9 @@ def setup_task(task, data, *extra, split="train"):
 def make_task(name, data, train_rows=None, **options):
     """Task `name` over the tiny TSVs of `data` (or `train_rows` as its training file), with `options`
     (vqa_gen: the answer set unless given, None for none), its training set loaded."""
-    import tiny_data
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+
+    import tiny_data
 
     train = data / f"{name}_train.tsv"
     if train_rows is not None:

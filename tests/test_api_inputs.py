@@ -3,7 +3,6 @@ an InputError naming it. mixed() gives what each call gives alone, with each pro
 
 import pytest
 import torch
-from PIL import Image
 
 import tiny_data
 from conftest import build_micro, micro_args

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 import tiny_data
+from conftest import setup_task as setup
 from ofa_prompt.data.image import BadImage, decode_image
 from ofa_prompt.data.tsv import BadRow
-from conftest import setup_task as setup
 
 
 @pytest.fixture
@@ -52,7 +52,8 @@ CASES = [
     ("caption", with_col("caption", 2, " && "), "line 3: empty caption"),
     ("vqa_gen", with_col("vqa_gen", 2, "   "), "line 3: empty question"),
     ("vqa_gen", with_col("vqa_gen", 3, "red"), "not of the form 'confidence|!+answer'"),
-    ("refcoco", with_col("refcoco", 3, "10,10,500,20"), "line 3: region 10,10,500,20: the box reaches outside the 72x56 image"),
+    ("refcoco", with_col("refcoco", 3, "10,10,500,20"),
+     "line 3: region 10,10,500,20: the box reaches outside the 72x56 image"),
     ("refcoco", with_col("refcoco", 3, "30,10,5,20"), "the corners are swapped (expected x1 < x2 and y1 < y2)"),
     ("refcoco", with_col("refcoco", 3, "-3,1,5,20"), "the box reaches outside the 72x56 image"),
     ("refcoco", with_col("refcoco", 3, "10,20,10,40"), "region 10,20,10,40: the box has no width (x1 = x2"),

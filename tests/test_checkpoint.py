@@ -4,12 +4,9 @@ checkpoint does not fit."""
 import pytest
 import torch
 
-from ofa_prompt import load_model
-from ofa_prompt.checkpoint import CheckpointMismatchError
-from ofa_prompt.checkpoint import read_checkpoint
-from ofa_prompt.checkpoint import model_args
-
 from conftest import build_micro
+from ofa_prompt import load_model
+from ofa_prompt.checkpoint import CheckpointMismatchError, model_args, read_checkpoint
 
 
 def reference_args(reference, **changes):
@@ -26,7 +23,8 @@ def build_like(reference, **changes):
     from ofa_prompt.models.ofa import OFAModel
 
     d = build_ofa_dictionary(str(reference / "dict.txt"))
-    return OFAModel.build_model(reference_args(reference, **changes), SimpleNamespace(source_dictionary=d, target_dictionary=d))
+    return OFAModel.build_model(reference_args(reference, **changes),
+                                SimpleNamespace(source_dictionary=d, target_dictionary=d))
 
 
 def test_load_model_builds_real_dictionary_and_eval_mode(reference):

@@ -47,7 +47,8 @@ def overrides(path: Path, data: Path, save_dir: Path):
     out = DEVICE + [f"train.save-dir={save_dir}", "restore_file=null", f"task_options.bpe-dir={BPE}"]
     if task == "mix":  # the demo's pretraining: each mixed task reads its own files under the data folder
         return out + [f"data={data}", "text-tokenizer=gpt2"] + [
-            "task_options.mix-tasks=" + repr({t: {"data": f"{t}_train.tsv,{t}_test.tsv"} for t in TASKS}).replace("'", '"')]
+            "task_options.mix-tasks="
+            + repr({t: {"data": f"{t}_train.tsv,{t}_test.tsv"} for t in TASKS}).replace("'", '"')]
     out += [f"data={data}/{task}_train.tsv,{data}/{task}_test.tsv", f"test_data={data}/{task}_test.tsv"]
     if cfg.get("task_options", {}).get("text-tokenizer") == "word":
         out.append("task_options.text-tokenizer=gpt2")  # the demo's word vocabulary is its own data

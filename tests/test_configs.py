@@ -180,12 +180,13 @@ BASIC = "task: caption\ndata: a.tsv,b.tsv\narch: ofa_prompt_tiny\n"
 
 
 def test_mapping_to_options_and_overrides(tmp_path):
-    path = write(tmp_path, "c.yaml", BASIC + "tuning: prompt\nrestore_file: pre.pt\ntask_options: {selected_cols: [0, 4, 2]}\n"
+    path = write(tmp_path, "c.yaml", BASIC + "tuning: prompt\nrestore_file: pre.pt\n"
+                 "task_options: {selected_cols: [0, 4, 2]}\n"
                  "train:\n  encoder-prompt: true\n  decoder-prompt: false\n  lr: 0.03\n  eval-args: {beam: 5}\n"
                  "  adam-betas: '(0.9,0.999)'\n  seed: null\ngenerate: {beam: 5}\n")
     cmd = build_command(path)
-    assert cmd[:8] == ["fairseq-train", "a.tsv,b.tsv", "--user-dir", yaml_config.default_user_dir(), "--task", "caption",
-                       "--arch", "ofa_prompt_tiny"]
+    assert cmd[:8] == ["fairseq-train", "a.tsv,b.tsv", "--user-dir", yaml_config.default_user_dir(),
+                       "--task", "caption", "--arch", "ofa_prompt_tiny"]
     line = shlex.join(cmd)
     assert "--finetune-from-model pre.pt --tuning-method prompt --selected-cols 0,4,2" in line
     assert "--encoder-prompt --lr 0.03 --eval-args '{\"beam\":5}' --adam-betas '(0.9,0.999)'" in line
@@ -243,14 +244,17 @@ def test_base_cycle_and_missing_file(tmp_path):
 @pytest.mark.slow
 def test_command_line_prints_the_command_or_the_error(tmp_path):
     path = write(tmp_path, "c.yaml", BASIC)
-    ok = subprocess.run([sys.executable, "-m", "ofa_prompt.yaml_config", path, "lr=0.1"], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "ofa_prompt.yaml_config", path, "lr=0.1"],
+                        capture_output=True, text=True)
     assert ok.returncode == 0 and shlex.split(ok.stdout)[-2:] == ["--lr", "0.1"]
-    bad = subprocess.run([sys.executable, "-m", "ofa_prompt.yaml_config", path, "oops.lr=1"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "ofa_prompt.yaml_config", path, "oops.lr=1"],
+                         capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown section 'oops'" in bad.stderr
 
 
 def test_environment_variables(tmp_path, monkeypatch):
-    path = write(tmp_path, "env.yaml", BASIC.replace("a.tsv,b.tsv", "$ROOT/a.tsv") + "task_options: {bpe-dir: '${ROOT}/bpe'}\n")
+    path = write(tmp_path, "env.yaml",
+                 BASIC.replace("a.tsv,b.tsv", "$ROOT/a.tsv") + "task_options: {bpe-dir: '${ROOT}/bpe'}\n")
     monkeypatch.setenv("ROOT", "/data")
     line = shlex.join(build_command(path))
     assert "fairseq-train /data/a.tsv" in line and "--bpe-dir /data/bpe" in line

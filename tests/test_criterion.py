@@ -5,9 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ofa_prompt.criterions.label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropy, label_smoothed_nll_loss
-
 from conftest import build_micro, micro_batch
+from ofa_prompt.criterions.label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropy, label_smoothed_nll_loss
 
 
 def test_label_smoothing_by_hand():

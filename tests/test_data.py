@@ -14,8 +14,8 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from PIL import Image
 
 import tiny_data
-from ofa_prompt.data.image import image_size_of
 from conftest import MICRO_CLI, common, run
+from ofa_prompt.data.image import image_size_of
 
 
 @pytest.fixture

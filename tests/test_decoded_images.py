@@ -118,5 +118,6 @@ def test_fairseq_train_with_the_cache_saves_the_same_weights(reference, tmp_path
     assert "decoded image cache: room for 10 of 10 training rows" in log
     assert log.count(f"decoded image cache: 10 of 10 rows of {data} kept") == 2  # epochs 2 and 3
     assert (tmp_path / "cached" / "decoded_images.npy").exists()
-    plain, cached = prompts(tmp_path / "plain" / "checkpoint_last.pt"), prompts(tmp_path / "cached" / "checkpoint_last.pt")
+    plain = prompts(tmp_path / "plain" / "checkpoint_last.pt")
+    cached = prompts(tmp_path / "cached" / "checkpoint_last.pt")
     assert plain.keys() == cached.keys() and all(torch.equal(plain[k], cached[k]) for k in plain)

@@ -136,7 +136,8 @@ def test_a_stored_run_is_reused_and_a_changed_one_runs_afresh(compared, store):
     stale.write_bytes(b"an earlier run's checkpoint, made with another backbone")
     result = common.execute(changed, quick=True)
     text = (store / (changed.name + ".train.log")).read_text()
-    assert "num_updates 1" in text and result["trained"] < json.loads((store / (run.name + ".json")).read_text())["trained"]
+    assert "num_updates 1" in text
+    assert result["trained"] < json.loads((store / (run.name + ".json")).read_text())["trained"]
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +249,8 @@ def test_convergence_starts_prompts_from_pretrained_and_transferred_files(conver
         assert "prompts initialized with --prompt-init=" in log.read_text() and source in log.read_text()
     # the prompt pretraining tuned the prompts only, on all four tasks of the mix
     text = (store / "micro" / "prompt_pretraining_u3.train.log").read_text()
-    assert "num. trained: 32,768" in text and all(f"pretrain_{t}_train.tsv" in text for t in ("caption", "vqa", "refcoco", "snli_ve"))
+    assert "num. trained: 32,768" in text
+    assert all(f"pretrain_{t}_train.tsv" in text for t in ("caption", "vqa", "refcoco", "snli_ve"))
     assert (converged / "convergence.png").is_file()
 
 

@@ -1,7 +1,6 @@
 """The changes to stock fairseq's behaviour (ofa_prompt/fairseq_compat.py), each through the fairseq code
 it changes: what fairseq does without it is what each test would see if the change were dropped."""
 import errno
-import logging
 import os
 import subprocess
 import sys

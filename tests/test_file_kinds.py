@@ -7,8 +7,15 @@ import torch
 from omegaconf import OmegaConf
 
 from ofa_prompt import from_pretrained, load_model
-from ofa_prompt.checkpoint import (BACKBONE_KEY, WrongFileKind, check_resume_file, file_kind, model_args, read_checkpoint,
-                                   store_model_args)
+from ofa_prompt.checkpoint import (
+    BACKBONE_KEY,
+    WrongFileKind,
+    check_resume_file,
+    file_kind,
+    model_args,
+    read_checkpoint,
+    store_model_args,
+)
 from ofa_prompt.checkpoint.state_dict import BackboneNotFound
 from ofa_prompt.errors import InputError
 from ofa_prompt.fairseq_compat import input_error_within

@@ -2,7 +2,6 @@
 (scripts/train.sh and evaluate.sh, fairseq-train, fairseq-generate, the python -m tools), and start-up is quiet
 and fast."""
 import json
-import os
 import re
 import signal
 import subprocess
@@ -230,7 +229,7 @@ def test_a_misspelt_override_is_refused_before_fairseq_starts(data, reference, t
         p = command(["bash", str(REPO / "scripts/train.sh"), path, override])
         assert time.monotonic() - start < 5
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
-        one_line_error(p, override, f"did you mean", nearest)
+        one_line_error(p, override, "did you mean", nearest)
         assert "+ fairseq-train" not in p.stdout
 
 

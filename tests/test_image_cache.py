@@ -106,7 +106,8 @@ def test_training_with_the_cache_equals_training_without(data):
         if a.requires_grad:
             assert torch.equal(a, b), name
     assert counting.images == 12  # 12 rows, 3 epochs: each image through the ResNet once
-    cached_task = setup_task("caption", data, "--image-feature-cache", "memory", "--image-feature-cache-dtype", "float32")
+    cached_task = setup_task("caption", data, "--image-feature-cache", "memory",
+                             "--image-feature-cache-dtype", "float32")
     cached_task.image_cache = cached_model.encoder.image_cache
     sample = cached_task.datasets["train"][0]
     assert not sample["patch_image"].any()  # from the second epoch on, cached rows' images are not decoded
@@ -157,7 +158,8 @@ def test_fairseq_train_with_the_cache_saves_the_same_prompts(where, reference, t
     assert "0 of 10 lookups found" in log and "10 of 10 lookups found" in log  # epoch 1, then epoch 2
     assert (tmp_path / "cached" / "image_features.npy").exists() == (where == "disk")
     assert "room for" in log and "the training data has 10 rows: all of them" in log  # said at start-up
-    plain, cached = prompts(tmp_path / "plain" / "checkpoint_last.pt"), prompts(tmp_path / "cached" / "checkpoint_last.pt")
+    plain = prompts(tmp_path / "plain" / "checkpoint_last.pt")
+    cached = prompts(tmp_path / "cached" / "checkpoint_last.pt")
     assert plain.keys() == cached.keys() and all(torch.equal(plain[k], cached[k]) for k in plain)
 
 

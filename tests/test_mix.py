@@ -10,8 +10,8 @@ from fairseq.data import data_utils
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 import tiny_data
-from conftest import REPO
-from conftest import MICRO_CLI, TASKS
+from conftest import MICRO_CLI, REPO, TASKS
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -7,7 +7,6 @@ import os
 import pickle
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -175,8 +174,8 @@ def test_a_chain_moved_with_its_backbone_is_found_again_with_backbone(ofa_dir, b
                    RESTORE_FILE=str(elsewhere / "ofa_tiny.pt"), DROP_WORST_AFTER="1")
     shutil.move(elsewhere / "ofa_tiny.pt", moved / "ofa_tiny.pt")
     shutil.copy(stage1, moved / "caption_stage1_best.pt")
-    line = refused("train_caption_stage2.sh", ofa_dir, METHOD="prompt", RESTORE_FILE=str(moved / "caption_stage1_best.pt"),
-                   SAVE_DIR=str(ofa_dir / "moving_refused"))
+    line = refused("train_caption_stage2.sh", ofa_dir, METHOD="prompt",
+                   RESTORE_FILE=str(moved / "caption_stage1_best.pt"), SAVE_DIR=str(ofa_dir / "moving_refused"))
     assert f"{moved / 'caption_stage1_best.pt'} holds prompts only; the backbone it records, " \
            f"{elsewhere / 'ofa_tiny.pt'}, is missing" in line and "--backbone NEW.pt" in line, line
     stage2 = train("train_caption_stage2.sh", ofa_dir, "moving_stage2", f"--backbone={moved / 'ofa_tiny.pt'}",

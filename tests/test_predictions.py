@@ -11,12 +11,20 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import MICRO_CLI, REPO, common, drive, run
-from ofa_prompt.metrics.grounding import quantize_box
-from ofa_prompt.metrics.scorers import (CaptionScorer, OFAScorerConfig, RefcocoScorer, SNLIVEScorer, VQAScorer,
-                                        ofa_caption_text, predictions_path, use_task_scorer)
 from ofa_prompt.atomic_file import write_atomically
-from ofa_prompt.tasks.saved_settings import explicit_keys
+from ofa_prompt.metrics.grounding import quantize_box
+from ofa_prompt.metrics.scorers import (
+    CaptionScorer,
+    OFAScorerConfig,
+    RefcocoScorer,
+    SNLIVEScorer,
+    VQAScorer,
+    ofa_caption_text,
+    predictions_path,
+    use_task_scorer,
+)
 from ofa_prompt.metrics.vqa import question_id
+from ofa_prompt.tasks.saved_settings import explicit_keys
 
 
 def config(tmp_path, **kwargs):
@@ -40,7 +48,8 @@ def test_caption_predictions_read_as_coco_eval_reads_them(tmp_path):
     """run_scripts/caption/coco_eval.py: COCO(label_file).loadRes(res_file), a JSON list of {image_id, caption}."""
     from pycocotools.coco import COCO
 
-    items = [("391895", ["a man riding a bike."], {}, "a man, riding a bike."), ("60623", ["two dogs"], {}, "two dogs!")]
+    items = [("391895", ["a man riding a bike."], {}, "a man, riding a bike."),
+             ("60623", ["two dogs"], {}, "two dogs!")]
     drive(CaptionScorer(config(tmp_path)), items)
     path = tmp_path / "results" / "val_predict.json"
     predictions = json.loads(path.read_text())
@@ -69,7 +78,8 @@ def test_vqa_predictions_have_question_ids_and_answers(tmp_path):
 def test_refcoco_and_snli_ve_predictions(tmp_path):
     meta = {"num_bins": 1000, "max_image_size": 512, "w_resize_ratio": 1.0, "h_resize_ratio": 1.0}
     good = " ".join(f"<bin_{b}>" for b in quantize_box([10, 10, 100, 100], 1000, 512))
-    drive(RefcocoScorer(config(tmp_path)), [("r1", [10, 10, 100, 100], meta, good), ("r2", [1, 1, 5, 5], meta, "<bin_1>")])
+    drive(RefcocoScorer(config(tmp_path)),
+          [("r1", [10, 10, 100, 100], meta, good), ("r2", [1, 1, 5, 5], meta, "<bin_1>")])
     boxes = json.loads((tmp_path / "results" / "val_predict.json").read_text())
     assert [sorted(p) for p in boxes] == [["box", "uniq_id"]] * 2 and boxes[1] == {"uniq_id": "r2", "box": None}
     assert boxes[0]["uniq_id"] == "r1" and boxes[0]["box"] == pytest.approx([10, 10, 100, 100], abs=0.6)
@@ -150,7 +160,7 @@ def test_fairseq_generate_with_ofas_vqa_beam_command_line(data, tmp_path):
                "--unnormalized", "--temperature", "1.0", "--num-workers", "0"])
     assert "Generate test with beam=" not in out
     lines = (results / "generate-test.txt").read_text().splitlines()
-    metric = [l for l in lines if l.startswith("Generate test with beam=5:")]
+    metric = [text for text in lines if text.startswith("Generate test with beam=5:")]
     assert metric and "accuracy: " in metric[0] and "(6 samples)" in metric[0], lines[-20:]
     predictions = json.loads((results / "test_predict.json").read_text())
     assert [p["question_id"] for p in predictions] == list(range(6))  # the TSV's uniq_ids, as integers

@@ -246,6 +246,7 @@ def test_fairseq_generate_takes_its_settings_and_prompts_from_a_prompt_file(refe
     expected = run("--path", str(tuned))
     got = run("--path", str(tmp_path / "backbone.pt"), "--prompt-file", str(prompts))
     assert expected.returncode == 0 and got.returncode == 0, got.stderr[-3000:]
+
     def hypotheses(p):  # id -> (score, text)
         return {i: (float(score), text) for i, score, text in re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", p.stdout, re.M)}
 

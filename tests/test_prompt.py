@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from ofa_prompt.models.prompt import PromptEncoder, parse_prompt_layers
-
 from conftest import build_micro, micro_batch
+from ofa_prompt.models.prompt import PromptEncoder, parse_prompt_layers
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -15,7 +14,8 @@ def test_parse_prompt_layers(spec, expected):
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("5", "layer(s) [5] do not exist"), ("top-9", "between 1 and"), ("middle", "expected 'all'"), ("bottom-0", "between 1"),
+    ("5", "layer(s) [5] do not exist"), ("top-9", "between 1 and"), ("middle", "expected 'all'"),
+    ("bottom-0", "between 1"),
 ])
 def test_parse_prompt_layers_errors_name_the_option(spec, words):
     with pytest.raises(ValueError, match="encoder-prompt-layers") as e:
@@ -83,7 +83,8 @@ def test_incremental_equals_full_with_prompts(proj):
 @torch.no_grad()
 def test_incremental_with_beam_reordering():
     """Beam search expands the batch and reorders the cache between steps: results must follow the reorder."""
-    model = build_micro(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=4, decoder_prompt_length=4).eval()
+    model = build_micro(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=4,
+                        decoder_prompt_length=4).eval()
     batch = micro_batch(model, bsz=2)
     beam = 3
     expand = torch.arange(2).repeat_interleave(beam)
@@ -102,7 +103,8 @@ def test_beam_copies_of_encoder_rows_are_projected_once_and_moved_only_across_se
     """Beam search copies each sentence's encoder row once per beam (reorder_encoder_out) and reorders the rows
     within sentences at every step: the copies' keys are computed once per sentence, and a reorder within
     sentences moves nothing; decoding gives what an encoder run on the copied batch gives."""
-    model = build_micro(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=4, decoder_prompt_length=4).eval()
+    model = build_micro(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=4,
+                        decoder_prompt_length=4).eval()
     batch = micro_batch(model, bsz=2)
     beam = 3
     expand = torch.arange(2).repeat_interleave(beam)

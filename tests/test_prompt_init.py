@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from ofa_prompt.models.prompt_init import init_prompts, sample_tokens
-
 from conftest import build_micro
+from ofa_prompt.models.prompt_init import init_prompts, sample_tokens
 
 PROMPTS = dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=5, decoder_prompt_length=5)
 
@@ -53,7 +52,8 @@ def test_vocab_init_projects_token_embeddings():
     init_prompts(model, "vocab", seed=0)
     tokens = sample_tokens(model.encoder.dictionary, 5, seed=0)
     layer = model.encoder.layers[1]
-    expected = layer.self_attn._heads(layer.self_attn.v_proj(layer.self_attn_layer_norm(model.encoder.embed_tokens(tokens)[None])))[0]
+    embedded = model.encoder.embed_tokens(tokens)[None]
+    expected = layer.self_attn._heads(layer.self_attn.v_proj(layer.self_attn_layer_norm(embedded)))[0]
     assert torch.allclose(model.encoder.encoder_prompt_encoder(batch_size=1)[1][1][0], expected, atol=1e-6)
     assert (tokens >= model.encoder.dictionary.nspecial).all()
 

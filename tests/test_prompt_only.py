@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from ofa_prompt import load_model
-from ofa_prompt.checkpoint import BACKBONE_KEY, CheckpointMismatchError, read_checkpoint, tuned_state_dict
-from ofa_prompt.checkpoint import model_args
+from ofa_prompt.checkpoint import BACKBONE_KEY, CheckpointMismatchError, model_args, read_checkpoint, tuned_state_dict
 from ofa_prompt.prompt_file import attach_prompts, export_prompts, main as prompt_file_cli, merge_prompts, read_prompts
 
 TOL = 1e-4
@@ -107,7 +106,8 @@ def test_merge_makes_one_full_checkpoint(tmp_path, reference):
     prompts = tmp_path / "p.safetensors"
     prompt_file_cli(["export", str(reference / "prompt_proj.pt"), str(prompts)])
     merged = tmp_path / "merged.pt"
-    prompt_file_cli(["merge", "--backbone", str(reference / "plain.pt"), "--prompts", str(prompts), "--out", str(merged)])
+    prompt_file_cli(["merge", "--backbone", str(reference / "plain.pt"), "--prompts", str(prompts),
+                     "--out", str(merged)])
     model = load_model(str(merged), {"bpe_dir": str(reference)})
     assert model.encoder.encoder_prompt_encoder.trans is None  # folded table, OFA layout
     case = io(reference, "prompt_proj")

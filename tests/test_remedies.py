@@ -7,11 +7,10 @@ import shutil
 import pytest
 import torch
 
+from conftest import build_micro, micro_batch
 from ofa_prompt import load_model
 from ofa_prompt.models.prompt import PromptMix, fold
 from ofa_prompt.prompt_file import attach_prompts, main as prompt_file_cli, read_prompts
-
-from conftest import build_micro, micro_batch
 from test_prompt import _incremental
 from test_prompt_only import io, logits_of, write_prompt_checkpoint
 
@@ -260,8 +259,8 @@ def test_fairseq_train_with_every_remedy_then_export(tmp_path, reference):
 def test_malformed_gated_prompt_files_are_named(tmp_path, reference, backbone, change, complaint):
     import json
 
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     ckpt, out, bad = tmp_path / "checkpoint_best.pt", tmp_path / "p.safetensors", tmp_path / "bad.safetensors"
     write_prompt_checkpoint(reference, backbone, ckpt, prompt_gate=True)

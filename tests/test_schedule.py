@@ -52,7 +52,8 @@ def test_ofas_epoch_command_line_starts_and_counts_its_updates(data, tmp_path, c
                               "--save-dir", str(tmp_path))
     # 12 rows / batch 4 = 3 batches an epoch, 2 per update -> 2 updates an epoch, 10 in 5 epochs, 2 of warmup
     assert cfg.lr_scheduler.total_num_update == 10 and cfg.lr_scheduler.warmup_updates == 2
-    assert "learning-rate schedule: 10 updates in all (--max-epoch 5 over the training data), 2 of warmup" in caplog.text
+    assert ("learning-rate schedule: 10 updates in all (--max-epoch 5 over the training data), 2 of warmup"
+            in caplog.text)
 
 
 def test_training_files_of_several_epochs_are_counted_each(data, tmp_path):

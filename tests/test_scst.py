@@ -273,4 +273,3 @@ def test_fairseq_train_stage2_changes_only_the_trainable_parameters(method, data
     # Adam moves every parameter that had a gradient in either update (zero rewards would move none)
     moved = {k for k in trainable if not torch.equal(states[0][k], states[1][k])}
     assert moved == {k for k in trainable if not k.startswith(IMAGE_OUTPUT)}
-

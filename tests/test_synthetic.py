@@ -111,7 +111,8 @@ def test_referring_boxes_hold_the_named_shape(data):
                 cx, cy, ex, ey = cell_box(position.group(1))
                 assert cx <= x1 and x2 <= ex and cy <= y1 and y2 <= ey, r[2]
             # the box is tight: the shape's colour reaches each edge row/column
-            assert centre in {image.getpixel((x, y1)) for x in range(x1, x2)} | {image.getpixel((x1, y)) for y in range(y1, y2)}
+            edges = {image.getpixel((x, y1)) for x in range(x1, x2)} | {image.getpixel((x1, y)) for y in range(y1, y2)}
+            assert centre in edges
 
 
 def test_vqa_answers_agree_with_pixels(data):
@@ -150,6 +151,7 @@ def test_snli_labels_agree_with_pixels(data):
 
 def test_held_out_combinations_only_downstream(data):
     _, files = data
+
     def combos(stage):
         found = set()
         for split in ("train", "valid", "test"):
@@ -200,8 +202,9 @@ TASK_FILES = {"caption": "caption", "vqa_gen": "vqa", "refcoco": "refcoco", "snl
 
 @pytest.mark.parametrize("task_name", sorted(TASK_FILES))
 def test_task_readers_load_every_row_without_unknown_words(data, task_name):
-    import ofa_prompt  # noqa: F401  (registers the tasks)
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+
+    import ofa_prompt  # noqa: F401  (registers the tasks)
 
     out, files = data
     extra = {"ans2label_file": files["vqa_answers.txt"]} if task_name == "vqa_gen" else {}

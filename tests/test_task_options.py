@@ -13,7 +13,15 @@ from fairseq import metrics
 from fairseq.criterions import CRITERION_REGISTRY
 
 import tiny_data
-from conftest import MICRO_CLI, NoLoss, build_micro, common, first, make_task, run  # the `data` fixture is conftest's too
+from conftest import (  # the `data` fixture is conftest's too
+    MICRO_CLI,
+    NoLoss,
+    build_micro,
+    common,
+    first,
+    make_task,
+    run,
+)
 
 
 def words(task, tokens):

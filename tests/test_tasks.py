@@ -3,7 +3,6 @@ clear errors for bad rows."""
 import sys
 
 import pytest
-from fairseq import tasks
 
 from conftest import MICRO_CLI, TASKS, common, make_task, run, setup_task as setup
 
@@ -69,8 +68,9 @@ def test_fairseq_train_then_generate(task, data, tmp_path):
     train = [f"{bin_dir}/fairseq-train", f"{data}/{task}_train.tsv,{data}/{task}_test.tsv", *common(task, data),
              *MICRO_CLI, "--encoder-prompt", "--decoder-prompt", "--encoder-prompt-length", "4",
              "--decoder-prompt-length", "4", "--criterion", "adjust_label_smoothed_cross_entropy",
-             "--optimizer", "adam", "--lr", "0.03", "--batch-size", "6", "--max-update", "2", "--save-dir", str(tmp_path),
-             "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
+             "--optimizer", "adam", "--lr", "0.03", "--batch-size", "6", "--max-update", "2",
+             "--save-dir", str(tmp_path), "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "simple",
+             "--log-interval", "1",
              "--eval-acc" if task != "caption" else "--eval-cider", "--eval-args", '{"beam": 2, "max_len_b": 6}',
              "--validate-interval-updates", "2", "--disable-validation" if task == "caption" else "--seed=1"]
     log = run(train)
@@ -80,7 +80,7 @@ def test_fairseq_train_then_generate(task, data, tmp_path):
            str(tmp_path / "checkpoint_last.pt"), "--gen-subset", "test", "--beam", "5", "--max-len-b", "6",
            "--batch-size", "4", "--scoring", SCORER[task][0], "--ofa-results-file", str(tmp_path / "results.jsonl")]
     out = run(gen)
-    line = [l for l in out.splitlines() if l.startswith("Generate test with beam=5:")]
+    line = [text for text in out.splitlines() if text.startswith("Generate test with beam=5:")]
     assert line and f"{SCORER[task][1]}: " in line[0] and "(6 samples)" in line[0], out[-2000:]
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 6
 

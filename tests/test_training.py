@@ -11,14 +11,12 @@ import time
 import pytest
 import torch
 
+import tiny_data
+from conftest import BIN, MICRO_SIZES, as_options, cold, reference_caption_args as task_args
 from ofa_prompt import load_model
 from ofa_prompt.checkpoint import BACKBONE_KEY, read_checkpoint
 
-import tiny_data
-from conftest import BIN, MICRO_SIZES, as_options, cold, reference_caption_args as task_args
-
 pytestmark = pytest.mark.slow  # fairseq-train / fairseq-generate runs end to end
-
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +62,8 @@ def test_restore_prompt_less_backbone_and_generate(data, reference, tmp_path):
 
 def test_official_finetuned_style_checkpoint_generates(data, reference):
     out = run([f"{BIN}/fairseq-generate", str(data), *task_args(reference), "--path", str(reference / "prompt.pt"),
-               "--gen-subset", "test", "--beam", "5", "--max-len-b", "5", "--batch-size", "4", "--scoring", "ofa_caption"])
+               "--gen-subset", "test", "--beam", "5", "--max-len-b", "5", "--batch-size", "4",
+               "--scoring", "ofa_caption"])
     assert "Generate test with beam=5: CIDEr:" in out
 
 
@@ -139,10 +138,11 @@ def test_prompt_init_from_a_prompt_file(data, reference, tmp_path):
     start = ["--finetune-from-model", str(reference / "plain.pt"), "--batch-size", "4", "--max-update", "1"]
     run(train_args(data, reference, tmp_path / "first", *start))
     export_prompts(str(tmp_path / "first" / "checkpoint_last.pt"), str(tmp_path / "first.safetensors"))
-    log = run(train_args(data, reference, tmp_path / "second", *start, "--prompt-init", str(tmp_path / "first.safetensors"),
-                         "--lr", "0"))
+    log = run(train_args(data, reference, tmp_path / "second", *start,
+                         "--prompt-init", str(tmp_path / "first.safetensors"), "--lr", "0"))
     assert f"prompts initialized with --prompt-init={tmp_path / 'first.safetensors'}" in log
-    first, second = prompts(tmp_path / "first" / "checkpoint_last.pt"), prompts(tmp_path / "second" / "checkpoint_last.pt")
+    first = prompts(tmp_path / "first" / "checkpoint_last.pt")
+    second = prompts(tmp_path / "second" / "checkpoint_last.pt")
     assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)  # lr 0: still the file's prompts
     bad = subprocess.run(train_args(data, reference, tmp_path / "third", *start, "--prompt-init", "vocabb"),
                          capture_output=True, text=True, timeout=300)

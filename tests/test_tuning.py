@@ -3,9 +3,8 @@ BatchNorm statistics never move."""
 import pytest
 import torch
 
-from ofa_prompt.models.tuning import is_trainable
-
 from conftest import build_micro, micro_batch
+from ofa_prompt.models.tuning import is_trainable
 
 METHODS = {
     "prompt": dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=4, decoder_prompt_length=4),
@@ -49,14 +48,16 @@ def test_only_intended_parameters_change(method):
 def test_trainable_sets():
     prompt = build_micro(**METHODS["prompt"])
     names = {k for k, p in prompt.named_parameters() if p.requires_grad}
-    assert names == {"encoder.encoder_prompt_encoder.embedding.weight", "decoder.decoder_prompt_encoder.embedding.weight"}
+    assert names == {"encoder.encoder_prompt_encoder.embedding.weight",
+                     "decoder.decoder_prompt_encoder.embedding.weight"}
     bitfit = build_micro(**METHODS["bitfit"])
     names = {k for k, p in bitfit.named_parameters() if p.requires_grad}
     assert names and all(k.endswith("bias") and "embed_images" not in k for k in names)
     assert "encoder.layers.0.self_attn.q_proj.bias" in names
     adapter = build_micro(**METHODS["adapter"])
     names = {k for k, p in adapter.named_parameters() if p.requires_grad}
-    assert {k.split(".adapter.")[0] for k in names} == {f"{s}.layers.{i}" for s in ("encoder", "decoder") for i in (0, 1)}
+    assert {k.split(".adapter.")[0] for k in names} == {f"{s}.layers.{i}"
+                                                        for s in ("encoder", "decoder") for i in (0, 1)}
 
 
 def test_batchnorm_statistics_frozen_under_prompt_tuning():
@@ -83,7 +84,8 @@ def test_freeze_resnet_keeps_batchnorm_fixed_and_computes_as_eval_batchnorm():
     what the trained BatchNorm gives in eval mode."""
     plain, frozen = build_micro(), build_micro(freeze_resnet=True)
     frozen.load_state_dict(plain.state_dict(), strict=False)
-    assert {k for k in frozen.state_dict() if "embed_images" in k} <= {k for k in plain.state_dict() if "embed_images" in k}
+    frozen_images = {k for k in frozen.state_dict() if "embed_images" in k}
+    assert frozen_images <= {k for k in plain.state_dict() if "embed_images" in k}
     images = torch.rand(2, 3, 32, 32)
     frozen.encoder.embed_images.load_state_dict({k: v for k, v in plain.encoder.embed_images.state_dict().items()
                                                  if "num_batches" not in k})

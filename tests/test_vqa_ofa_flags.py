@@ -246,7 +246,7 @@ def test_fairseq_train_and_generate_open_ended(data, tmp_path):
                "--path", str(tmp_path / "checkpoint_last.pt"), "--gen-subset", "test", "--batch-size", "4",
                "--beam-search-vqa-eval", "--beam", "3", "--unnormalized", "--temperature", "1.0", "--max-len-b", "12",
                "--scoring", "ofa_vqa", "--ofa-results-file", str(tmp_path / "results.jsonl")])
-    line = [l for l in out.splitlines() if l.startswith("Generate test with beam=3:")]
+    line = [text for text in out.splitlines() if text.startswith("Generate test with beam=3:")]
     assert line and "accuracy: " in line[0] and "(6 samples)" in line[0], out[-3000:]
-    results = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    results = [json.loads(row) for row in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(results) == 6 and all(r["score"] == r["references"].get(r["hypothesis"], 0.0) for r in results)

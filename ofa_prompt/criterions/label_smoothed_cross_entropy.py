@@ -31,7 +31,8 @@ class LabelSmoothedCrossEntropyConfig(FairseqDataclass):
     constraint_range: Optional[str] = field(
         default=None, metadata={"help": "'start,end': only special tokens 0-3 and this id range are allowed"})
     max_nonfinite_losses: int = field(
-        default=5, metadata={"help": "a NaN/inf training loss skips its batch with a warning; this many in a row stop the run"})
+        default=5, metadata={"help": "a NaN/inf training loss skips its batch with a warning; this many in a row "
+                                     "stop the run"})
     sample_patch_num: Optional[int] = field(default=None, metadata={
         "help": "refused: OFA samples image patches only in its pretraining task (unify_task, the image-text half "
                 "of each batch); its fine-tuning ignores the option. Leave it out; lower --patch-image-size for "

@@ -55,7 +55,8 @@ def load(path: str, version: tuple, key: str) -> Optional[dict]:
             with np.load(candidate, allow_pickle=False) as saved:
                 if str(saved["header"]) != want:
                     continue
-                rows = {name: array("q", saved[name].astype(np.int64).tobytes()) for name in ("starts", "ends", "lines")}
+                rows = {name: array("q", saved[name].astype(np.int64).tobytes())
+                        for name in ("starts", "ends", "lines")}
                 extra = json.loads(str(saved["extra"]))
         except (OSError, ValueError, KeyError) as e:
             logger.warning("%s: unreadable row index %s (%s): checking the file again", path, candidate, e)

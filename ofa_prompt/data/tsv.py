@@ -20,8 +20,6 @@ class BadRow(InputError, ValueError):
     """A row that cannot be used, named by file and line."""
 
 
-
-
 class TSVReader:
     """Rows of `path` as lists of the `selected_cols` columns, in that order.
 
@@ -142,4 +140,3 @@ class TSVReader:
 
     def __getstate__(self):  # handles do not travel to spawned workers
         return {**self.__dict__, "_file": None}
-

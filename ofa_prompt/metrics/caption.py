@@ -10,7 +10,8 @@ from typing import Dict, List
 logger = logging.getLogger(__name__)
 
 # The punctuation the PTB tokenizer wrapper of pycocoevalcap drops.
-PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
+PUNCTUATIONS = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
+                ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 _warned = False
 
 

@@ -51,9 +51,11 @@ class OFAConfig(FairseqDataclass):
     attn_scale_factor: float = field(default=2.0, metadata={"help": "queries are scaled by (head_dim * this)^-1/2"})
     token_bucket_size: int = field(default=256, metadata={"help": "text relative-position buckets"})
     image_bucket_size: int = field(default=42, metadata={"help": "image relative-position grid size"})
-    disable_entangle: bool = field(default=False, metadata={"help": "do not add target positions to decoder embeddings"})
+    disable_entangle: bool = field(
+        default=False, metadata={"help": "do not add target positions to decoder embeddings"})
     entangle_position_embedding: bool = field(default=False, metadata={"help": "add absolute positions to embeddings"})
-    share_decoder_input_output_embed: bool = field(default=False, metadata={"help": "tie decoder input/output embeddings"})
+    share_decoder_input_output_embed: bool = field(
+        default=False, metadata={"help": "tie decoder input/output embeddings"})
     share_all_embeddings: bool = field(default=False, metadata={"help": "share encoder/decoder embeddings"})
     freeze_resnet: bool = field(default=False, metadata={"help": "frozen BatchNorm in the ResNet (OFA's option)"})
     sync_bn: bool = field(default=False, metadata={"help": "synchronized BatchNorm (eps 1e-3) in the ResNet"})
@@ -61,7 +63,8 @@ class OFAConfig(FairseqDataclass):
     max_target_positions: int = field(default=1024, metadata={"help": "maximum target length"})
     # prompt tuning
     encoder_prompt: bool = field(default=False, metadata={"help": "add prefix prompts to encoder self-attention"})
-    encoder_prompt_type: PROMPT_TYPES = field(default="prefix", metadata={"help": "prompt type (only 'prefix', as in OFA)"})
+    encoder_prompt_type: PROMPT_TYPES = field(
+        default="prefix", metadata={"help": "prompt type (only 'prefix', as in OFA)"})
     encoder_prompt_length: int = field(default=100, metadata={"help": "encoder prompt tokens per layer (paper: 64)"})
     encoder_prompt_projection: bool = field(
         default=False, metadata={"help": "reparameterize encoder prompts: embedding -> Linear -> ReLU -> Linear"})
@@ -71,7 +74,8 @@ class OFAConfig(FairseqDataclass):
     encoder_prompt_layers: str = field(
         default="all", metadata={"help": "encoder layers with prompts: all, bottom-K, top-K or indices like 0,2,5"})
     decoder_prompt: bool = field(default=False, metadata={"help": "add prefix prompts to decoder self-attention"})
-    decoder_prompt_type: PROMPT_TYPES = field(default="prefix", metadata={"help": "prompt type (only 'prefix', as in OFA)"})
+    decoder_prompt_type: PROMPT_TYPES = field(
+        default="prefix", metadata={"help": "prompt type (only 'prefix', as in OFA)"})
     decoder_prompt_length: int = field(default=100, metadata={"help": "decoder prompt tokens per layer (paper: 64)"})
     decoder_prompt_projection: bool = field(
         default=False, metadata={"help": "reparameterize decoder prompts: embedding -> Linear -> ReLU -> Linear"})
@@ -81,9 +85,9 @@ class OFAConfig(FairseqDataclass):
     decoder_prompt_layers: str = field(
         default="all", metadata={"help": "decoder layers with prompts: all, bottom-K, top-K or indices like 0,2,5"})
     prompt_gate: bool = field(
-        default=False, metadata={"help": "a zero-initialized per-layer, per-head gate tanh(g) on the prompts' attention, "
-                                         "normalized apart from the real keys' (LLaMA-Adapter): training starts from the "
-                                         "frozen model's outputs exactly"})
+        default=False, metadata={"help": "a zero-initialized per-layer, per-head gate tanh(g) on the prompts' "
+                                         "attention, normalized apart from the real keys' (LLaMA-Adapter): training "
+                                         "starts from the frozen model's outputs exactly"})
     prompt_residual: bool = field(
         default=False, metadata={"help": "residual reparameterization of the prompts, E + MLP(E) (Razdaibiedina et al. "
                                          "2023), MLP hidden size --*-prompt-dim; folded to a flat prefix at export"})
@@ -91,7 +95,8 @@ class OFAConfig(FairseqDataclass):
         default=False, metadata={"help": "set the frozen backbone's dropout, attention and activation dropout and "
                                          "drop-path to 0 while prompts (or adapters, BitFit) train (SuperPos-Prompt); "
                                          "the prompts' own --prompt-dropout stays"})
-    prompt_dropout: float = field(default=0.2, metadata={"help": "dropout on the prompt keys/values in training (OFA: 0.2)"})
+    prompt_dropout: float = field(
+        default=0.2, metadata={"help": "dropout on the prompt keys/values in training (OFA: 0.2)"})
     prompt_init: str = field(
         default="random", metadata={"help": "initialization of new prompts: random (OFA), vocab (projections of token "
                                             "embeddings), activations (the backbone's keys/values of real tokens), or "
@@ -101,15 +106,18 @@ class OFAConfig(FairseqDataclass):
     # baselines of the paper
     tuning_method: ChoiceEnum(TUNING_METHODS) = field(
         default="auto", metadata={"help": "what is trained: auto (prompt if a prompt flag is set, else adapter if "
-                                          "--adapter, else bitfit if --bitfit, else finetune), prompt, adapter, bitfit, finetune"})
-    adapter: bool = field(default=False, metadata={"help": "bottleneck adapters after every FFN (freezes the backbone)"})
+                                          "--adapter, else bitfit if --bitfit, else finetune), prompt, adapter, "
+                                          "bitfit, finetune"})
+    adapter: bool = field(
+        default=False, metadata={"help": "bottleneck adapters after every FFN (freezes the backbone)"})
     adapter_dim: int = field(default=200, metadata={"help": "adapter hidden size"})
     bitfit: bool = field(default=False, metadata={"help": "train only the bias terms (BitFit)"})
     freeze_encoder_embedding: bool = field(default=False, metadata={"help": "freeze the encoder token embedding"})
     freeze_decoder_embedding: bool = field(default=False, metadata={"help": "freeze the decoder token embedding"})
     autocast: AUTOCAST = field(
-        default="none", metadata={"help": "compute the forward pass in bfloat16 (torch.autocast, CPU or GPU) while parameters, "
-                                          "gradients and optimizer state stay float32; fairseq's own --bf16 means TPU"})
+        default="none", metadata={"help": "compute the forward pass in bfloat16 (torch.autocast, CPU or GPU) while "
+                                          "parameters, gradients and optimizer state stay float32; fairseq's own "
+                                          "--bf16 means TPU"})
     # prompt-only checkpoints
     backbone: Optional[str] = field(
         default=None, metadata={"help": "checkpoint holding the frozen backbone (default: --finetune-from-model or "
@@ -117,7 +125,8 @@ class OFAConfig(FairseqDataclass):
     save_full_checkpoint: bool = field(
         default=False, metadata={"help": "write the whole model into checkpoints even when the backbone is frozen"})
     force_backbone: bool = field(
-        default=False, metadata={"help": "load a prompt-only checkpoint onto a backbone whose hash differs from the recorded one"})
+        default=False, metadata={"help": "load a prompt-only checkpoint onto a backbone whose hash differs from the "
+                                         "recorded one"})
 
     @property
     def encoder_stack(self) -> "StackConfig":
@@ -228,8 +237,10 @@ def _reject_changed(cfg: OFAConfig, names, needs: str):
     prompt dim equal to its filled-in default (2 x encoder width, which OFA's checkpoints store even
     without prompts) counts as unchanged."""
     def default(name):
-        return 2 * cfg.encoder_embed_dim if name.endswith("_prompt_dim") else OFAConfig.__dataclass_fields__[name].default
+        return (2 * cfg.encoder_embed_dim if name.endswith("_prompt_dim")
+                else OFAConfig.__dataclass_fields__[name].default)
 
-    changed = [f"--{name.replace('_', '-')}={getattr(cfg, name)}" for name in names if getattr(cfg, name) != default(name)]
+    changed = [f"--{name.replace('_', '-')}={getattr(cfg, name)}"
+               for name in names if getattr(cfg, name) != default(name)]
     if changed:
         raise ValueError(f"{', '.join(changed)} given without {needs}")

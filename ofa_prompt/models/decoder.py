@@ -145,4 +145,3 @@ def distinct_rows(encoder_out) -> Optional[Tuple[Tensor, Tensor]]:
     order = torch.arange(inverse.numel(), device=inverse.device)
     first = torch.full_like(distinct, inverse.numel()).scatter_reduce(0, inverse, order, "amin")
     return first, inverse
-

@@ -40,7 +40,8 @@ def _apply(norm, x):
 
 
 class TransformerLayer(nn.Module):
-    """One encoder layer, or with `cross=True` one decoder layer.
+    """One encoder layer, or with `decoder=True` one decoder layer (self-attention, then cross-attention over
+    the encoder's output).
 
     Parameter names are OFA's: encoder layers call the attention output norm `attn_ln`, decoder
     layers `self_attn_ln` / `cross_attn_ln`.

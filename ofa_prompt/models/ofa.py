@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 PromptSet = Dict[str, Dict[int, Prefix]]  # side -> layer -> (key, value)
 
+
 def pretrained_checkpoint(args) -> Optional[str]:
     """The file fairseq-train starts from (--finetune-from-model, or --restore-file unless it is the
     default checkpoint_last.pt); fairseq-train hands the model only its own config node, so look at
@@ -127,5 +128,3 @@ class OFAModel(FairseqEncoderDecoderModel):
 @register_model("ofa", dataclass=OFAConfig)
 class OFALegacyModel(OFAModel):
     """OFA's registry name, so that official checkpoints (`_name: ofa_*`) build this model."""
-
-

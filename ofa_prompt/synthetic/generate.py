@@ -69,7 +69,8 @@ def split_rows(stage: str, split: str, n_images: int, seed: int) -> Dict[str, Li
             answers = language.format_answers(language.annotator_answers(truth, wrong, rng))
             add("vqa", image_id, question, answers, objects, image)
         for shape in (scene if train else [rng.choice(scene)]):
-            add("refcoco", image_id, language.referring_expression(shape, stage, rng), ",".join(map(str, shape.box)), image)
+            expression = language.referring_expression(shape, stage, rng)
+            add("refcoco", image_id, expression, ",".join(map(str, shape.box)), image)
         premise = refs[0]
         for label in (SNLI_LABELS if train else [rng.choice(SNLI_LABELS)]):
             add("snli_ve", image_id, image, language.hypothesis(scene, stage, label, rng), premise, label)

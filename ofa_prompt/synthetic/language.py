@@ -83,7 +83,8 @@ def format_answers(conf: Dict[str, float]) -> str:
 def referring_expression(shape: Shape, stage: str, rng: random.Random) -> str:
     if stage == "pretrain":
         return f"the {shape.name}"
-    return rng.choice([f"the {shape.shape} at the {shape.position}", f"the {shape.color} shape at the {shape.position}"])
+    return rng.choice([f"the {shape.shape} at the {shape.position}",
+                       f"the {shape.color} shape at the {shape.position}"])
 
 
 def hypothesis(scene: List[Shape], stage: str, label: str, rng: random.Random) -> str:

@@ -14,17 +14,17 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.sequence_generator import EnsembleModel
 from fairseq.tasks import TASK_REGISTRY, FairseqTask
 from omegaconf import II, DictConfig, OmegaConf, open_dict
+from PIL import Image
 
 from ..checkpoint import check_resume_file, claim_save_dir
 from ..data.dataset import OFADataset
-from ..data.dictionary import build_ofa_dictionary
 from ..data.decoded_images import DecodedImage, DecodedImageStore
+from ..data.dictionary import build_ofa_dictionary
 from ..data.image import CachedImage, decode_image, image_size_of, normalized, to_tensor
 from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
 from ..data.tsv import TSVReader
@@ -33,17 +33,17 @@ from ..fairseq_compat import bf16_without_tpu, stop_after_update_on_sigint, stop
 from ..file_version import check_unchanged, file_version
 from ..metrics.records import RECORDER
 from ..metrics.scorers import use_task_scorer
-from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
-from .saved_settings import SettingsError, apply_saved_settings, explicit_keys
 from ..models.image_cache import ImageFeatureCache, capacity_line
-from ..models.resnet import ResNet
 from ..models.prompt_init import PROMPT_INITS
+from ..models.resnet import ResNet
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
 from ..prompt_file import attach_prompts, read_prompts
-from ..version import __version__
 from ..schedule import default_total_updates, plan_lr_schedule
+from ..version import __version__
+from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
+from .saved_settings import SettingsError, apply_saved_settings, explicit_keys
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,14 @@ DECODER_PROMPT_TYPES = ChoiceEnum(["none", "src", "prev_output"])
 @dataclass
 class OFATaskConfig(FairseqDataclass):
     data: Optional[str] = field(default=None, metadata={
-        "help": "comma-separated TSV files: training epochs cycle through all but the last, other splits read the last"})
+        "help": "comma-separated TSV files: training epochs cycle through all but the last, other splits read the "
+                "last"})
     selected_cols: Optional[str] = field(default=None, metadata={"help": "TSV columns to read, in the task's order"})
     # fairseq's --seed: what a training sample draws at random (a caption's reference) is seeded by it, the
     # epoch and the row, so that a run repeats exactly (fairseq leaves an interpolated field off the parser)
     seed: int = II("common.seed")
-    bpe_dir: Optional[str] = field(default=None, metadata={"help": "folder with dict.txt (and encoder.json, vocab.bpe for gpt2)"})
+    bpe_dir: Optional[str] = field(
+        default=None, metadata={"help": "folder with dict.txt (and encoder.json, vocab.bpe for gpt2)"})
     text_tokenizer: ChoiceEnum(TOKENIZERS) = field(default="gpt2", metadata={
         "help": "gpt2: OFA's BPE; word: whitespace words listed in <bpe-dir>/dict.txt"})
     max_src_length: int = field(default=128, metadata={"help": "maximum source tokens"})
@@ -71,7 +73,8 @@ class OFATaskConfig(FairseqDataclass):
     num_bins: int = field(default=1000, metadata={"help": "number of <bin_i> location tokens"})
     patch_image_size: int = field(default=480, metadata={"help": "images are resized to this square size"})
     max_image_size: int = field(default=512, metadata={"help": "coordinate range the location bins cover"})
-    imagenet_default_mean_and_std: bool = field(default=False, metadata={"help": "ImageNet normalization instead of 0.5/0.5"})
+    imagenet_default_mean_and_std: bool = field(
+        default=False, metadata={"help": "ImageNet normalization instead of 0.5/0.5"})
     skip_bad_rows: bool = field(default=False, metadata={"help": "skip (and count) bad TSV rows instead of stopping"})
     image_feature_cache: ChoiceEnum(["none", "memory", "disk"]) = field(default="none", metadata={
         "help": "keep the frozen ResNet's features of each training and validation image (prompt tuning, adapters, "
@@ -180,16 +183,17 @@ class OFATask(FairseqTask):
         the prompts are not among them)."""
         path = self.cfg.prompt_file
         if model.encoder.prompts is not None or model.decoder.prompts is not None:
-            raise SettingsError(f"--prompt-file {path} brings the prompts, but the --path checkpoint {backbone} has its "
-                                "own: give --path the backbone they were tuned on (e.g. ofa_base.pt)")
+            raise SettingsError(f"--prompt-file {path} brings the prompts, but the --path checkpoint {backbone} has "
+                                "its own: give --path the backbone they were tuned on (e.g. ofa_base.pt)")
         check_unchanged(path, self.prompt_file_version, file_version(path) if os.path.isfile(path) else None,
                         "between fairseq-generate's reading of its task settings and of its prompts")
         model.backbone_file = backbone
         try:
             attach_prompts(model, path, force_backbone=model.cfg.force_backbone, bpe_dir=self.cfg.bpe_dir)
         except ValueError as e:
-            raise SettingsError(f"--prompt-file: {e} (fairseq-generate: --model-overrides \"{{'force_backbone': True}}\")"
-                                if "force_backbone" in str(e) else f"--prompt-file: {e}") from None
+            raise SettingsError(
+                f"--prompt-file: {e} (fairseq-generate: --model-overrides \"{{'force_backbone': True}}\")"
+                if "force_backbone" in str(e) else f"--prompt-file: {e}") from None
         logger.info("prompts from %s attached to the model of %s", path, backbone)
 
     @classmethod
@@ -202,7 +206,8 @@ class OFATask(FairseqTask):
         if cfg.zero_shot:
             raise ValueError("--zero-shot (OFA's unconstrained zero-shot generation) is not implemented: drop it; "
                              "fairseq-generate evaluates a pretrained checkpoint (ofa_large.pt) on this task with the "
-                             "task's own inference (candidate answers, location bins), its settings from the command line")
+                             "task's own inference (candidate answers, location bins), its settings from the command "
+                             "line")
         versions, prompt_record = [], None
         if cfg.prompt_file:
             _, meta = read_prompts(cfg.prompt_file)
@@ -391,8 +396,9 @@ class OFATask(FairseqTask):
     def next_token_rule(self, source: torch.Tensor, generation: dict) -> Optional[Rule]:
         """What this task's generator allows next, for one sample (unpadded `source`), as a per-sample rule of
         PerSampleBeamSearch; `generation`: the generator options. Tasks that score candidates have none."""
-        raise InputError(f"--task {self.task_name()} chooses among candidates rather than searching, so it cannot share a beam "
-                         "search with other tasks: run it on its own (OFAPredictor.entail, or answer with candidates)")
+        raise InputError(f"--task {self.task_name()} chooses among candidates rather than searching, so it cannot "
+                         "share a beam search with other tasks: run it on its own (OFAPredictor.entail, or answer "
+                         "with candidates)")
 
     def answer_tokens(self, tokens: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """The answer part of a generated hypothesis (tasks with a decoder prefix drop it)."""

@@ -209,7 +209,8 @@ def checkpoint_ema(path: str, option: str = "--ema-eval") -> dict:
     ema = (state.get("extra_state") or {}).get("ema")
     if not isinstance(ema, dict) or not any(torch.is_tensor(v) for v in ema.values()):
         why = ("its EMA state holds no weights (written by a plugin version that saved none of the tuned tensors)"
-               if isinstance(ema, dict) else "it has no EMA state (extra_state['ema']): it was trained without --store-ema")
+               if isinstance(ema, dict)
+               else "it has no EMA state (extra_state['ema']): it was trained without --store-ema")
         raise SettingsError(f"{option}: {path} holds no EMA weights: {why}; use it without {option}")
     return ema
 

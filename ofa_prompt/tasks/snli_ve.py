@@ -18,7 +18,8 @@ class SnliVeConfig(OFATaskConfig):
     valid_batch_size: int = field(default=20, metadata={
         "help": "candidate answers scored per decoder pass for each sample (OFA's option; memory only)"})
     prompt_type: DECODER_PROMPT_TYPES = field(
-        default="none", metadata={"help": "OFA: also feed the instruction to the decoder (src: with eos, prev_output: without)"})
+        default="none", metadata={"help": "OFA: also feed the instruction to the decoder (src: with eos, "
+                                          "prev_output: without)"})
 
 
 @register_task("snli_ve", dataclass=SnliVeConfig)

@@ -21,8 +21,8 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..data.tokenize import clean_text
-from ..metrics.vqa import parse_answers, vqa_score
 from ..file_version import file_version
+from ..metrics.vqa import parse_answers, vqa_score
 from ..per_sample_search import Rule, allow_only, use_per_sample_rules
 from .base import DECODER_PROMPT_TYPES, OFATask, OFATaskConfig
 
@@ -54,7 +54,8 @@ class VqaGenConfig(OFATaskConfig):
     add_object: bool = field(default=False, metadata={"help": "append the detected object labels to the question"})
     max_object_length: int = field(default=30, metadata={"help": "at most this many object labels"})
     prompt_type: DECODER_PROMPT_TYPES = field(
-        default="none", metadata={"help": "OFA: also feed the question to the decoder (src: with eos, prev_output: without)"})
+        default="none", metadata={"help": "OFA: also feed the question to the decoder (src: with eos, "
+                                          "prev_output: without)"})
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
