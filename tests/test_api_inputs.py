@@ -24,6 +24,7 @@ FILES = {
     "caption_beam1": ("caption", 3, 2, {"eval_args": '{"beam": 1}'}),
     "caption_lenpen": ("caption", 3, 2, {"eval_args": '{"lenpen": 0.0}'}),
     "caption_min_len": ("caption", 3, 2, {"eval_args": '{"min_len": 14}'}),
+    "caption_max_len": ("caption", 3, 2, {"eval_args": '{"max_len_b": 4}'}),
     "caption_ngram": ("caption", 3, 2, {"eval_args": '{"no_repeat_ngram_size": 1}'}),
     "vqa_beam1": ("vqa_gen", 6, 0, {"eval_args": '{"beam": 1, "max_len_b": 6}'}),
     # one side only
@@ -88,7 +89,7 @@ def alone(model, request):
 
 
 # --- mixed(): what each call gives alone ------------------------------------------------------------------
-SETTINGS = ["caption_beam1", "caption_lenpen", "caption_min_len", "caption_ngram", "vqa_beam1"]
+SETTINGS = ["caption_beam1", "caption_lenpen", "caption_min_len", "caption_max_len", "caption_ngram", "vqa_beam1"]
 
 
 def test_mixed_decodes_each_request_with_its_files_settings(files, model, monkeypatch):
@@ -101,11 +102,11 @@ def test_mixed_decodes_each_request_with_its_files_settings(files, model, monkey
     search = model._search
     monkeypatch.setattr(model, "_search", lambda shared, group: searches.append(len(group)) or search(shared, group))
     outputs = model.mixed(given)
-    assert sorted(searches) == [2, 4, 10]
+    assert sorted(searches) == [2, 4, 12]
     assert outputs == [alone(model, r) for r in given]
-    # each setting changes what its prompts give, so a mix that dropped it would differ (lenpen does not change
-    # these outputs: their beams end at one length; it is covered by the equality above only)
-    for name in (n for n in SETTINGS if n != "caption_lenpen"):
+    # each setting changes what its prompts give, so a mix that dropped it would differ (lenpen and min_len do not
+    # change these outputs: their beams end at one length, past 14 tokens; they are covered by the equality above)
+    for name in (n for n in SETTINGS if n not in ("caption_lenpen", "caption_min_len")):
         base = name.split("_")[0]
         assert [alone(model, request(files, name, im)) for im in IMAGES[:2]] \
             != [alone(model, request(files, base, im)) for im in IMAGES[:2]], name
