@@ -10,8 +10,26 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (METHODS, PROMPT_LENGTH, PROMPT_LR, SIZES, TASKS, Run, Series, cli, command_line, execute_all,  # noqa: E402
-                    plot, pm, prompt_length, original_args, remade_command_line, save_results, settings, verdict)
+from common import (  # noqa: E402
+    METHODS,
+    PROMPT_LENGTH,
+    PROMPT_LR,
+    SIZES,
+    TASKS,
+    Run,
+    Series,
+    cli,
+    command_line,
+    execute_all,
+    original_args,
+    plot,
+    pm,
+    prompt_length,
+    remade_command_line,
+    save_results,
+    settings,
+    verdict,
+)
 
 LENGTHS = [10, 16, 30, 64, 100, 120]
 

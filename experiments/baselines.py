@@ -22,7 +22,6 @@ from typing import Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import REPO, TASKS, _demo  # noqa: E402
-
 from ofa_prompt.metrics.caption import caption_scores  # noqa: E402
 from ofa_prompt.metrics.grounding import acc_at_iou  # noqa: E402
 from ofa_prompt.metrics.vqa import parse_answers, vqa_score  # noqa: E402

@@ -50,7 +50,8 @@ def pct(values):
 def finetuning_falls(scale, smallest, largest):
     """A caveat for the scale claim when finetuning itself scores lower on the largest backbone than on the smallest:
     then a rising share says the larger backbone is worse for every method, not that prompt tuning catches up."""
-    scores = {}  # (size, task) -> finetuning's test scores over seeds; run names are <size>[_...]/<task>_<method>_u<n>_s<seed>
+    # (size, task) -> finetuning's test scores over seeds; run names are <size>[_...]/<task>_<method>_u<n>_s<seed>
+    scores = {}
     for name, score in scale["per_run"].items():
         size, run = name.split("/")
         task, method, _, _ = run.rsplit("_", 3)
@@ -77,7 +78,8 @@ def claim_rows(docs):
         seeds = compare["per_seed"]
         size = compare.get("size", "micro")
         pt = [v for t in TASKS for v in seeds.get(f"{t}/prompt", {}).get("share", [])]
-        rows.append(["Prompt tuning is comparable to finetuning", "OFA-Large: 99.2% of finetuning's score (mean of the 4 tasks, Table 1)",
+        rows.append(["Prompt tuning is comparable to finetuning",
+                     "OFA-Large: 99.2% of finetuning's score (mean of the 4 tasks, Table 1)",
                      f"{pct(pt)} of finetuning's score measured from the trivial baseline ({size}, 4 tasks x "
                      f"{len(compare['seeds'])} seeds)",
                      "holds" if mean_std(pt)[0] >= 0.95 else "does not hold at this size"])
@@ -88,7 +90,8 @@ def claim_rows(docs):
                 rows.append([f"Prompt tuning beats {'Adapter' if other == 'adapter' else 'BitFit'}",
                              "better on every task (Table 2, OFA-Large: CIDEr 141.4 against 139.5 / 138.8)",
                              "; ".join(f"{t} {mean_std(seeds[f'{t}/prompt']['score'])[0]:.3f} against "
-                                       f"{mean_std(seeds[f'{t}/{other}']['score'])[0]:.3f}" for t in tasks) + f" ({size})",
+                                       f"{mean_std(seeds[f'{t}/{other}']['score'])[0]:.3f}" for t in tasks)
+                             + f" ({size})",
                              f"holds on {sum(v == 'holds' for v in each.values())} of {len(tasks)} tasks"
                              + "".join(f"; {v} on {t}" for t, v in each.items() if v != "holds")])
         spread = {m: [mean_std(seeds[f"{t}/{m}"]["score"])[1] / max(mean_std(seeds[f"{t}/{m}"]["score"])[0], 1e-9)
@@ -112,7 +115,8 @@ def claim_rows(docs):
             rows.append([f"The gap to finetuning closes as the model grows ({label})",
                          "share of finetuning: Base 96.8%, Large 99.2% (Table 1)",
                          ", ".join(f"{s} ({scale['params'][s] / 1e6:.1f} M): {pct(pooled['prompt'][s])}" for s in sizes)
-                         + others + f" ({'/'.join(parts)})" + (best_rates if matched and rates and rates["task"] in tasks else ""),
+                         + others + f" ({'/'.join(parts)})"
+                         + (best_rates if matched and rates and rates["task"] in tasks else ""),
                          verdict(pooled["prompt"][sizes[-1]], pooled["prompt"][sizes[0]])
                          + finetuning_falls(scale, sizes[0], sizes[-1])])
     robust = load(docs, "robustness")
@@ -128,7 +132,8 @@ def claim_rows(docs):
             paired = [t for t in TASKS if f"{attack}/{t}/{MATCHED.format('prompt')}" in robust["per_seed"]]
             close = [t for t in paired if clean_gap(robust["per_seed"], attack, t) <= robust["match"]]
             if drops["prompt"] and drops["finetune"]:
-                rows.append([f"Prompt tuning is more robust to FGSM ({attack})", "smaller drop than finetuning on every task (Figure 3, no figures given)",
+                rows.append([f"Prompt tuning is more robust to FGSM ({attack})",
+                             "smaller drop than finetuning on every task (Figure 3, no figures given)",
                              f"drop at eps {eps}: prompt {pct(drops['prompt'])}, finetune {pct(drops['finetune'])}"
                              + (f", finetune at prompt tuning's clean score {pct(matched)} (clean scores within "
                                 f"{100 * robust['match']:.0f}% on {len(close)} of {len(paired)} "
@@ -147,12 +152,15 @@ def claim_rows(docs):
     for depth in (load(docs, "ablations", "depth"), load(docs, "ablations", "medium_caption", "depth")):
         if depth:
             per = depth["per_seed"]
-            rows.append([f"Encoder-only prompts beat decoder-only ({depth['size']})", "Table 3: encoder-only better on every task (CIDEr 141.1 against 140.8)",
-                         f"encoder only {mean_std(per['encoder only'])[0]:.4f} ± {mean_std(per['encoder only'])[1]:.4f},"
+            rows.append([f"Encoder-only prompts beat decoder-only ({depth['size']})",
+                         "Table 3: encoder-only better on every task (CIDEr 141.1 against 140.8)",
+                         f"encoder only {mean_std(per['encoder only'])[0]:.4f} ± "
+                         f"{mean_std(per['encoder only'])[1]:.4f},"
                          f" decoder only {mean_std(per['decoder only'])[0]:.4f} ± "
                          f"{mean_std(per['decoder only'])[1]:.4f} ({depth['task']})",
                          verdict(per["encoder only"], per["decoder only"])])
-            rows.append([f"Prompts in both encoder and decoder are best ({depth['size']})", "both better than either (Table 3)",
+            rows.append([f"Prompts in both encoder and decoder are best ({depth['size']})",
+                         "both better than either (Table 3)",
                          f"both {mean_std(per['both'])[0]:.4f} ± {mean_std(per['both'])[1]:.4f}",
                          verdict(per["both"], max((per["encoder only"], per["decoder only"]),
                                                   key=lambda v: mean_std(v)[0]))])
@@ -162,7 +170,8 @@ def claim_rows(docs):
         rows.append(["Reparameterization (MLP) is task-dependent", "Table 4: helps RefCOCO, hurts SNLI-VE and VQA",
                      f"MLP {mean_std(per['MLP reparameterization'])[0]:.4f} ± "
                      f"{mean_std(per['MLP reparameterization'])[1]:.4f}, none "
-                     f"{mean_std(per['no reparameterization'])[0]:.4f} ± {mean_std(per['no reparameterization'])[1]:.4f}"
+                     f"{mean_std(per['no reparameterization'])[0]:.4f} ± "
+                     f"{mean_std(per['no reparameterization'])[1]:.4f}"
                      f" ({reparam['task']})", "MLP " + verdict(per["MLP reparameterization"],
                                                              per["no reparameterization"]).replace("holds", "helps")
                      .replace("does not hold", "hurts")])
@@ -173,7 +182,9 @@ def claim_rows(docs):
             if row[1] == "prompt, random":
                 reached = (f"in {row[3]} updates ({row[4]} finetuning's)" if row[3] != "-" else
                            f"best validation score {row[6]} against finetuning's {best.get(row[0], '-')}")
-                rows.append([f"Prompt tuning converges slowly ({row[0]})", "at least 40 epochs on RefCOCO; 1.9x / 2.0x finetuning's GPU hours on RefCOCO / SNLI-VE (Table 5)",
+                rows.append([f"Prompt tuning converges slowly ({row[0]})",
+                             "at least 40 epochs on RefCOCO; 1.9x / 2.0x finetuning's GPU hours on RefCOCO / SNLI-VE "
+                             "(Table 5)",
                              f"{row[2]} seeds reach 95% of finetuning's best validation score; {reached}",
                              "holds" if row[2].startswith("0/") or (row[4] != "-" and float(row[4][:-1]) > 1)
                              else "does not hold"])

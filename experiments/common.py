@@ -237,7 +237,8 @@ def validation_curve(text: str):
     """[(updates, validation score, seconds since training began)] from a fairseq-train log, and the
     updates per epoch; a ValueError if either is missing."""
     began = datetime.fromisoformat(_BEGIN.search(text).group(1))
-    points = {int(u): (float(s), (datetime.fromisoformat(t) - began).total_seconds()) for t, s, u in _VALID.findall(text)}
+    points = {int(u): (float(s), (datetime.fromisoformat(t) - began).total_seconds())
+              for t, s, u in _VALID.findall(text)}
     if not points:
         raise ValueError("no validation scores in the fairseq-train log")
     per_epoch = _EPOCH.search(text) or _EPOCH_1_END.search(text)

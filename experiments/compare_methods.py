@@ -12,9 +12,27 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (METHODS, SIZES, TASKS, Series, best_point, cli, command_line, execute_all, log,  # noqa: E402
-                    mean_std, method_run, plot_grid, pm, original_args, remade_command_line, save_results, settings,
-                    shares_of_finetuning, verdict)
+from common import (  # noqa: E402
+    METHODS,
+    SIZES,
+    TASKS,
+    Series,
+    best_point,
+    cli,
+    command_line,
+    execute_all,
+    log,
+    mean_std,
+    method_run,
+    original_args,
+    plot_grid,
+    pm,
+    remade_command_line,
+    save_results,
+    settings,
+    shares_of_finetuning,
+    verdict,
+)
 
 
 def method_runs(tasks, methods, seeds, updates, every, size="micro", matched_loss=None):

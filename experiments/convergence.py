@@ -21,10 +21,33 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (METHODS, PRETRAIN_CONFIG, SIZES, TASKS, Run, Series, build_command, cli,  # noqa: E402
-                    command_line, ensure_backbone, execute_all, first_reaching, log, mean_std, method_run, plot_grid, pm,
-                    original_args, read_text, remade_command_line, run_logged, save_results, settings,
-                    store_dir, verdict)
+from common import (  # noqa: E402
+    METHODS,
+    PRETRAIN_CONFIG,
+    SIZES,
+    TASKS,
+    Run,
+    Series,
+    build_command,
+    cli,
+    command_line,
+    ensure_backbone,
+    execute_all,
+    first_reaching,
+    log,
+    mean_std,
+    method_run,
+    original_args,
+    plot_grid,
+    pm,
+    read_text,
+    remade_command_line,
+    run_logged,
+    save_results,
+    settings,
+    store_dir,
+    verdict,
+)
 
 REMEDIES = {"gate": ["train.prompt-gate=true"], "residual": ["train.prompt-residual=true"],
             "no-dropout": ["train.no-backbone-dropout=true"]}
@@ -172,7 +195,8 @@ def write_tables(a, argv, outcomes, updates, every, seeds, out):
                            ylabel=f"validation {TASKS[t]['metric']} (greedy)", series=series,
                            baseline=baselines[t]["valid"]))
     save_results(out, f"Convergence ({a.size} backbone)", rows,
-                 ["task", "run", "seeds reaching 95% of finetuning's best", "updates to reach", "x finetuning's updates",
+                 ["task", "run", "seeds reaching 95% of finetuning's best", "updates to reach",
+                  "x finetuning's updates",
                   "seconds to reach", "best validation score", "best validation score within 2x finetuning's updates",
                   "test score", "within 2x finetuning's updates", "test against prompt, random (Welch's t-test, 0.05)"],
                  f"Validation (greedy generation) every {every} updates, {updates} updates per run, seeds {seeds}; the "

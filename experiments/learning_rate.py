@@ -14,9 +14,27 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (METHODS, SIZES, TASKS, Run, Series, best_point, cli, command_line, execute_all, log,  # noqa: E402
-                    mean_std, method_run, original_args, plot, pm, pretraining, remade_command_line, save_results,
-                    settings)
+from common import (  # noqa: E402
+    METHODS,
+    SIZES,
+    TASKS,
+    Run,
+    Series,
+    best_point,
+    cli,
+    command_line,
+    execute_all,
+    log,
+    mean_std,
+    method_run,
+    original_args,
+    plot,
+    pm,
+    pretraining,
+    remade_command_line,
+    save_results,
+    settings,
+)
 
 
 def method_lr(method: str) -> float:
@@ -87,7 +105,8 @@ def main(argv=None):
                  ["size", "learning rate", f"{metric} (mean ± sd)", "seed range", "updates to best"],
                  f"{a.method} on {a.task}, {updates} updates per run, validated every {every}, test split on the best "
                  f"checkpoint (beam 5); seeds {seeds}. Backbones: each size's first pretraining checkpoint at or below "
-                 f"validation loss {matched:.4f} on the pretraining mix (the {a.sizes[-1]} backbone's final one), as in "
+                 f"validation loss {matched:.4f} on the pretraining mix (the {a.sizes[-1]} backbone's final one), as "
+                 "in "
                  f"scale.py. The default learning rate ({method_lr(a.method):g}) is common.METHODS', chosen on the "
                  "micro backbone. The trivial baseline (experiments/baselines.py) is scored on the same test split.",
                  remade_command_line(out, "learning_rate.py", argv) if a.from_results

@@ -23,9 +23,26 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (METHODS, SIZES, TASKS, Series, best_point, cli, closest_point, command_line,  # noqa: E402
-                    ensure_backbone, execute_all, log, mean_std, plot_grid, pm, relative_drop, remade_command_line,
-                    save_results, settings)
+from common import (  # noqa: E402
+    METHODS,
+    SIZES,
+    TASKS,
+    Series,
+    best_point,
+    cli,
+    closest_point,
+    command_line,
+    ensure_backbone,
+    execute_all,
+    log,
+    mean_std,
+    plot_grid,
+    pm,
+    relative_drop,
+    remade_command_line,
+    save_results,
+    settings,
+)
 from compare_methods import method_runs  # noqa: E402
 
 EPS = {"image": [0.0, 0.02, 0.05, 0.1], "text": [0.0, 0.05, 0.1, 0.5]}  # as many of each: one table

@@ -20,9 +20,27 @@ from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from baselines import baseline  # noqa: E402
-from common import (METHODS, SIZES, TASKS, Series, cli, command_line, execute_all, log,  # noqa: E402
-                    mean_std, method_run, original_args, plot_grid, pm, pretraining, remade_command_line, save_results,
-                    settings, shares_of_finetuning, verdict)
+from common import (  # noqa: E402
+    METHODS,
+    SIZES,
+    TASKS,
+    Series,
+    cli,
+    command_line,
+    execute_all,
+    log,
+    mean_std,
+    method_run,
+    original_args,
+    plot_grid,
+    pm,
+    pretraining,
+    remade_command_line,
+    save_results,
+    settings,
+    shares_of_finetuning,
+    verdict,
+)
 from compare_methods import method_runs  # noqa: E402
 
 
