@@ -133,6 +133,13 @@ class OFATask(FairseqTask):
         self.image_cache = None  # --image-feature-cache: the model's, once attached (attach_image_cache)
         self._ema_generator = None  # (EMA model, its validation generator), built at the first validation
         self._warned_truncation = False
+        # batches of the current update whose loss was finite (the criterion marks the others NONFINITE)
+        self._finite_batches = 0
+        self._prepared_for_training = False
+        self._checkpoints_built = 0  # models built from --path checkpoints so far
+        # (path, version) of the --path checkpoints whose task settings were taken (setup_task, fairseq-generate)
+        self.checkpoint_versions = []
+        self.prompt_file_version = None
         self._warned_target_cut = False
         self._warned_ema = False
         self._readers = {}  # (path, columns) -> TSVReader
@@ -455,12 +462,6 @@ class OFATask(FairseqTask):
             gen_args = generation_options("--eval-args", self.cfg.eval_args)
             self.valid_generator = self.build_generator([model], Namespace(**gen_args))
         return model
-
-    # batches of the current update whose loss was finite (the criterion marks the others NONFINITE)
-    _finite_batches = 0
-    _prepared_for_training = False
-    _checkpoints_built = 0  # models built from --path checkpoints so far
-    checkpoint_versions = []  # (path, version) of the --path checkpoints whose task settings were taken
 
     def begin_epoch(self, epoch, model):
         # fairseq-train calls this at the start of every epoch, after loading the checkpoint: the first call
