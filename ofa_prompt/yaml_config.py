@@ -40,6 +40,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 from typing import Dict, List, Optional
 
 import yaml
@@ -150,8 +151,18 @@ def _source_options(folder: str) -> set:
     return names
 
 
-@functools.lru_cache(maxsize=None)
+_KNOWN_LOCK = threading.Lock()
+
+
 def known_options(user_dir: str) -> frozenset:
+    # one parse at a time: CPython 3.11's compile() fails when threads parse at once ("AST constructor recursion
+    # depth mismatch"), and the experiments build their commands from a thread pool
+    with _KNOWN_LOCK:
+        return _known_options(user_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def _known_options(user_dir: str) -> frozenset:
     return frozenset(_fairseq_options() | _source_options(user_dir))
 
 

@@ -86,15 +86,20 @@ def test_the_plugins_options_are_read_from_its_source():
 
 
 # --- fast: --fp16 where it cannot run ----------------------------------------------------------------------
-def test_fp16_is_refused_on_the_cpu_and_without_cuda():
+def test_fp16_is_refused_without_cuda_and_in_generation_on_the_cpu():
     from omegaconf import OmegaConf
 
     from ofa_prompt.tasks.base import check_precision
     from ofa_prompt.tasks.saved_settings import SettingsError
 
-    cfg = OmegaConf.create({"common": {"fp16": True, "memory_efficient_fp16": False, "cpu": True}, "task": {"a": 1}})
-    with pytest.raises(SettingsError, match=r"--fp16 runs in half precision on a CUDA GPU, with --cpu: .*fp16=false"):
+    cfg = OmegaConf.create({"common": {"fp16": True, "memory_efficient_fp16": False, "cpu": True}, "task": {"a": 1},
+                            "common_eval": {"path": "checkpoint.pt"}})  # fairseq-generate
+    with pytest.raises(SettingsError, match=r"--fp16 runs in half precision on a CUDA GPU, and fairseq-generate "
+                                            r"with --cpu halves the model but not its inputs: .*fp16=false"):
         check_precision(cfg.task)
+    cfg.common_eval.path = None
+    check_precision(cfg.task)  # fairseq-train --fp16 --cpu: fairseq's mixed precision on the CPU (test_training.py)
+    cfg.common_eval.path = "checkpoint.pt"
     cfg.common.cpu = False
     if torch.cuda.is_available():
         check_precision(cfg.task)  # a GPU: fairseq's fp16 as ever
@@ -104,7 +109,7 @@ def test_fp16_is_refused_on_the_cpu_and_without_cuda():
     cfg.common.fp16, cfg.common.cpu = False, True
     check_precision(cfg.task)  # float32 on the CPU
     cfg.common.memory_efficient_fp16 = True
-    with pytest.raises(SettingsError, match="--memory-efficient-fp16 .* with --cpu: .*memory-efficient-fp16=false"):
+    with pytest.raises(SettingsError, match="--memory-efficient-fp16 .* with --cpu .*memory-efficient-fp16=false"):
         check_precision(cfg.task)
 
 
@@ -202,6 +207,15 @@ def test_fp16_without_cuda_is_refused_before_training(data, reference, tmp_path)
         p = command(cmd)
         one_line_error(p, "--fp16", "no CUDA GPU", "fp16=false", "--cpu", "--autocast bf16")
         assert "Loaded checkpoint" not in p.stderr and "num_updates" not in p.stderr, name  # before any of it
+
+
+
+@pytest.mark.slow
+def test_fp16_generation_on_the_cpu_is_refused_before_the_first_batch(data, reference):
+    """fairseq-generate --fp16 --cpu halved the model and failed on the first batch (a FloatTensor input); fairseq-train
+    --fp16 --cpu is fairseq's own mixed precision on the CPU and trains (test_training.py)."""
+    p = command(generate_args(data, reference, "--fp16", "--cpu"))
+    one_line_error(p, "--fp16", "fairseq-generate with --cpu halves the model", "fp16=false", "--autocast bf16")
 
 
 @pytest.mark.slow

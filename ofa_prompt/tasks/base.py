@@ -595,16 +595,18 @@ def check_bpe_dir(bpe_dir: str, tokenizer: str):
 
 def check_precision(task_cfg):
     """--fp16 (the paper configurations' default) needs a CUDA GPU: without one fairseq-train fails after building
-    the model ("Found no NVIDIA driver") and fairseq-generate on the first batch (a FloatTensor input to a half
-    model). Refused here, at the task's set-up, which both run before anything else."""
+    the model ("Found no NVIDIA driver"), and fairseq-generate with --cpu on the first batch (a FloatTensor input to
+    a half model). Refused here, at the task's set-up, which both run before anything else. fairseq-train with
+    --cpu keeps fairseq's own mixed precision on the CPU (float32 master weights), which works."""
     root = task_cfg._get_root() if isinstance(task_cfg, DictConfig) else None
     common = root.get("common") if root is not None and "common" in root else None
     if common is None or not (common.get("fp16") or common.get("memory_efficient_fp16")):
         return
     flag = "--fp16" if common.get("fp16") else "--memory-efficient-fp16"
-    if common.get("cpu"):
-        where = "with --cpu"
-    elif not torch.cuda.is_available():
+    generating = "common_eval" in root and bool(root.common_eval.get("path"))
+    if common.get("cpu") and generating:
+        where = "and fairseq-generate with --cpu halves the model but not its inputs"
+    elif not common.get("cpu") and not torch.cuda.is_available():
         where = "and torch finds no CUDA GPU here"
     else:
         return
