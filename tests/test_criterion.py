@@ -136,16 +136,11 @@ def test_nonfinite_loss_skips_the_update_in_a_real_trainer(tmp_path, caplog):
 def test_drop_worst_starts_after_the_given_update_through_the_task_train_step():
     # fairseq's FairseqTask.train_step calls criterion(model, sample) without the update number; the task
     # must hand it over, or --drop-worst-after never passes and --drop-worst-ratio never applies
-    from fairseq.tasks import FairseqTask
-
-    from ofa_prompt.tasks.base import OFATask
-
     model = build_micro(dropout=0.0)
     sample = sample_of(model)
     crit = criterion(model, drop_worst_ratio=0.5, drop_worst_after=3)
     optimizer = SimpleNamespace(backward=lambda loss: None)
-    task = OFATask.__new__(OFATask)  # train_step needs no data or dictionary
-    FairseqTask.__init__(task, SimpleNamespace())
+    task = bare_task()
     losses = {}
     for update in (0, 3, 4):
         _, _, log = task.train_step(sample, model, crit, optimizer, update)
@@ -156,14 +151,23 @@ def test_drop_worst_starts_after_the_given_update_through_the_task_train_step():
 
 def test_task_train_step_keeps_working_with_criteria_without_an_update_number():
     from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-    from fairseq.tasks import FairseqTask
-
-    from ofa_prompt.tasks.base import OFATask
 
     model = build_micro(dropout=0.0)
-    task = OFATask.__new__(OFATask)
-    FairseqTask.__init__(task, SimpleNamespace())
+    task = bare_task()
     task.dictionary = model.decoder.dictionary
     crit = CrossEntropyCriterion(task, sentence_avg=False)  # fairseq's own: forward(model, sample, reduce=True)
     _, _, log = task.train_step(sample_of(model), model, crit, SimpleNamespace(backward=lambda loss: None), 3)
     assert math.isfinite(log["loss"])
+
+
+def bare_task():
+    """An OFATask without data or dictionary (train_step needs neither): fairseq's part of its set-up, and the
+    per-update count OFATask.__init__ starts."""
+    from fairseq.tasks import FairseqTask
+
+    from ofa_prompt.tasks.base import OFATask
+
+    task = OFATask.__new__(OFATask)
+    FairseqTask.__init__(task, SimpleNamespace())
+    task._finite_batches = 0
+    return task

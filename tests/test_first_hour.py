@@ -209,7 +209,6 @@ def test_fp16_without_cuda_is_refused_before_training(data, reference, tmp_path)
         assert "Loaded checkpoint" not in p.stderr and "num_updates" not in p.stderr, name  # before any of it
 
 
-
 @pytest.mark.slow
 def test_fp16_generation_on_the_cpu_is_refused_before_the_first_batch(data, reference):
     """fairseq-generate --fp16 --cpu halved the model and failed on the first batch (a FloatTensor input); fairseq-train
