@@ -57,6 +57,14 @@ if [[ ! -f $backbone ]]; then
   backbone_started=$(date +%s)
   rm -rf "$DEMO_RUNS/pretrain"
   bash scripts/train.sh configs/demo/pretrain.yaml "${pretrain_args[@]}"
+  # a run stopped by SIGTERM or Ctrl-C also exits 0 (after saving): only a finished one becomes the backbone
+  python3 - "$DEMO_RUNS/pretrain/checkpoint_last.pt" <<'PY'
+import sys
+from ofa_prompt.checkpoint.files import read_checkpoint, unfinished
+why = unfinished(read_checkpoint(sys.argv[1]))
+if why:
+    sys.exit(f"the backbone's pretraining was interrupted ({why}): not cached; run the demo again to train it")
+PY
   cp "$DEMO_RUNS/pretrain/checkpoint_last.pt" "$backbone"
   echo "$recipe" > "$backbone.recipe"
   backbone_seconds=$(( $(date +%s) - backbone_started ))

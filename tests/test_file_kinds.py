@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from ofa_prompt import from_pretrained, load_model
 from ofa_prompt.checkpoint import (
     BACKBONE_KEY,
@@ -148,3 +149,16 @@ def test_an_input_error_wrapped_by_fairseq_is_still_found():
         fairseq_loads()
     assert str(input_error_within(error.value)) == "x.pt: the message"
     assert input_error_within(ValueError("unrelated")) is None
+
+
+def test_a_run_stopped_before_its_max_update_is_told_from_a_finished_one(tmp_path):
+    """SIGTERM and Ctrl-C make fairseq-train save and exit 0, as a finished run does: the demo caches a pretrained
+    backbone only when its checkpoint reached --max-update (an interrupted one was cached before)."""
+    from ofa_prompt.checkpoint.files import unfinished
+
+    def state(done, planned):
+        return {"cfg": {"optimization": {"max_update": planned}}, "optimizer_history": [{"num_updates": done}]}
+
+    assert unfinished(state(633, 1500)) == "it stopped at update 633 of --max-update 1500"
+    assert unfinished(state(1500, 1500)) is None and unfinished(state(10, 0)) is None  # 0: no --max-update
+    assert "python3 - \"$DEMO_RUNS/pretrain/checkpoint_last.pt\"" in (REPO / "scripts" / "demo.sh").read_text()

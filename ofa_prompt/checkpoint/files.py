@@ -122,3 +122,14 @@ def saved_task(state: dict) -> Tuple[Optional[str], Dict[str, Any]]:
     if not isinstance(task, dict):
         return None, {}
     return task.get("_name"), dict(task)
+
+
+def unfinished(state: dict) -> Optional[str]:
+    """Why the fairseq-train run that wrote checkpoint `state` stopped before its --max-update (SIGTERM and Ctrl-C
+    save and exit 0, as a finished run does), or None where it finished or sets no --max-update."""
+    cfg = state.get("cfg") or {}
+    optimization = cfg.get("optimization") if isinstance(cfg, (dict, DictConfig)) else None
+    planned = (optimization or {}).get("max_update") or 0
+    history = state.get("optimizer_history") or [{}]
+    done = history[-1].get("num_updates", 0)
+    return f"it stopped at update {done} of --max-update {planned}" if planned and done < planned else None
