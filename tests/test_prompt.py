@@ -54,9 +54,11 @@ def test_depth_selection_only_prompts_chosen_layers():
     assert (base - moved).abs().max() > 1e-3
 
 
-def _incremental(model, batch, steps, reorder=None):
-    enc = model.encoder(batch["src_tokens"], batch["src_lengths"], patch_images=batch["patch_images"],
-                        patch_masks=batch["patch_masks"])
+def _incremental(model, batch, steps, reorder=None, enc=None):
+    """Decode `steps` tokens one at a time (the encoder output `enc`, else the encoder's on the batch)."""
+    if enc is None:
+        enc = model.encoder(batch["src_tokens"], batch["src_lengths"], patch_images=batch["patch_images"],
+                            patch_masks=batch["patch_masks"])
     state, rows, prev = {}, [], batch["prev_output_tokens"]
     for t in range(1, steps + 1):
         if reorder is not None and t > 1:
@@ -124,14 +126,6 @@ def test_beam_copies_of_encoder_rows_are_projected_once_and_moved_only_across_se
     assert torch.equal(across["encoder_out"][0][:, 0], enc["encoder_out"][0][:, 3])
     projected = []
     model.decoder.layers[0].encoder_attn.k_proj.register_forward_hook(lambda m, args, out: projected.append(len(out)))
-    state, rows, prev = {}, [], copied["prev_output_tokens"]
-    for t in range(1, 6):
-        if t > 1:
-            model.decoder.reorder_incremental_state_scripting(state, reorder)
-            enc = model.encoder.reorder_encoder_out(enc, reorder)
-            prev = prev.index_select(0, reorder)
-            rows = [r.index_select(0, reorder) for r in rows]
-        logits, _ = model.decoder(prev[:, :t], encoder_out=enc, incremental_state=state)
-        rows.append(logits[:, 0])
+    steps, _ = _incremental(model, copied, 5, reorder=reorder, enc=enc)
     assert projected == [2]  # once, at the first step, for the two sentences
-    assert (torch.stack(rows, 1) - expected).abs().max() < 1e-5
+    assert (steps - expected).abs().max() < 1e-5
