@@ -65,8 +65,10 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
         tgt_pos = self.pos_ln(tgt_pos_raw)[None]
         self_bias = self.pos_bias(self.self_pos_q_linear, self.self_pos_k_linear, tgt_pos[:, q_pos], tgt_pos)
         src_pos = encoder_out["position_embeddings"][0]
-        # the first decoding step projects the encoder's rows: each distinct one once (beam search copies them)
-        rows = distinct_rows(encoder_out) if incremental_state is not None else None
+        # the first decoding step (no cross-attention keys kept yet) projects the encoder's rows: each distinct one
+        # once (beam search copies them); later steps reuse what it kept
+        first_step = incremental_state is not None and not encoder_out.get("cross_position_keys")
+        rows = distinct_rows(encoder_out) if first_step else None
         cross_bias = self.pos_bias(self.cross_pos_q_linear, self.cross_pos_k_linear,
                                    tgt_pos[:, q_pos].expand(src_pos.size(0), -1, -1), src_pos,
                                    self.cross_position_keys(encoder_out, src_pos, incremental_state, rows))
