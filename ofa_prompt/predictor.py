@@ -3,7 +3,7 @@
     import ofa_prompt
     model = ofa_prompt.from_pretrained("ofa_base.pt", prompts="caption.safetensors", bpe_dir="BPE")
     model.caption([image1, image2])                    # -> ["a red circle", ...]
-    model.set_prompts("vqa.safetensors")
+    model.load_prompts("vqa.safetensors")
     model.answer(image, "what color is the circle?")   # candidates=[...] to choose among answers
     model.ground(image, "the blue square")             # -> [x0, y0, x1, y1] in the image's own pixels
     model.entail(image, "there is a circle")           # -> "yes" / "no" / "maybe"
@@ -39,7 +39,7 @@ from .hub import load_model
 from .metrics.grounding import bins_to_box
 from .ngram_blocking import block_repeated_ngrams
 from .per_sample_search import allow_only, use_per_sample_rules
-from .prompt_file import attach_prompts, read_prompts
+from .prompt_file import check_prompts, load_prompt_file
 from .tasks.base import generation_options
 from .tasks.saved_settings import SHARED, read_state
 
@@ -155,20 +155,21 @@ class OFAPredictor:
         predictor = cls(model, settings, trained if trained in settings else None, device, dtype, batch_size,
                         {"bpe_dir": bpe_dir or recorded.get("bpe_dir"), **task_options})
         if prompts is not None:
-            predictor.set_prompts(prompts, force_backbone=force_backbone)
+            predictor.load_prompts(prompts, force_backbone=force_backbone)
         return predictor
 
-    def set_prompts(self, prompts: str, force_backbone: bool = False):
-        """Use the prompts of file `prompts` (prompt_file export) on the loaded backbone, with the task
-        settings the file records."""
+    def load_prompts(self, prompts: str, force_backbone: bool = False):
+        """Load prompt file `prompts` (prompt_file export) and make its prompts the active ones on the loaded
+        backbone, with the task settings the file records."""
         if not isinstance(prompts, (str, os.PathLike)):
-            raise InputError(f"set_prompts: a {type(prompts).__name__}, expected the path of one prompt file "
+            raise InputError(f"load_prompts: a {type(prompts).__name__}, expected the path of one prompt file "
                              "(mixed() serves requests naming several)")
         prompts = os.fspath(prompts)
-        _, meta = read_prompts(prompts)
-        attach_prompts(self.model, prompts, force_backbone, self._common.get("bpe_dir"))
+        loaded = load_prompt_file(prompts)
+        self.model.set_prompts(check_prompts(self.model, prompts, loaded, force_backbone,
+                                             self._common.get("bpe_dir")))
         self.model.to(self.device)
-        record = meta.get("task")
+        record = loaded.record.get("task")
         if record is None:
             logger.warning("%s records no task (exported by an older version): the task settings are the "
                            "checkpoint's and the defaults; any task may use these prompts", prompts)
@@ -186,7 +187,7 @@ class OFAPredictor:
         if name not in self._tasks:
             if self.trained_for is not None and name != self.trained_for:
                 raise InputError(f"the prompts in use were tuned for --task {self.trained_for}, not {name}: "
-                                 f"set_prompts() with a prompt file of {name} first")
+                                 f"load_prompts() with a prompt file of {name} first")
             self._tasks[name] = self._setup_task(name, self.settings.get(name, {}))
         return self._tasks[name]
 
@@ -317,7 +318,7 @@ class OFAPredictor:
         --eval-args over OFA's defaults; `generation`, e.g. beam=3, overrides them for all). Lengths and
         n-gram blocking are each sample's own rules; requests whose search settings differ (beam, lenpen,
         unnormalized, ...) are searched in separate groups. Tasks that score candidates (entailment, VQA with
-        an answer list) are refused. The prompts set with set_prompts() are kept."""
+        an answer list) are refused. The prompts loaded with load_prompts() stay the active ones."""
         return [output for output, _ in self._mixed(requests, **generation)]
 
     def _mixed(self, requests: Sequence[dict], **generation):
@@ -332,7 +333,8 @@ class OFAPredictor:
         if not requests:
             return []
         files = list(dict.fromkeys(_request_file(r, i) for i, r in enumerate(requests)))
-        tasks = {f: self._file_task(f) for f in files}
+        loaded = {f: load_prompt_file(f) for f in files}
+        tasks = {f: self._file_task(f, loaded[f].record.get("task")) for f in files}
         sizes = {tasks[f][1].cfg.patch_image_size for f in files}
         if len(sizes) > 1:
             raise InputError(f"the prompt files ask for different image sizes ({sorted(sizes)} px): one batch holds "
@@ -348,7 +350,8 @@ class OFAPredictor:
                 _Request(files.index(path), name, task, sample, settings))
         stacks = (self.model.encoder, self.model.decoder)
         in_use = [stack.prompts for stack in stacks]
-        attach_prompts(self.model, files, bpe_dir=self._common.get("bpe_dir"))
+        self.model.set_prompts([check_prompts(self.model, f, loaded[f], bpe_dir=self._common.get("bpe_dir"))
+                                for f in files])
         self.model.to(self.device)
         out = [None] * len(requests)
         try:
@@ -357,7 +360,7 @@ class OFAPredictor:
                     out[i] = result
         finally:
             for stack, module in zip(stacks, in_use):
-                stack.set_prompts(module)
+                stack.replace_prompts(module)
         return out
 
     def _search(self, shared: dict, group: List["_Request"]) -> dict:
@@ -390,17 +393,17 @@ class OFAPredictor:
                 out[i] = (_output(r.name, text, meta), best)
         return out
 
-    def _file_task(self, path: str):
-        """(task name, task) a prompt file was tuned for, with the options it records (built once per file)."""
+    def _file_task(self, path: str, record: Optional[dict]):
+        """(task name, task) prompt file `path` was tuned for, with the options it records (`record`, the task
+        record of its metadata; built once per file)."""
         if path not in self._file_tasks:
-            record = read_prompts(path)[1].get("task")
             if record is None:
                 raise InputError(f"{path} records no task (exported by an older version): a batch mixing prompt files "
                                  "needs each file's task; export it again with python -m ofa_prompt.prompt_file export")
             if record["name"] not in MIXABLE:
                 raise InputError(f"{path}: prompts for --task {record['name']}, which chooses among candidates rather "
                                  f"than searching, so it cannot share a beam search with other tasks: run it on its "
-                                 f"own (set_prompts, then entail() or answer(candidates=...))")
+                                 f"own (load_prompts, then entail() or answer(candidates=...))")
             options = {**record["options"], **(OPEN_ENDED if record["name"] == "vqa_gen" else {})}
             self._file_tasks[path] = (record["name"], self._setup_task(record["name"], options))
         return self._file_tasks[path]

@@ -9,7 +9,9 @@ records the shapes it fits. safetensors runs no code on load, so files from stra
     python -m ofa_prompt.prompt_file export CHECKPOINT OUT.safetensors
     python -m ofa_prompt.prompt_file merge --backbone ofa_base.pt --prompts OUT.safetensors --out merged.pt
 
-and in Python, several prompt files on one loaded backbone: `attach_prompts(model, "caption.safetensors")`.
+and in Python, several prompt files on one loaded backbone, in PEFT's steps: load a file once
+(`load_prompt_file(path)` -> its tensors and record), check them against the model (`check_prompts`) and make
+them the active ones (`model.set_prompts(tensors)`); `attach_prompts(model, "caption.safetensors")` does all three.
 """
 import argparse
 import sys
@@ -35,14 +37,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":
     _args = parse_args()
     from ofa_prompt import load
-    load()  # the plugin: checkpoints need it, and the package was imported without it to find this module
+    load(command_line=True)  # the plugin: checkpoints need it (importing the package loads nothing)
     from ofa_prompt.prompt_file import run
     sys.exit(run(_args))
 
 import json  # noqa: E402  (the imports below: after the command line's early answers above)
 import logging  # noqa: E402
 import os  # noqa: E402
-from typing import Optional, Sequence, Union  # noqa: E402
+from typing import NamedTuple, Optional, Sequence, Union  # noqa: E402
 
 import torch  # noqa: E402
 from safetensors import SafetensorError, safe_open  # noqa: E402
@@ -62,7 +64,7 @@ from .checkpoint import (  # noqa: E402
 )
 from .errors import InputError  # noqa: E402
 from .models.config import config_from  # noqa: E402
-from .models.prompt import fold, unfold  # noqa: E402
+from .models.prompt import PromptSet, fold, unfold  # noqa: E402
 from .models.stack import build_prompt_encoder  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -114,7 +116,7 @@ def export_prompts(checkpoint: str, out: str) -> dict:
     if BACKBONE_KEY in state["model"]:
         meta["backbone"] = state["model"][BACKBONE_KEY]
     task, options = saved_task(state)
-    if task in TUNED_TASKS:  # the settings the prompts were tuned with (predictor.set_prompts uses them)
+    if task in TUNED_TASKS:  # the settings the prompts were tuned with (OFAPredictor.load_prompts uses them)
         meta["task"] = {"name": task, "options": {k: v for k, v in options.items() if _plain(v)
                                                   and not k.startswith("_") and k not in NOT_RECORDED}}
     vocabulary = _dictionary_file(options.get("bpe_dir"), checkpoint)
@@ -168,8 +170,14 @@ class PromptFileNotFound(InputError, FileNotFoundError):
     pass
 
 
-def read_prompts(path: str):
-    """(per-side {layer: (key, value)}, metadata) of a prompt file, validated."""
+class PromptFile(NamedTuple):
+    """What a prompt file holds, read once and validated."""
+    tensors: PromptSet  # side -> layer -> (key, value[, gate])
+    record: dict  # its metadata: shapes, and where recorded the task, backbone and dictionary it was tuned with
+
+
+def load_prompt_file(path: str) -> PromptFile:
+    """The tensors and record of prompt file `path`, validated (their shapes against the record's)."""
     if not os.path.isfile(path):
         raise PromptFileNotFound(f"prompt file not found: {path}")
     if file_kind(path) == "torch":
@@ -198,7 +206,7 @@ def read_prompts(path: str):
         if bad:
             raise ValueError(f"{path}: {side} layer(s) {bad} are not of shape {list(shape)}"
                              + (f" (gate [{info['heads']}])" if info.get("gated") else ""))
-    return kv, meta
+    return PromptFile(kv, meta)
 
 
 def _check_metadata(path: str, meta: dict):
@@ -266,33 +274,35 @@ def _check_fits(path: str, side: str, info: dict, cfg, target: str = "the model"
 
 def attach_prompts(model, prompts: Union[str, Sequence[str]], force_backbone: bool = False,
                    bpe_dir: Optional[str] = None):
-    """Use the prompts of file `prompts` on `model`'s backbone (checked against its architecture, the
-    dict.txt of `bpe_dir` if given, and, unless forced, the backbone the prompts were tuned on); sides the
-    file lacks lose their prompts.
+    """Load prompt file `prompts`, check it against `model` (check_prompts) and make its prompts the active
+    ones on the model's backbone; sides the file lacks lose their prompts.
 
     A list of files loads them all; each sample then names the one it uses by its index in the list, in
     net_input["prompt_ids"] (one batch mixing prompt files: OFAPredictor.mixed)."""
     if isinstance(prompts, (str, os.PathLike)):
-        model.set_prompts(_checked_prompts(model, prompts, force_backbone, bpe_dir))
+        model.set_prompts(check_prompts(model, prompts, load_prompt_file(prompts), force_backbone, bpe_dir))
     else:
-        model.set_prompts([_checked_prompts(model, path, force_backbone, bpe_dir) for path in prompts])
+        model.set_prompts([check_prompts(model, path, load_prompt_file(path), force_backbone, bpe_dir)
+                           for path in prompts])
 
 
-def _checked_prompts(model, prompts: str, force_backbone: bool, bpe_dir: Optional[str]) -> dict:
-    kv, meta = read_prompts(prompts)
-    _check_vocabulary(prompts, meta, bpe_dir)
-    for side in kv:
-        _check_fits(prompts, side, meta["sides"][side], model.cfg)
+def check_prompts(model, path: str, prompts: PromptFile, force_backbone: bool = False,
+                  bpe_dir: Optional[str] = None) -> PromptSet:
+    """The tensors of `prompts` (loaded from file `path`), once checked against `model`: its architecture, the
+    dict.txt of `bpe_dir` if given, and, unless forced, the backbone the prompts were tuned on."""
+    _check_vocabulary(path, prompts.record, bpe_dir)
+    for side in prompts.tensors:
+        _check_fits(path, side, prompts.record["sides"][side], model.cfg)
     if not force_backbone:
         # load_model records the file it read the backbone from; in training it is --backbone
         in_use = getattr(model, "backbone_file", None) or model.cfg.backbone
-        _check_backbone(prompts, meta, in_use, "pass force_backbone=True")
-    return kv
+        _check_backbone(path, prompts.record, in_use, "pass force_backbone=True")
+    return prompts.tensors
 
 
 def merge_prompts(backbone: str, prompts: str, out: str, force_backbone: bool = False):
     """One checkpoint with backbone and prompts (OFA's table layout), for tools that want a single file."""
-    kv, meta = read_prompts(prompts)
+    kv, meta = load_prompt_file(prompts)
     state = read_checkpoint(backbone)
     if not force_backbone:
         _check_backbone(prompts, meta, backbone, "pass --force-backbone (force_backbone=True)")

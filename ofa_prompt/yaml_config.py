@@ -45,7 +45,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
-TUNING_METHODS = ("auto", "prompt", "adapter", "bitfit", "finetune")
+from .tuning_methods import TUNING_METHODS
+
 SECTIONS = ("task_options", "train", "generate")
 SCALARS = {  # top-level key -> (allowed types, meaning)
     "description": (str, "free text"),

@@ -80,7 +80,7 @@ def request(files, name, image):
 
 
 def alone(model, request):
-    model.set_prompts(request["prompts"])
+    model.load_prompts(request["prompts"])
     if "question" in request:
         return model.answer(request["image"], request["question"])
     if "text" in request:
@@ -114,13 +114,13 @@ def test_mixed_decodes_each_request_with_its_files_settings(files, model, monkey
 
 def test_the_callers_generation_options_apply_to_every_request(files, model):
     given = [request(files, name, IMAGES[0]) for name in ("caption_beam1", "caption_lenpen", "vqa")]
-    model.set_prompts(path(files, "caption"))
+    model.load_prompts(path(files, "caption"))
     assert model.mixed(given, beam=2, max_len_b=3) == [
         alone_with(model, r, beam=2, max_len_b=3) for r in given]
 
 
 def alone_with(model, request, **generation):
-    model.set_prompts(request["prompts"])
+    model.load_prompts(request["prompts"])
     if "question" in request:
         return model.answer(request["image"], request["question"], **generation)
     return model.caption(request["image"], **generation)
@@ -159,14 +159,14 @@ def test_mixed_refuses_keys_of_another_task_and_other_containers(files, model):
 
 # --- lists that do not match, empty texts, premises ------------------------------------------------------
 def test_lists_of_different_lengths_are_refused(files, model):
-    model.set_prompts(path(files, "refcoco"))
+    model.load_prompts(path(files, "refcoco"))
     with pytest.raises(InputError, match="2 images and 1 texts"):
         model.ground(IMAGES[:2], ["the red square"])
     assert len(model.ground(IMAGES[:2], "the red square")) == 2  # one text for every image
-    model.set_prompts(path(files, "snli"))
+    model.load_prompts(path(files, "snli"))
     with pytest.raises(InputError, match="3 images and 2 hypotheses"):
         model.entail(IMAGES[:3], ["a square", "a red square"])
-    model.set_prompts(path(files, "vqa"))
+    model.load_prompts(path(files, "vqa"))
     with pytest.raises(InputError, match="1 images and 2 questions"):
         model.answer([IMAGES[0]], ["what?", "which?"])
     assert model.answer([], []) == []  # an empty batch: no answers
@@ -180,13 +180,13 @@ def test_lists_of_different_lengths_are_refused(files, model):
     ("snli", lambda m: m.entail(IMAGES[0], ["a square", "."]), r"hypothesis 1: '\.' is empty"),
 ])
 def test_empty_texts_are_refused_as_the_tsv_reader_refuses_them(files, model, name, call, complaint):
-    model.set_prompts(path(files, name))
+    model.load_prompts(path(files, name))
     with pytest.raises(InputError, match=complaint):
         call(model)
 
 
 def test_premises_go_with_add_caption_prompts_only(files, model):
-    model.set_prompts(path(files, "snli_caption"))
+    model.load_prompts(path(files, "snli_caption"))
     with pytest.raises(InputError, match=r"tuned with --add-caption: pass premise="):
         model.entail(IMAGES[0], "a red square")
     with pytest.raises(InputError, match="2 hypotheses and 3 premises"):
@@ -195,7 +195,7 @@ def test_premises_go_with_add_caption_prompts_only(files, model):
         model.entail(IMAGES[:2], "a red square", premise=["a square", ""])
     labels = model.entail(IMAGES[:2], "a red square", premise=["a square", "a white image"])
     assert len(labels) == 2 and set(labels) <= {"yes", "no", "maybe"}
-    model.set_prompts(path(files, "snli"))
+    model.load_prompts(path(files, "snli"))
     with pytest.raises(InputError, match="premise= is read only by prompts tuned with --add-caption"):
         model.entail(IMAGES[0], "a red square", premise="a square")
 
@@ -210,17 +210,17 @@ def test_premises_go_with_add_caption_prompts_only(files, model):
     (lambda m: m.caption(IMAGES[0], unnormalized=1), "unnormalized=1: expected a bool"),
 ])
 def test_generation_options_are_checked(files, model, call, complaint):
-    model.set_prompts(path(files, "caption"))
+    model.load_prompts(path(files, "caption"))
     with pytest.raises(InputError, match=complaint):
         call(model)
 
 
 def test_options_that_would_not_apply_are_refused(files, model):
-    model.set_prompts(path(files, "snli"))
+    model.load_prompts(path(files, "snli"))
     with pytest.raises(InputError, match=r"entail\(\) scores the three answers, without a search: generation "
                                          r"options \(beam\) do not apply"):
         model.entail(IMAGES[0], "a square", beam=3)
-    model.set_prompts(path(files, "vqa"))
+    model.load_prompts(path(files, "vqa"))
     with pytest.raises(InputError, match=r"among candidates scores every candidate.*\(beam\)"):
         model.answer(IMAGES[0], "what color?", candidates=["red", "blue"], beam=2)
     with pytest.raises(InputError, match="candidates='red': expected a non-empty list"):
@@ -235,8 +235,8 @@ def test_loading_options_are_checked(files, model):
         from_pretrained(backbone, bpe_dir=str(files), batch_size=0)
     with pytest.raises(InputError, match="checkpoint: a int, expected the path"):
         from_pretrained(3, bpe_dir=str(files))
-    with pytest.raises(InputError, match="set_prompts: a list, expected the path of one prompt file"):
-        model.set_prompts([path(files, "caption"), path(files, "vqa")])
+    with pytest.raises(InputError, match="load_prompts: a list, expected the path of one prompt file"):
+        model.load_prompts([path(files, "caption"), path(files, "vqa")])
 
 
 # --- the command line ----------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def test_files_of_the_wrong_kind_are_named(files, model, tmp_path):
     with pytest.raises(InputError, match="snli.safetensors is a prompt file"):
         from_pretrained(path(files, "snli"), bpe_dir=str(files))
     with pytest.raises(InputError, match="caption.pt is a torch file .*not a prompt file"):
-        model.set_prompts(str(files / "caption.pt"))
+        model.load_prompts(str(files / "caption.pt"))
     with pytest.raises(InputError, match="caption.pt is a torch file .*not a prompt file"):
         model.mixed([{"prompts": str(files / "caption.pt"), "image": IMAGES[0]}])
     message = cli_error(files, tmp_path, "--prompts", str(files / "caption.pt"))

@@ -19,8 +19,8 @@ from ofa_prompt.checkpoint import (
 )
 from ofa_prompt.checkpoint.state_dict import BackboneNotFound
 from ofa_prompt.errors import InputError
-from ofa_prompt.fairseq_compat import input_error_within
-from ofa_prompt.prompt_file import attach_prompts, export_prompts, read_prompts
+from ofa_prompt.fairseq_compat.patches import input_error_within
+from ofa_prompt.prompt_file import attach_prompts, export_prompts, load_prompt_file
 from ofa_prompt.tasks.saved_settings import read_state
 from test_prompt_only import io, logits_of, write_prompt_checkpoint
 
@@ -69,7 +69,7 @@ def test_a_checkpoint_where_a_prompt_file_goes_says_so_in_one_line(reference, fi
     backbone, checkpoint, _, _ = files
     model = load_model(str(backbone))
     for path in (checkpoint, backbone):
-        for read in (read_prompts, lambda p: attach_prompts(model, p)):
+        for read in (load_prompt_file, lambda p: attach_prompts(model, p)):
             with pytest.raises(WrongFileKind) as error:
                 read(str(path))
             message = str(error.value)

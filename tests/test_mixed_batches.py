@@ -53,7 +53,7 @@ def requests(folder, n=6):
 
 
 def alone(model, request):
-    model.set_prompts(request["prompts"])
+    model.load_prompts(request["prompts"])
     if "question" in request:
         return model.answer(request["image"], request["question"])
     if "text" in request:
@@ -105,13 +105,13 @@ def test_prompt_files_record_their_dictionary_and_validated_decoding(files, tmp_
     import shutil
 
     from ofa_prompt.checkpoint import read_checkpoint
-    from ofa_prompt.prompt_file import read_prompts
+    from ofa_prompt.prompt_file import load_prompt_file
 
     state = read_checkpoint(str(files / "caption.pt"))
     state["cfg"]["task"] = {**state["cfg"]["task"], "bpe_dir": str(files), "eval_args": '{"beam": 2, "max_len_b": 2}'}
     torch.save(state, tmp_path / "short.pt")
     export_prompts(str(tmp_path / "short.pt"), str(tmp_path / "short.safetensors"))
-    assert len(read_prompts(str(tmp_path / "short.safetensors"))[1]["vocabulary"]["dict_sha256"]) == 64
+    assert len(load_prompt_file(str(tmp_path / "short.safetensors"))[1]["vocabulary"]["dict_sha256"]) == 64
     model = from_pretrained(str(files / "backbone.pt"), bpe_dir=str(files), prompts=str(tmp_path / "short.safetensors"))
     image = Image.new("RGB", (32, 24), "red")
     assert len(model.caption(image).split()) <= 2  # the recorded max_len_b

@@ -17,7 +17,7 @@ from ofa_prompt.checkpoint import read_checkpoint
 from ofa_prompt.data.image import decode_image
 from ofa_prompt.errors import InputError
 from ofa_prompt.predictor import load_image
-from ofa_prompt.prompt_file import export_prompts, read_prompts
+from ofa_prompt.prompt_file import export_prompts, load_prompt_file
 
 # the reference fixtures' micro model reads the word tokenizer at 64 px (tests/test_training.py)
 OPTIONS = {"text_tokenizer": "word", "patch_image_size": 64}
@@ -65,7 +65,7 @@ def caption_checkpoint(reference, tmp_path):
 def test_prompt_files_record_their_task_and_configure_the_predictor(reference, tmp_path):
     prompts = tmp_path / "caption.safetensors"
     export_prompts(str(caption_checkpoint(reference, tmp_path)), str(prompts))
-    record = read_prompts(str(prompts))[1]["task"]
+    record = load_prompt_file(str(prompts))[1]["task"]
     assert record["name"] == "caption" and record["options"]["max_tgt_length"] == 7
     model = from_pretrained(str(reference / "plain.pt"), prompts=str(prompts), bpe_dir=str(reference))
     assert model.task("caption").cfg.max_tgt_length == 7 and model.task("caption").cfg.text_tokenizer == "word"
@@ -78,10 +78,10 @@ def test_an_older_prompt_file_without_a_task_loads_with_a_warning(reference, tmp
 
     prompts = tmp_path / "p.safetensors"
     export_prompts(str(caption_checkpoint(reference, tmp_path)), str(prompts))
-    meta = read_prompts(str(prompts))[1]
+    meta = load_prompt_file(str(prompts))[1]
     del meta["task"]
     save_file(load_file(str(prompts)), str(prompts), metadata={"ofa_prompt": json.dumps(meta)})
-    predictor(reference).set_prompts(str(prompts))
+    predictor(reference).load_prompts(str(prompts))
     assert "records no task" in caplog.text
 
 

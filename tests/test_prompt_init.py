@@ -81,14 +81,14 @@ def test_a_prompt_file_is_the_starting_point(tmp_path):
     """--prompt-init FILE: the new prompts start as the file's keys/values (tuned on another task, or on the
     pretraining mix), which must fit their layers and length."""
     from ofa_prompt.models.prompt import fold
-    from ofa_prompt.prompt_file import read_prompts
+    from ofa_prompt.prompt_file import load_prompt_file
 
     prompted = dict(encoder_prompt=True, decoder_prompt=True, encoder_prompt_length=3, decoder_prompt_length=5)
     source = tmp_path / "source.safetensors"
     torch.manual_seed(7)
     tuned = build_micro(**prompted)
     save_prompt_file(tuned, prompted, tmp_path, source)
-    kv = read_prompts(str(source))[0]
+    kv = load_prompt_file(str(source))[0]
     torch.manual_seed(0)
     model = build_micro(**prompted)
     init_prompts(model, str(source), prompt_file=kv)

@@ -6,7 +6,13 @@ import torch
 
 from ofa_prompt import load_model
 from ofa_prompt.checkpoint import BACKBONE_KEY, CheckpointMismatchError, model_args, read_checkpoint, tuned_state_dict
-from ofa_prompt.prompt_file import attach_prompts, export_prompts, main as prompt_file_cli, merge_prompts, read_prompts
+from ofa_prompt.prompt_file import (
+    attach_prompts,
+    export_prompts,
+    load_prompt_file,
+    main as prompt_file_cli,
+    merge_prompts,
+)
 
 TOL = 1e-4
 
@@ -81,7 +87,7 @@ def test_exported_prompts_give_the_checkpoint_outputs(tmp_path, reference, name)
     out = tmp_path / f"{name}.safetensors"
     meta = export_prompts(str(reference / f"{name}.pt"), str(out))
     assert meta["sides"]["encoder"] == {"embed_dim": 64, "heads": 4, "num_layers": 2, "length": 8, "layers": [0, 1]}
-    kv, _ = read_prompts(str(out))
+    kv, _ = load_prompt_file(str(out))
     assert set(kv) == {"encoder", "decoder"}  # the MLP of prompt_proj is folded into plain tensors
     model = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
     attach_prompts(model, str(out))
@@ -136,11 +142,11 @@ def test_bad_prompt_files(tmp_path, reference):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(good.read_bytes()[:300])
     with pytest.raises(ValueError, match="truncated.safetensors"):
-        read_prompts(str(truncated))
+        load_prompt_file(str(truncated))
     pickle = tmp_path / "evil.safetensors"
     pickle.write_bytes(b"\x80\x04K\x01.")  # a pickle, not a safetensors file: never unpickled
     with pytest.raises(ValueError, match="evil.safetensors"):
-        read_prompts(str(pickle))
+        load_prompt_file(str(pickle))
     wider = load_model(str(reference / "plain.pt"), {"bpe_dir": str(reference)})
     wider.cfg.encoder_attention_heads = 8  # stands for a model of another architecture
     with pytest.raises(ValueError, match="another architecture .*heads 4 in the file vs 8"):
@@ -175,7 +181,7 @@ def test_prompt_file_with_malformed_metadata_is_named(tmp_path, reference, chang
     bad = tmp_path / "bad.safetensors"
     save_file(load_file(str(good)), str(bad), metadata={"ofa_prompt": json.dumps(meta)})
     with pytest.raises(ValueError) as error:
-        read_prompts(str(bad))
+        load_prompt_file(str(bad))
     assert f"{bad}: malformed prompt file metadata" in str(error.value) and complaint in str(error.value)
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import build_micro, micro_batch
 from ofa_prompt import load_model
 from ofa_prompt.models.prompt import PromptMix, fold
-from ofa_prompt.prompt_file import attach_prompts, main as prompt_file_cli, read_prompts
+from ofa_prompt.prompt_file import attach_prompts, load_prompt_file, main as prompt_file_cli
 from test_prompt import _incremental
 from test_prompt_only import io, logits_of, write_prompt_checkpoint
 
@@ -25,12 +25,12 @@ def _logits(model, batch):
 def _without_prompts(model, batch):
     saved = [stack.prompts for stack in (model.encoder, model.decoder)]
     for stack in (model.encoder, model.decoder):
-        stack.set_prompts(None)
+        stack.replace_prompts(None)
     try:
         return _logits(model, batch)
     finally:
         for stack, module in zip((model.encoder, model.decoder), saved):
-            stack.set_prompts(module)
+            stack.replace_prompts(module)
 
 
 def _gates(model):
@@ -187,7 +187,7 @@ def test_exported_prompt_file_gives_the_live_models_outputs(tmp_path, reference,
     ckpt, out = tmp_path / "checkpoint_best.pt", tmp_path / "prompts.safetensors"
     live = write_prompt_checkpoint(reference, backbone, ckpt, **REMEDIES[remedy]).eval()
     prompt_file_cli(["export", str(ckpt), str(out)])
-    kv, meta = read_prompts(str(out))
+    kv, meta = load_prompt_file(str(out))
     gated = REMEDIES[remedy].get("prompt_gate", False)
     assert all(len(prefix) == (3 if gated else 2) for side in kv.values() for prefix in side.values())
     assert meta["sides"]["encoder"].get("gated", False) == gated
@@ -216,7 +216,7 @@ def test_gated_prompt_file_starts_a_gated_prompt_and_is_refused_by_an_ungated_on
     ckpt, out = tmp_path / "checkpoint_best.pt", tmp_path / "p.safetensors"
     live = write_prompt_checkpoint(reference, backbone, ckpt, prompt_gate=True).eval()
     prompt_file_cli(["export", str(ckpt), str(out)])
-    kv, _ = read_prompts(str(out))
+    kv, _ = load_prompt_file(str(out))
     fresh = load_model(str(backbone), {"bpe_dir": str(reference), **PROMPTS, "encoder_prompt_length": 8,
                                        "decoder_prompt_length": 8, "prompt_gate": True})
     init_prompts(fresh, str(out), prompt_file=kv)
@@ -271,5 +271,5 @@ def test_malformed_gated_prompt_files_are_named(tmp_path, reference, backbone, c
     change(meta, tensors)
     save_file(tensors, str(bad), metadata={"ofa_prompt": json.dumps(meta)})
     with pytest.raises(ValueError, match=complaint) as e:
-        read_prompts(str(bad))
+        load_prompt_file(str(bad))
     assert str(bad) in str(e.value)

@@ -9,8 +9,9 @@ from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
+from ..tuning_methods import TUNING_METHODS
 from .resnet import RESNET_BLOCKS
-from .tuning import TUNING_METHODS, resolve_tuning
+from .tuning import resolve_tuning
 
 PROMPT_TYPES = ChoiceEnum(["prefix"])
 AUTOCAST = ChoiceEnum(["none", "bf16"])

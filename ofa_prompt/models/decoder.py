@@ -11,6 +11,8 @@ from .stack import TransformerStack, build_prompt_encoder
 
 
 class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
+    prompt_attribute = "decoder_prompt_encoder"
+
     def __init__(self, cfg, dictionary, embed_tokens):
         super().__init__(dictionary)
         dim = cfg.decoder_embed_dim
@@ -110,13 +112,6 @@ class OFADecoder(FairseqIncrementalDecoder, TransformerStack):
             encoder_out["cross_position_keys"] = [project_rows(lambda x: self.pos_keys(self.cross_pos_k_linear, x),
                                                                src_pos, rows)]
         return encoder_out["cross_position_keys"][0]
-
-    @property
-    def prompts(self):
-        return self.decoder_prompt_encoder
-
-    def set_prompts(self, module):
-        self.decoder_prompt_encoder = module
 
     def decoder_prompt_encoder_output(self, bsz, incremental_state, prompt_ids=None):
         """Prompt keys/values for this call (`prompt_ids`: the encoder's record of each sample's prompt set,

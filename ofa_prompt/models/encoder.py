@@ -12,6 +12,8 @@ from .stack import TransformerStack, build_prompt_encoder, embedding
 
 
 class OFAEncoder(FairseqEncoder, TransformerStack):
+    prompt_attribute = "encoder_prompt_encoder"
+
     def __init__(self, cfg, dictionary, embed_tokens):
         super().__init__(dictionary)
         dim = cfg.encoder_embed_dim
@@ -29,13 +31,6 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
         self.image_bucket_size = cfg.image_bucket_size
         self.image_cache = None  # an ImageFeatureCache, attached by the task for --image-feature-cache
         self.max_source_positions = cfg.max_source_positions
-
-    @property
-    def prompts(self):
-        return self.encoder_prompt_encoder
-
-    def set_prompts(self, module):
-        self.encoder_prompt_encoder = module
 
     def embed_image(self, patch_images: Tensor, image_keys: Optional[Tensor] = None):
         """ResNet features projected to the model width: ([B, N, C] embeddings, [N] patch ids). With an

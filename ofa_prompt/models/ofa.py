@@ -4,33 +4,29 @@ are in archs.py, the configuration in config.py.
 """
 import logging
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from fairseq.models import FairseqEncoderDecoderModel, register_model
 from omegaconf import DictConfig
 
 from ..checkpoint import upgrade_state_dict
+from ..fairseq_compat.config import section
 from .config import OFAConfig, config_from
 from .decoder import OFADecoder
 from .encoder import OFAEncoder
-from .prompt import Prefix, PromptMix, StaticPrompt
+from .prompt import PromptMix, PromptSet, StaticPrompt
 from .stack import embedding
 from .tuning import apply_tuning, is_prompt, resolve_tuning
 
 logger = logging.getLogger(__name__)
-
-PromptSet = Dict[str, Dict[int, Prefix]]  # side -> layer -> (key, value)
 
 
 def pretrained_checkpoint(args) -> Optional[str]:
     """The file fairseq-train starts from (--finetune-from-model, or --restore-file unless it is the
     default checkpoint_last.pt); fairseq-train hands the model only its own config node, so look at
     the whole config it belongs to."""
-    ckpt = args
-    if isinstance(args, DictConfig):
-        root = args._get_root()
-        ckpt = root.get("checkpoint") if "checkpoint" in root else None
+    ckpt = section(args, "checkpoint") if isinstance(args, DictConfig) else args
     restore = getattr(ckpt, "restore_file", None)
     return getattr(ckpt, "finetune_from_model", None) or (
         restore if restore and os.path.basename(restore) != "checkpoint_last.pt" else None)
@@ -99,9 +95,10 @@ class OFAModel(FairseqEncoderDecoderModel):
         return self.state_dict()
 
     def set_prompts(self, kv: Union[PromptSet, Sequence[PromptSet]]):
-        """Swap in other prompts without reloading the backbone: {"encoder": {layer: (key, value)}, "decoder":
-        ...} as folded tensors [heads, length, head_dim] (ofa_prompt.prompt_file reads them from prompt files
-        and checks them: attach_prompts); a side not in `kv` loses its prompts.
+        """Make these prompts the active ones, without reloading the backbone: {"encoder": {layer: (key, value)},
+        "decoder": ...} as folded tensors [heads, length, head_dim] (ofa_prompt.prompt_file loads them from prompt
+        files and checks them against the model: load_prompt_file, check_prompts); a side not in `kv` loses its
+        prompts.
 
         A list of such sets loads them all (a PromptMix per side): each sample then names its set by index in
         net_input["prompt_ids"], so one batch can mix prompt files."""
@@ -111,7 +108,7 @@ class OFAModel(FairseqEncoderDecoderModel):
             else:
                 entries = [one.get(side, {}) for one in kv]
                 module = PromptMix(entries) if any(entries) else None
-            stack.set_prompts(None if module is None else module.to(stack.layer_norm.weight))
+            stack.replace_prompts(None if module is None else module.to(stack.layer_norm.weight))
 
     @property
     def fresh_prompts(self) -> bool:

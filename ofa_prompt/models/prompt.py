@@ -15,6 +15,9 @@ import torch.nn as nn
 
 from .attention import GatedPrefix, MaskedPrefix, Prefix
 
+# the prompts of a model as tensors: side ("encoder", "decoder") -> layer -> its folded prefix (key, value[, gate])
+PromptSet = Dict[str, Dict[int, Prefix]]
+
 
 def parse_prompt_layers(spec: str, num_layers: int, option: str) -> List[int]:
     """Which layers get prompts: 'all', 'bottom-K', 'top-K' or a comma list of layer indices."""

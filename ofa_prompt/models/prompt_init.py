@@ -50,14 +50,14 @@ def backbone_states(model, side: str, tokens: torch.Tensor):
     model.eval()
     try:
         for stack in stacks:
-            stack.set_prompts(None)
+            stack.replace_prompts(None)
         enc = model.encoder(tokens, src_lengths=torch.tensor([tokens.size(1)], device=tokens.device),
                             return_all_hiddens=True)
         states = enc["encoder_states"] if side == "encoder" else \
             model.decoder(tokens, encoder_out=enc, features_only=True)[1]["inner_states"]
     finally:
         for stack, module in zip(stacks, prompts):
-            stack.set_prompts(module)
+            stack.replace_prompts(module)
         model.train(was_training)
     return [state.transpose(0, 1) for state in states]
 

@@ -53,13 +53,16 @@ class TransformerStack:
         self.register_buffer("token_rp_bucket", token_bucket_matrix(cfg.token_bucket_size), persistent=False)
         self.register_buffer("image_rp_bucket", image_bucket_matrix(cfg.image_bucket_size), persistent=False)
 
+    prompt_attribute: str  # OFA's name of the stack's prompts, which checkpoints use: {side}_prompt_encoder
+
     @property
     def prompts(self) -> Optional[nn.Module]:
-        """This stack's prompts (a PromptEncoder, a StaticPrompt, or None)."""
-        raise NotImplementedError
+        """This stack's prompts (a PromptEncoder, a StaticPrompt, a PromptMix, or None)."""
+        return getattr(self, self.prompt_attribute)
 
-    def set_prompts(self, module: Optional[nn.Module]):
-        raise NotImplementedError
+    def replace_prompts(self, module: Optional[nn.Module]):
+        """Make `module` this stack's prompts (None: none); the model's set_prompts does it from tensors."""
+        setattr(self, self.prompt_attribute, module)
 
     def prefixes(self, bsz: int, prompt_ids: Optional[Tensor] = None) -> dict:
         """{layer: prefix} of this call: one prompt set for every sample, or with a PromptMix each
@@ -108,8 +111,6 @@ def build_prompt_encoder(stack: StackConfig) -> Optional[PromptEncoder]:
     prompt = stack.prompt
     if prompt is None:
         return None
-    if prompt.length < 1:
-        raise ValueError(f"--{stack.name}-prompt-length must be at least 1, got {prompt.length}")
     layers = parse_prompt_layers(prompt.layers, stack.layers, f"{stack.name}-prompt-layers")
     return PromptEncoder(prompt.length, stack.embed_dim, stack.attention_heads, layers, prompt.projection,
                          prompt.dim, prompt.dropout, prompt.residual, prompt.gate)

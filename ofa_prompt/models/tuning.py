@@ -8,12 +8,11 @@ import logging
 import torch.nn as nn
 from timm.layers import DropPath
 
+from ..tuning_methods import TUNING_METHODS
 from .attention import MultiheadAttention
 from .prompt_init import init_prompts
 
 logger = logging.getLogger(__name__)
-
-TUNING_METHODS = ["auto", "prompt", "adapter", "bitfit", "finetune"]
 
 
 def resolve_tuning(cfg) -> str:
@@ -42,7 +41,7 @@ def is_trainable(name: str, method: str) -> bool:
         return ".adapter." in name
     if method == "bitfit":  # every bias of the transformer; the ResNet keeps its BatchNorm frozen
         return name.endswith("bias") and "embed_images." not in name
-    raise ValueError(f"unknown tuning method {method!r}; choose one of {TUNING_METHODS}")
+    raise ValueError(f"unknown tuning method {method!r}; choose one of {', '.join(TUNING_METHODS)}")
 
 
 def apply_tuning(model, method: str, cfg=None):

@@ -39,7 +39,7 @@ from ..models.resnet import ResNet
 from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
-from ..prompt_file import attach_prompts, read_prompts
+from ..prompt_file import attach_prompts, load_prompt_file
 from ..schedule import default_total_updates, plan_lr_schedule
 from ..version import __version__
 from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
@@ -217,7 +217,7 @@ class OFATask(FairseqTask):
                              "line")
         versions, prompt_record = [], None
         if cfg.prompt_file:
-            _, meta = read_prompts(cfg.prompt_file)
+            meta = load_prompt_file(cfg.prompt_file).record
             prompt_record = (cfg.prompt_file, meta.get("task"))
             if prompt_record[1] is not None and prompt_record[1]["name"] != cls.task_name():
                 raise SettingsError(f"--prompt-file {cfg.prompt_file} holds prompts for --task "
@@ -475,7 +475,7 @@ class OFATask(FairseqTask):
                 if not os.path.isfile(start):
                     raise SettingsError(f"--prompt-init={start}: neither one of {', '.join(PROMPT_INITS)} nor a prompt "
                                         "file (python -m ofa_prompt.prompt_file export)")
-                prompt_file = read_prompts(start)[0]
+                prompt_file = load_prompt_file(start).tensors
             prepare_for_training(inner, prompt_file)
             self._prepared_for_training = True
         cache = getattr(model, "module", model).encoder.image_cache
