@@ -123,9 +123,9 @@ def mixed_vs_sequential(folder, bpe, images, args, loads):
     model = from_pretrained(os.path.join(folder, "model.pt"), bpe_dir=bpe, batch_size=batch)
 
     def sequential():
-        model.set_prompts(files["caption"])
+        model.load_prompts(files["caption"])
         model.caption(images[:half], beam=args.beam)
-        model.set_prompts(files["vqa_gen"])
+        model.load_prompts(files["vqa_gen"])
         model.answer(images[half:], question, beam=args.beam)
 
     model.mixed(requests[:2], beam=args.beam)  # warm-up

@@ -50,6 +50,6 @@ def load_model(path: str, overrides: Optional[dict] = None) -> OFAModel:
     model.start_file = os.path.abspath(path)
     model.load_state_dict(weights, strict=True)
     # the file the backbone weights were read from (loading a prompt-only checkpoint set cfg.backbone to
-    # it): set_prompts checks prompt files against it
+    # it): prompt_file.check_prompts checks prompt files against it
     model.backbone_file = model.cfg.backbone if prompt_only else os.path.abspath(path)
     return model.eval()

@@ -13,7 +13,7 @@ from ..errors import InputError
 
 # where each kind of file goes, for the message that meets one given in the other's place
 PROMPT_FILE_USES = ("a prompt file goes to fairseq-generate --prompt-file (the backbone it was tuned on as --path), "
-                    "from_pretrained(BACKBONE, prompts=FILE), set_prompts(FILE), or fairseq-train --prompt-init FILE "
+                    "from_pretrained(BACKBONE, prompts=FILE), load_prompts(FILE), or fairseq-train --prompt-init FILE "
                     "to start tuning from it")
 CHECKPOINT_USES = ("a checkpoint goes to fairseq-generate --path, fairseq-train --restore-file / "
                    "--finetune-from-model, or from_pretrained(CHECKPOINT); to get a prompt file from it, "
