@@ -14,17 +14,8 @@ from PIL import Image, ImageDraw
 import tiny_data
 from conftest import BPE, MICRO_CLI, REPO, make_task, run
 from ofa_prompt.data.image import b64_bytes, decode_image
-from ofa_prompt.make_tsv import (
-    LAYOUT,
-    TASKS,
-    MakeTsvError,
-    answers_column,
-    box_column,
-    coco_box,
-    format_number,
-    make_tsv,
-    no_breaks,
-)
+from ofa_prompt.make_tsv import LAYOUT, TASKS, MakeTsvError, make_tsv
+from ofa_prompt.make_tsv.columns import answers_column, box_column, coco_box, format_number, no_breaks
 from ofa_prompt.metrics.vqa import parse_answers
 from ofa_prompt.tasks.vqa import read_answer_set
 
