@@ -6,11 +6,9 @@ prompt tuning on one downstream task, several seeds.
 """
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (  # noqa: E402
+from baselines import DESCRIPTION, baseline
+from common import (
     METHODS,
     PROMPT_LENGTH,
     PROMPT_LR,

@@ -16,16 +16,14 @@ import argparse
 import functools
 import os
 import statistics
-import sys
 from collections import Counter
 from typing import Callable, Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, TASKS, _demo  # noqa: E402
-from ofa_prompt.metrics.caption import caption_scores  # noqa: E402
-from ofa_prompt.metrics.grounding import acc_at_iou  # noqa: E402
-from ofa_prompt.metrics.vqa import parse_answers, vqa_score  # noqa: E402
-from ofa_prompt.tasks.caption import references  # noqa: E402
+from common import REPO, TASKS, _demo
+from ofa_prompt.metrics.caption import caption_scores
+from ofa_prompt.metrics.grounding import acc_at_iou
+from ofa_prompt.metrics.vqa import parse_answers, vqa_score
+from ofa_prompt.tasks.caption import references
 
 
 def read_rows(path: str, task: str) -> List[List[str]]:

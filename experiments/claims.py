@@ -11,12 +11,10 @@ paper's are plain ratios of scores. Studies that have not been run are listed as
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ALPHA, REPO, TASKS, mean_std, relative_drop, welch_test  # noqa: E402
-from learning_rate import best_learning_rates  # noqa: E402
-from robustness import MATCHED  # noqa: E402
+from common import ALPHA, REPO, TASKS, mean_std, relative_drop, welch_test
+from learning_rate import best_learning_rates
+from robustness import MATCHED
 
 BEGIN, END = "<!-- claims: begin (python experiments/claims.py) -->", "<!-- claims: end -->"
 

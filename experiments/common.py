@@ -16,12 +16,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Dict, List, Optional, Sequence
 
+from fairseq_log import JSON_LOG, kept_checkpoint, test_score, trainable, validated_checkpoints, validation_curve
+from ofa_prompt.yaml_config import build_command
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from ofa_prompt.yaml_config import build_command  # noqa: E402
 
 for noisy in ("matplotlib", "PIL"):  # their DEBUG lines (a line per PNG chunk) would bury the progress lines
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -125,11 +125,6 @@ class Pretraining:
         return next((c for c in self.checkpoints if c[1] <= loss), self.checkpoints[-1])
 
 
-_VALID_LOSS = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) \|.*?num_updates (\d+)")
-# fairseq's save line, naming the first file written (an interval or epoch checkpoint before best and last)
-_SAVED_AT = re.compile(r"Saved checkpoint (\S+) \(epoch \d+ @ (\d+) updates")
-
-
 @functools.lru_cache(maxsize=None)
 def pretraining(quick: bool, size: str, until: Optional[float] = None) -> Pretraining:
     """Pretrain the `size` backbone on the synthetic pretraining mix (configs/demo/pretrain.yaml with the size's
@@ -142,7 +137,7 @@ def pretraining(quick: bool, size: str, until: Optional[float] = None) -> Pretra
     overrides = SIZES[size].overrides() + (["train.max-update=4", "train.log-interval=1"] if quick else []) + [
         "train.disable-validation=false", f"train.validate-interval-updates={every}",
         "train.validate-interval=1000000", f"train.save-interval-updates={every}", "train.keep-interval-updates=-1",
-        "train.no-save-optimizer-state=true"]
+        "train.no-save-optimizer-state=true", JSON_LOG]
     with open(os.path.join(REPO, "configs", "demo", "common.yaml"), "rb") as a, open(PRETRAIN_CONFIG, "rb") as b:
         recipe = hashlib.sha1(a.read() + b.read() + " ".join(overrides).encode()).hexdigest()[:12]
     save = os.path.join(os.environ["DEMO_RUNS"], f"pretrain_{size}")
@@ -177,13 +172,8 @@ def pretraining(quick: bool, size: str, until: Optional[float] = None) -> Pretra
 
 
 def _kept(save: str):
-    """[(updates, validation loss, checkpoint)] of a pretraining run: the checkpoints its log says were saved."""
-    text = read_text(save + ".log") or ""
-    losses = {int(u): float(loss) for loss, u in _VALID_LOSS.findall(text)}
-    saved = {os.path.basename(path) for path, _ in _SAVED_AT.findall(text)}
-    return sorted((u, losses[u], os.path.join(save, name)) for name in os.listdir(save)
-                  for m in [re.fullmatch(r"checkpoint_\d+_(\d+)\.pt", name)]
-                  if m and (u := int(m.group(1))) in losses and name in saved)
+    """[(updates, validation loss, checkpoint)] of a pretraining run: its validations' checkpoints on disk."""
+    return validated_checkpoints(read_text(save + ".log") or "", save)
 
 
 def read_text(path) -> Optional[str]:
@@ -226,47 +216,6 @@ def validation(task: str, every: int, keep_every_checkpoint: bool = False):
             f"train.best-checkpoint-metric={metric}", "train.maximize-best-checkpoint-metric=true"]
 
 
-_STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| "
-_VALID = re.compile(_STAMP + r".*valid on 'valid' subset \|.*?\| (?:cider|score) ([\d.]+) \|.*?num_updates (\d+)", re.M)
-_BEGIN = re.compile(_STAMP + r".*begin training epoch 1\b", re.M)
-_EPOCH = re.compile(r"epoch \d+:\s+\d+ / (\d+) ")  # the progress bar's total (lines every --log-interval)
-_EPOCH_1_END = re.compile(r"\| train \| epoch 001 \|.*?\| num_updates (\d+)")  # summary after the first epoch
-
-
-def validation_curve(text: str):
-    """[(updates, validation score, seconds since training began)] from a fairseq-train log, and the
-    updates per epoch; a ValueError if either is missing."""
-    began = datetime.fromisoformat(_BEGIN.search(text).group(1))
-    points = {int(u): (float(s), (datetime.fromisoformat(t) - began).total_seconds())
-              for t, s, u in _VALID.findall(text)}
-    if not points:
-        raise ValueError("no validation scores in the fairseq-train log")
-    per_epoch = _EPOCH.search(text) or _EPOCH_1_END.search(text)
-    if per_epoch is None:
-        raise ValueError("no updates-per-epoch in the fairseq-train log (no progress line, first epoch unfinished)")
-    return [(u, s, t) for u, (s, t) in sorted(points.items())], int(per_epoch.group(1))
-
-
-def kept_checkpoint(text: str, updates: int) -> Optional[str]:
-    """The checkpoint a fairseq-train log says it wrote at `updates` under its own name (an interval or
-    epoch checkpoint; the best and last checkpoints are overwritten or pruned later), or None."""
-    found = [path for path, u in _SAVED_AT.findall(text) if int(u) == updates and not
-             os.path.basename(path).startswith(("checkpoint_best", "checkpoint.best_", "checkpoint_last"))]
-    return found[-1] if found else None
-
-
-def trainable(text: str):
-    total, trained = re.findall(r"num\. shared model params: ([\d,]+) \(num\. trained: ([\d,]+)\)", text)[-1]
-    return int(trained.replace(",", "")), int(total.replace(",", ""))
-
-
-def test_score(text: str, metric: str) -> float:
-    found = re.findall(rf"Generate test with beam=\d+: .*?{re.escape(metric)}: ([\d.]+)", text)
-    if not found:
-        raise ValueError(f"no {metric} in the fairseq-generate output")
-    return float(found[-1])
-
-
 # ---------------------------------------------------------------------------------------------- the run store
 
 @dataclass(frozen=True)
@@ -292,10 +241,11 @@ class Run:
 
     def checkpoint_at(self, quick: bool, updates: int) -> str:
         """The checkpoint kept at `updates` of a run with keep_every_checkpoint."""
-        with open(os.path.join(store_dir(quick), self.name + ".train.log")) as f:
-            path = kept_checkpoint(f.read(), updates)
-        if path is None or not os.path.isfile(path):
-            raise FileNotFoundError(f"{self.name}: no checkpoint of update {updates} kept ({path}); only a run "
+        save = os.path.join(store_dir(quick), self.name)
+        with open(save + ".train.log") as f:
+            path = kept_checkpoint(f.read(), save, updates)
+        if path is None:
+            raise FileNotFoundError(f"{self.name}: no checkpoint of update {updates} kept under {save}; only a run "
                                     "with keep_every_checkpoint keeps one per validation")
         return path
 
@@ -322,7 +272,7 @@ def run_commands(run: Run, quick: bool, backbone: str):
         *task_overrides(run.task), *SIZES[run.size].overrides(), f"restore_file={backbone}", *run.options,
         *validation(run.task, run.every, run.keep_every_checkpoint), f"train.seed={run.seed}", f"train.save-dir={save}",
         f"train.max-update={run.updates}", f"train.total-num-update={max(run.updates, 1)}",
-        f"train.warmup-updates={min(50, max(run.updates // 4, 1))}", "train.log-interval=10"])
+        f"train.warmup-updates={min(50, max(run.updates // 4, 1))}", "train.log-interval=10", JSON_LOG])
     generate = build_command(BASE_CONFIG, [*task_overrides(run.task), *SIZES[run.size].overrides()],
                              checkpoint=os.path.join(save, "checkpoint_best.pt"))
     return save, train, generate

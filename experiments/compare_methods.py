@@ -8,11 +8,9 @@ checkpoint_best.pt; the test split is scored on that checkpoint with fairseq-gen
 """
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (  # noqa: E402
+from baselines import DESCRIPTION, baseline
+from common import (
     METHODS,
     SIZES,
     TASKS,

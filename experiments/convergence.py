@@ -19,9 +19,8 @@ import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (  # noqa: E402
+from baselines import DESCRIPTION, baseline
+from common import (
     METHODS,
     PRETRAIN_CONFIG,
     SIZES,

@@ -10,11 +10,9 @@ through the run store).
 """
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (  # noqa: E402
+from baselines import DESCRIPTION, baseline
+from common import (
     METHODS,
     SIZES,
     TASKS,

@@ -15,15 +15,13 @@ more than --match (relative) to compare them.
 import hashlib
 import json
 import os
-import sys
 from argparse import Namespace
 from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baselines import DESCRIPTION, baseline  # noqa: E402
-from common import (  # noqa: E402
+from baselines import DESCRIPTION, baseline
+from common import (
     METHODS,
     SIZES,
     TASKS,
@@ -43,7 +41,7 @@ from common import (  # noqa: E402
     save_results,
     settings,
 )
-from compare_methods import method_runs  # noqa: E402
+from compare_methods import method_runs
 
 EPS = {"image": [0.0, 0.02, 0.05, 0.1], "text": [0.0, 0.05, 0.1, 0.5]}  # as many of each: one table
 MATCHED = "finetune at {}'s score"  # the row of finetuning's checkpoint matched to a method's clean score

@@ -15,12 +15,10 @@ compare_methods.py does, sharing its runs through the run store.
 """
 import json
 import os
-import sys
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from baselines import baseline  # noqa: E402
-from common import (  # noqa: E402
+from baselines import baseline
+from common import (
     METHODS,
     SIZES,
     TASKS,
@@ -41,7 +39,7 @@ from common import (  # noqa: E402
     shares_of_finetuning,
     verdict,
 )
-from compare_methods import method_runs  # noqa: E402
+from compare_methods import method_runs
 
 
 def backbone_params(results, size) -> int:

@@ -339,40 +339,67 @@ def test_claims_table_from_every_study(docs, compared, attacked, ablated, conver
     assert any("length ablation, depth ablation" in r for r in rows)
 
 
-def test_the_checkpoint_kept_at_an_update_is_read_from_the_train_log():
-    import common
+def json_log(*records):
+    """fairseq-train's output with --log-format json: its progress bar's records (logger, statistics)."""
+    return "\n".join(f"2026-12-04 12:09:{i:02d} | INFO | {logger} | {json.dumps(stats)}"
+                     for i, (logger, stats) in enumerate(records))
 
-    # as fairseq 0.12 logs its saves: a validation at an epoch's end goes to the epoch checkpoint (the first
-    # file of the save, the one logged), one mid-epoch to the interval checkpoint; best and last are overwritten
-    log = "\n".join([
-        "2026-12-04 12:09:57 | INFO | fairseq.checkpoint_utils | Saved checkpoint /s/checkpoint1.pt (epoch 1 @ 25 "
-        "updates, score 0.38) (writing took 0.03 seconds)",
-        "2026-12-04 12:10:10 | INFO | fairseq.checkpoint_utils | Saved checkpoint /s/checkpoint_2_50.pt (epoch 2 @ 50 "
-        "updates, score 0.4) (writing took 0.03 seconds)",
-        "2026-12-04 12:10:24 | INFO | fairseq.checkpoint_utils | Saved checkpoint /s/checkpoint_best.pt (epoch 3 @ 75 "
-        "updates, score 0.43) (writing took 0.05 seconds)"])
-    assert common.kept_checkpoint(log, 25) == "/s/checkpoint1.pt"
-    assert common.kept_checkpoint(log, 50) == "/s/checkpoint_2_50.pt"
-    assert common.kept_checkpoint(log, 75) is None  # only checkpoint_best.pt, which a later best overwrites
+
+def test_the_checkpoint_kept_at_an_update_is_read_from_the_train_log(tmp_path):
+    import common
+    import fairseq_log
+
+    # as fairseq 0.12 saves: a validation at an epoch's end goes to the epoch checkpoint, one mid-epoch to the
+    # interval checkpoint; best and last are overwritten
+    log = json_log(("valid", {"epoch": 1, "valid_score": "0.38", "valid_num_updates": "25"}),
+                   ("train", {"epoch": 1, "train_num_updates": "25"}),
+                   ("valid", {"epoch": 2, "valid_score": "0.4", "valid_num_updates": "50"}),
+                   ("valid", {"epoch": 3, "valid_score": "0.43", "valid_num_updates": "75"}))
+    for name in ("checkpoint1.pt", "checkpoint_2_50.pt", "checkpoint_best.pt"):
+        (tmp_path / name).write_bytes(b"")
+    save = str(tmp_path)
+    assert fairseq_log.kept_checkpoint(log, save, 25) == str(tmp_path / "checkpoint1.pt")
+    assert fairseq_log.kept_checkpoint(log, save, 50) == str(tmp_path / "checkpoint_2_50.pt")
+    assert fairseq_log.kept_checkpoint(log, save, 75) is None  # only checkpoint_best.pt, which a later best overwrites
     keep = common.validation("refcoco", 25, keep_every_checkpoint=True)
     assert "train.no-epoch-checkpoints=false" in keep and "train.keep-interval-updates=-1" in keep
 
 
-def test_a_pretraining_keeps_the_checkpoints_its_log_says_were_saved_and_validated(tmp_path):
+def test_a_pretraining_keeps_the_checkpoints_saved_whole_and_validated(tmp_path):
     import common
 
     save = tmp_path / "pretrain_small"
     save.mkdir()
-    for name in ("checkpoint_1_2.pt", "checkpoint_1_4.pt", "checkpoint_1_6.pt", "checkpoint_last.pt"):
+    # killed while writing checkpoint_1_6.pt: fairseq writes it as checkpoint_1_6.pt.tmp, renamed once whole
+    for name in ("checkpoint_1_2.pt", "checkpoint_1_4.pt", "checkpoint_1_6.pt.tmp", "checkpoint_last.pt"):
         (save / name).write_bytes(b"")
-    valid = "fairseq_cli.train | valid on 'valid' subset | loss {} | nll_loss 1.0 | ppl 2 | wps 1 | num_updates {}"
-    saved = ("fairseq.checkpoint_utils | Saved checkpoint {}/checkpoint_1_{}.pt (epoch 1 @ {} updates, score 3.0) "
-             "(writing took 0.01 seconds)")
-    (tmp_path / "pretrain_small.log").write_text("\n".join([
-        valid.format(3.5, 2), saved.format(save, 2, 2), valid.format(3.1, 4), saved.format(save, 4, 4),
-        valid.format(2.9, 6)]))  # killed while writing checkpoint_1_6.pt: never logged as saved
+    (tmp_path / "pretrain_small.log").write_text(json_log(*[
+        ("valid", {"epoch": 1, "valid_loss": loss, "valid_nll_loss": "1.0", "valid_num_updates": updates})
+        for loss, updates in (("3.5", "2"), ("3.1", "4"), ("2.9", "6"))]))
     assert common._kept(str(save)) == [(2, 3.5, str(save / "checkpoint_1_2.pt")),
                                        (4, 3.1, str(save / "checkpoint_1_4.pt"))]
+
+
+def test_validation_curve_trainable_parameters_and_test_score_from_fairseqs_output():
+    import fairseq_log
+
+    log = "\n".join([
+        "2026-12-04 12:00:00 | INFO | fairseq_cli.train | num. shared model params: 4,190,344 (num. trained: 2,048)",
+        "2026-12-04 12:00:05 | INFO | fairseq.trainer | begin training epoch 1",
+        "2026-12-04 12:00:10 | INFO | valid | " + json.dumps({"epoch": 1, "valid_loss": "5.5", "valid_cider": "0.1",
+                                                             "valid_num_updates": "1"}),
+        "2026-12-04 12:00:20 | INFO | valid | " + json.dumps({"epoch": 2, "valid_cider": "0.3",
+                                                             "valid_best_cider": "0.3", "valid_num_updates": "3"}),
+        "2026-12-04 12:00:21 | INFO | train | " + json.dumps({"epoch": 1, "train_num_updates": "2"}),
+        "Traceback (most recent call last):"])  # other lines are not records
+    curve, per_epoch = fairseq_log.validation_curve(log)
+    assert curve == [(1, 0.1, 5.0), (3, 0.3, 15.0)] and per_epoch == 2
+    assert fairseq_log.trainable(log) == (2048, 4190344)
+    generated = "Generate test with beam=5: CIDEr: 0.0123, Bleu_4: 0.0000, METEOR: 0.0296 (10 samples)\n"
+    assert fairseq_log.test_score(generated, "CIDEr") == 0.0123
+    assert fairseq_log.test_score(generated, "METEOR") == 0.0296
+    with pytest.raises(ValueError, match="no validation scores"):
+        fairseq_log.validation_curve(log.replace("valid_cider", "valid_x"))
 
 
 def test_the_clean_gap_is_relative_to_prompt_tunings_score():
