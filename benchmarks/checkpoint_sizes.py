@@ -10,15 +10,13 @@ on-disk sizes of two real files (e.g. from the demo run).
 """
 import argparse
 import os
-import sys
 from types import SimpleNamespace
 
 import torch
 from fairseq.data import Dictionary
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ofa_prompt.models.archs import SIZES  # noqa: E402
-from ofa_prompt.models.ofa import OFAModel  # noqa: E402
+from ofa_prompt.models.archs import SIZES
+from ofa_prompt.models.ofa import OFAModel
 
 OFA_VOCAB = 59457  # GPT-2 BPE dict + <mask> + 8192 codes + 1000 bins
 

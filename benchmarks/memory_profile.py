@@ -66,7 +66,6 @@ def main():
     a = ap.parse_args()
     if not os.path.isdir(a.ofa_repo):
         raise SystemExit(f"OFA repository not found at {a.ofa_repo}: give it with --ofa-repo PATH or OFA_REPO")
-    sys.path.insert(0, sbs.ROOT)
     workdir = tempfile.mkdtemp(prefix="ofa_memory_")
     prompt = a.method == "prompt"
     try:

@@ -358,7 +358,6 @@ def main():
     SHAPE.update(image=a.image_size, batch=a.batch)
     if not os.path.isdir(a.ofa_repo):
         raise SystemExit(f"OFA repository not found at {a.ofa_repo}: give it with --ofa-repo PATH or OFA_REPO")
-    sys.path.insert(0, ROOT)  # this project's package, for our side's processes
     workdir = tempfile.mkdtemp(prefix="ofa_side_by_side_")
     try:
         ofa_dir = os.path.join(workdir, "ofa")

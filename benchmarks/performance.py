@@ -20,7 +20,6 @@ from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from measure import ratio, run, set_threads, shown, timed_beam, timed_steps  # noqa: E402
 

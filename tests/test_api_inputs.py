@@ -5,14 +5,10 @@ import pytest
 import torch
 
 import tiny_data
-from conftest import build_micro, micro_args
 from ofa_prompt import from_pretrained
-from ofa_prompt.data.dictionary import build_ofa_dictionary
 from ofa_prompt.data.image import decode_image
 from ofa_prompt.errors import InputError
-from ofa_prompt.prompt_file import export_prompts
 
-SHARED = {"patch_image_size": 64, "num_bins": 100, "code_dict_size": 0, "text_tokenizer": "word"}
 # name -> (task, encoder prompt length, decoder prompt length (0: none on that side), task options)
 FILES = {
     "caption": ("caption", 3, 2, {}),
@@ -38,28 +34,8 @@ SEEDS = {"caption": 1, "vqa": 2, "refcoco": 3, "snli": 4}  # by the name's first
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A micro backbone over the tiny TSVs' words and the prompt files of FILES."""
-    folder = tmp_path_factory.mktemp("api_inputs")
-    tiny_data.write_dict(folder)
-    dictionary = build_ofa_dictionary(str(folder / "dict.txt"), 0, 100)
-    torch.manual_seed(0)
-    backbone = build_micro(dictionary=dictionary).state_dict()
-    head = {"args": None, "extra_state": {}, "optimizer_history": []}
-    torch.save({**head, "model": backbone, "cfg": {"model": {**vars(micro_args()), "_name": "ofa_prompt_tiny"},
-                                                   "task": {"_name": "ofa", **SHARED}}}, folder / "backbone.pt")
-    for name, (task, enc, dec, options) in FILES.items():
-        prompted = {**({"encoder_prompt": True, "encoder_prompt_length": enc} if enc else {}),
-                    **({"decoder_prompt": True, "decoder_prompt_length": dec} if dec else {})}
-        torch.manual_seed(SEEDS[name.split("_")[0]])
-        model = build_micro(dictionary=dictionary, **prompted)
-        for key, p in model.named_parameters():
-            if "_prompt_encoder." in key:
-                p.data.normal_(0, 0.3)  # prompts that change the outputs
-        state = {**backbone, **{k: v for k, v in model.state_dict().items() if "_prompt_encoder." in k}}
-        args = {**vars(micro_args(**prompted)), "_name": "ofa_prompt_tiny"}
-        torch.save({**head, "model": state, "cfg": {"model": args, "task": {"_name": task, **SHARED, **options}}},
-                   folder / f"{name}.pt")
-        export_prompts(str(folder / f"{name}.pt"), str(folder / f"{name}.safetensors"))
-    return folder
+    return tiny_data.prompt_checkpoints(tmp_path_factory.mktemp("api_inputs"),
+                                        {name: (*spec, SEEDS[name.split("_")[0]]) for name, spec in FILES.items()})
 
 
 def path(files, name):

@@ -5,14 +5,11 @@ import torch
 from PIL import Image
 
 import tiny_data
-from conftest import build_micro, micro_args
 from ofa_prompt import from_pretrained
-from ofa_prompt.data.dictionary import build_ofa_dictionary
 from ofa_prompt.data.image import decode_image
 from ofa_prompt.errors import InputError
 from ofa_prompt.prompt_file import export_prompts
 
-SHARED = {"patch_image_size": 64, "num_bins": 100, "code_dict_size": 0, "text_tokenizer": "word"}
 # task -> prompt lengths (encoder, decoder; 0: none on that side)
 PROMPTS = {"caption": (3, 2), "vqa_gen": (6, 0), "refcoco": (2, 5), "snli_ve": (2, 2)}
 
@@ -20,28 +17,8 @@ PROMPTS = {"caption": (3, 2), "vqa_gen": (6, 0), "refcoco": (2, 5), "snli_ve": (
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A micro backbone over the tiny TSVs' words and one prompt file per task, each with its own lengths."""
-    folder = tmp_path_factory.mktemp("mixed")
-    tiny_data.write_dict(folder)
-    dictionary = build_ofa_dictionary(str(folder / "dict.txt"), 0, 100)
-    torch.manual_seed(0)
-    backbone = build_micro(dictionary=dictionary).state_dict()
-    head = {"args": None, "extra_state": {}, "optimizer_history": []}
-    torch.save({**head, "model": backbone, "cfg": {"model": {**vars(micro_args()), "_name": "ofa_prompt_tiny"},
-                                                   "task": {"_name": "ofa", **SHARED}}}, folder / "backbone.pt")
-    for seed, (task, (enc, dec)) in enumerate(PROMPTS.items()):
-        prompted = {**({"encoder_prompt": True, "encoder_prompt_length": enc} if enc else {}),
-                    **({"decoder_prompt": True, "decoder_prompt_length": dec} if dec else {})}
-        torch.manual_seed(seed + 1)
-        model = build_micro(dictionary=dictionary, **prompted)
-        for name, p in model.named_parameters():
-            if "_prompt_encoder." in name:
-                p.data.normal_(0, 0.3)  # prompts that change the outputs
-        state = {**backbone, **{k: v for k, v in model.state_dict().items() if "_prompt_encoder." in k}}
-        args = {**vars(micro_args(**prompted)), "_name": "ofa_prompt_tiny"}
-        torch.save({**head, "model": state, "cfg": {"model": args, "task": {"_name": task, **SHARED}}},
-                   folder / f"{task}.pt")
-        export_prompts(str(folder / f"{task}.pt"), str(folder / f"{task}.safetensors"))
-    return folder
+    return tiny_data.prompt_checkpoints(tmp_path_factory.mktemp("mixed"), {
+        task: (task, enc, dec, {}, seed) for seed, (task, (enc, dec)) in enumerate(PROMPTS.items(), 1)})
 
 
 def requests(folder, n=6):

@@ -70,3 +70,41 @@ def reference_captions(path, n=10, seed=0):
             captions = "&&".join(" ".join(rng.sample(REFERENCE_WORDS, 3)) for _ in range(2))
             f.write(f"{i}\t{i}\t{captions}\tx\t{encode(image)}\n")
     return path
+
+
+# the task settings of the micro checkpoints below: a 64-pixel image, 100 location bins, no image codes, words
+MICRO_TASK = {"patch_image_size": 64, "num_bins": 100, "code_dict_size": 0, "text_tokenizer": "word"}
+
+
+def prompt_checkpoints(folder, files):
+    """A micro backbone over the tiny TSVs' words (folder/backbone.pt, with dict.txt) and, for each
+    name -> (task, encoder prompt length, decoder prompt length (0: none on that side), task options, seed),
+    the checkpoint folder/NAME.pt of the backbone with random prompts (drawn from `seed`, large enough to change
+    the outputs) and its prompt file folder/NAME.safetensors."""
+    import torch
+
+    from conftest import build_micro, micro_args
+    from ofa_prompt.data.dictionary import build_ofa_dictionary
+    from ofa_prompt.prompt_file import export_prompts
+
+    write_dict(folder)
+    dictionary = build_ofa_dictionary(str(folder / "dict.txt"), 0, 100)
+    torch.manual_seed(0)
+    backbone = build_micro(dictionary=dictionary).state_dict()
+    head = {"args": None, "extra_state": {}, "optimizer_history": []}
+    torch.save({**head, "model": backbone, "cfg": {"model": {**vars(micro_args()), "_name": "ofa_prompt_tiny"},
+                                                   "task": {"_name": "ofa", **MICRO_TASK}}}, folder / "backbone.pt")
+    for name, (task, enc, dec, options, seed) in files.items():
+        prompted = {**({"encoder_prompt": True, "encoder_prompt_length": enc} if enc else {}),
+                    **({"decoder_prompt": True, "decoder_prompt_length": dec} if dec else {})}
+        torch.manual_seed(seed)
+        model = build_micro(dictionary=dictionary, **prompted)
+        for key, p in model.named_parameters():
+            if "_prompt_encoder." in key:
+                p.data.normal_(0, 0.3)  # prompts that change the outputs
+        state = {**backbone, **{k: v for k, v in model.state_dict().items() if "_prompt_encoder." in k}}
+        args = {**vars(micro_args(**prompted)), "_name": "ofa_prompt_tiny"}
+        torch.save({**head, "model": state, "cfg": {"model": args, "task": {"_name": task, **MICRO_TASK, **options}}},
+                   folder / f"{name}.pt")
+        export_prompts(str(folder / f"{name}.pt"), str(folder / f"{name}.safetensors"))
+    return folder
