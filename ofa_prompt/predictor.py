@@ -13,6 +13,9 @@ Every call goes through the task the model was trained with, as fairseq-generate
 API and fairseq-generate give the same outputs on the same rows (tests/test_predictor.py). Task settings
 come, lowest first, from the task's defaults, the checkpoint's recorded task, the prompt file's record
 (prompt_file.export_prompts writes it) and the caller's `task_options`.
+
+Over 400 lines: one class, whose methods (the four tasks, mixed batches) share the loaded model, its
+task settings and the tasks built; the checks of the inputs are api_inputs.py.
 """
 import json
 import logging
@@ -22,18 +25,28 @@ from argparse import Namespace
 from dataclasses import fields
 from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from fairseq import utils
-from fairseq.dataclass.configs import GenerationConfig
 from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 from fairseq.tasks.fairseq_task import FairseqTask
-from PIL import Image
 
+from .api_inputs import (
+    GENERATION_KEYS,
+    MIXABLE,
+    PLACEHOLDER,
+    SEARCH_KEYS,
+    as_list,
+    check_task_options,
+    checked_generation,
+    checked_text,
+    load_image,
+    paired,
+    positive_int,
+    request_file,
+    request_row,
+)
 from .checkpoint import saved_task
 from .data.dataset import OFADataset
-from .data.image import as_rgb
-from .data.tokenize import clean_text
 from .errors import InputError
 from .hub import load_model
 from .metrics.grounding import bins_to_box
@@ -45,77 +58,11 @@ from .tasks.saved_settings import SHARED, read_state
 
 logger = logging.getLogger(__name__)
 
-ImageLike = Union[Image.Image, str, os.PathLike, torch.Tensor, np.ndarray]
 # the method of each task, and the generation OFA's evaluate scripts use for it
 METHODS = {"caption": "caption", "answer": "vqa_gen", "ground": "refcoco", "entail": "snli_ve"}
 GENERATION = {"caption": {"beam": 5, "max_len_b": 16, "no_repeat_ngram_size": 3},
               "vqa_gen": {"beam": 5, "max_len_b": 16}, "refcoco": {"beam": 5}, "snli_ve": {"beam": 5}}
 OPEN_ENDED = {"unconstrained_training": True, "ans2label_file": None, "val_inference_type": None}  # VQA, no list
-PLACEHOLDER = {  # the reference columns of a row, which inference does not read
-    "caption": "unused", "vqa_gen": "1.0|!+unused", "refcoco": "0,0,1,1", "snli_ve": "entailment"}
-
-
-def load_image(image: ImageLike, what: str = "image") -> Image.Image:
-    """An RGB PIL image from a PIL image, a file path, or an array/tensor [H, W, 3] or [3, H, W] (uint8, or
-    float in [0, 1])."""
-    if isinstance(image, Image.Image):
-        return as_rgb(image)
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                opened.load()
-                return as_rgb(opened)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{what} {image}: not a readable image ({e})") from None
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray):
-        array = image.transpose(1, 2, 0) if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3 else image
-        if array.ndim != 3 or array.shape[-1] != 3:
-            raise InputError(f"{what}: an array of shape {list(image.shape)}, expected [H, W, 3] or [3, H, W]")
-        if array.dtype != np.uint8:
-            if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
-                raise InputError(f"{what}: a float array must hold values in [0, 1]")
-            array = np.round(array * 255).astype(np.uint8)
-        return Image.fromarray(np.ascontiguousarray(array))
-    raise InputError(f"{what}: a {type(image).__name__}, expected a PIL image, a path, or an array")
-
-
-def _batch(value, n: Optional[int] = None) -> list:
-    """`value` as a list: a list or tuple as it is, anything else repeated n times (default once)."""
-    return list(value) if isinstance(value, (list, tuple)) else [value] * (1 if n is None else n)
-
-
-PLURAL = {"question": "questions", "text": "texts", "hypothesis": "hypotheses", "premise": "premises"}
-
-
-def _paired(images, texts, what: str):
-    """(one input, images, texts): an image and a text, or lists of one length (a single image or text goes with
-    every item of the other list); lists of different lengths are refused rather than cut to the shorter."""
-    one = not isinstance(texts, (list, tuple)) and not isinstance(images, (list, tuple))
-    texts = _batch(texts, len(images) if isinstance(images, (list, tuple)) else None)
-    images = _batch(images, len(texts))
-    if len(images) != len(texts):
-        raise InputError(f"{len(images)} images and {len(texts)} {PLURAL[what]}: give one {what} per image, "
-                         f"or a single one for every image")
-    return one, images, [_text(t, f"{what} {i}") for i, t in enumerate(texts)]
-
-
-def _text(text, what: str) -> str:
-    """`text`, refused where the task's TSV reader would refuse its row: not a string, or empty once
-    normalized as OFA normalizes text (punctuation dropped)."""
-    if not isinstance(text, str):
-        raise InputError(f"{what}: a {type(text).__name__}, expected a string")
-    if not clean_text(text):
-        raise InputError(f"{what}: {text!r} is empty once punctuation is dropped (as the TSV reader refuses it): "
-                         "give some words")
-    return text
-
-
-def _positive_int(value, what: str) -> int:
-    if type(value) is not int or value < 1:
-        raise InputError(f"{what}={value!r}: expected a whole number of at least 1")
-    return value
 
 
 class OFAPredictor:
@@ -139,8 +86,8 @@ class OFAPredictor:
         """An official OFA checkpoint or one of the plugin's (full or prompt-only), with the prompts of file
         `prompts` if given. `bpe_dir` is the folder of OFA's dict.txt / encoder.json / vocab.bpe (default: the
         one the checkpoint records); `task_options` set task options (e.g. patch_image_size=480)."""
-        _positive_int(batch_size, "batch_size")
-        _check_task_options(task_options)
+        positive_int(batch_size, "batch_size")
+        check_task_options(task_options, METHODS.values())
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise InputError(f"checkpoint: a {type(checkpoint).__name__}, expected the path of an OFA checkpoint")
         trained, recorded = saved_task(read_state(os.fspath(checkpoint)))  # mmap: no tensor data read twice
@@ -212,7 +159,7 @@ class OFAPredictor:
     def _run(self, name: str, rows: List[list], generation: dict):
         """The first hypothesis of every row and the rows' samples, batch by batch."""
         task = self.task(name)
-        generator = self._generator(name, task, **_checked_generation(generation))
+        generator = self._generator(name, task, **checked_generation(generation))
         collate = OFADataset([], task, train=False).collater
         out = []
         for start in range(0, len(rows), self.batch_size):
@@ -233,14 +180,14 @@ class OFAPredictor:
     def caption(self, images, **generation) -> Union[str, List[str]]:
         """A caption of each image (one image: a string)."""
         one = not isinstance(images, (list, tuple))
-        rows = [[str(i), load_image(im, f"image {i}"), PLACEHOLDER["caption"]] for i, im in enumerate(_batch(images))]
+        rows = [[str(i), load_image(im, f"image {i}"), PLACEHOLDER["caption"]] for i, im in enumerate(as_list(images))]
         texts = [t for t, _ in self._run("caption", rows, generation)]
         return texts[0] if one else texts
 
     def answer(self, images, questions, candidates: Optional[Sequence[str]] = None, **generation):
         """The answer to each question about its image: among `candidates` if given (OFA's all-candidate
         inference, as with --ans2label-file), else open-ended beam search."""
-        one, images, questions = _paired(images, questions, "question")
+        one, images, questions = paired(images, questions, "question")
         if candidates is not None and generation:
             raise InputError(f"answer() among candidates scores every candidate, without a search: generation "
                              f"options ({', '.join(sorted(generation))}) do not apply; leave them out")
@@ -271,7 +218,7 @@ class OFAPredictor:
     def ground(self, images, texts, **generation):
         """The box [x0, y0, x1, y1] (pixels of the original image) each text refers to (None: the model
         gave no box)."""
-        one, images, texts = _paired(images, texts, "text")
+        one, images, texts = paired(images, texts, "text")
         rows = [[str(i), load_image(im, f"image {i}"), t, PLACEHOLDER["refcoco"]]
                 for i, (im, t) in enumerate(zip(images, texts))]
         boxes = [bins_to_box(t, m["num_bins"], m["max_image_size"], m["w_resize_ratio"], m["h_resize_ratio"])
@@ -281,7 +228,7 @@ class OFAPredictor:
     def entail(self, images, hypotheses, premise=None, **generation):
         """Whether each image (and `premise` text, with add_caption) entails the hypothesis: "yes", "no"
         or "maybe" (OFA's answers for entailment, contradiction, neutral)."""
-        one, images, hypotheses = _paired(images, hypotheses, "hypothesis")
+        one, images, hypotheses = paired(images, hypotheses, "hypothesis")
         if generation:
             raise InputError(f"entail() scores the three answers, without a search: generation options "
                              f"({', '.join(sorted(generation))}) do not apply; leave them out")
@@ -302,11 +249,11 @@ class OFAPredictor:
         if not add_caption:
             raise InputError("premise= is read only by prompts tuned with --add-caption, and these were not: "
                              "leave it out")
-        premises = _batch(premise, n)
+        premises = as_list(premise, n)
         if len(premises) != n:
             raise InputError(f"{n} hypotheses and {len(premises)} premises: give one premise per hypothesis, "
                              "or a single one for every hypothesis")
-        return [_text(p, f"premise {i}") for i, p in enumerate(premises)]
+        return [checked_text(p, f"premise {i}") for i, p in enumerate(premises)]
 
     # --- one batch, several prompt files ------------------------------------------------------------------
     def mixed(self, requests: Sequence[dict], **generation) -> list:
@@ -325,14 +272,14 @@ class OFAPredictor:
         """(output, best hypothesis) of every request."""
         if not isinstance(requests, (list, tuple)):
             raise InputError(f"mixed() takes a list of requests (dicts), got a {type(requests).__name__}")
-        generation = _checked_generation(generation)
+        generation = checked_generation(generation)
         searches = sorted(set(generation) & set(SEARCH_KEYS))
         if searches:
             raise InputError(f"mixed() runs beam search with each sample's own rules: {', '.join(searches)} apply "
                              "to caption(), answer() and ground() alone")
         if not requests:
             return []
-        files = list(dict.fromkeys(_request_file(r, i) for i, r in enumerate(requests)))
+        files = list(dict.fromkeys(request_file(r, i) for i, r in enumerate(requests)))
         loaded = {f: load_prompt_file(f) for f in files}
         tasks = {f: self._file_task(f, loaded[f].record.get("task")) for f in files}
         sizes = {tasks[f][1].cfg.patch_image_size for f in files}
@@ -343,7 +290,7 @@ class OFAPredictor:
         for i, request in enumerate(requests):
             path = os.fspath(request["prompts"])
             name, task = tasks[path]
-            sample = task.build_sample(_request_row(name, request, i), train=False)
+            sample = task.build_sample(request_row(name, request, i), train=False)
             sample["id"] = i
             settings = {**decoding_defaults(name, task), **generation}
             groups.setdefault(_search_key(settings), []).append(
@@ -417,45 +364,9 @@ def decoding_defaults(name: str, task) -> dict:
     return {**GENERATION[name], **{k: v for k, v in validated.items() if k in GENERATION_KEYS}}
 
 
-# the options of --eval-args that decide what is generated (not how it is printed or scored)
-GENERATION_KEYS = ("beam", "max_len_a", "max_len_b", "min_len", "lenpen", "unnormalized", "no_repeat_ngram_size",
-                   "unkpen", "temperature")
-# fairseq-generate's search strategies, which a call of one task can use too
-SEARCH_KEYS = ("sampling", "sampling_topk", "sampling_topp", "diverse_beam_groups", "diverse_beam_strength",
-               "diversity_rate", "match_source_len")
-AT_LEAST = {"beam": 1, "max_len_a": 0, "max_len_b": 0, "min_len": 0, "no_repeat_ngram_size": 0}
 MAX_LEN_B = 200  # fairseq-generate's default
 # generator options a sample's own rule applies in a mixed search (so requests differing in them share one)
 PER_SAMPLE = ("max_len_b", "min_len", "no_repeat_ngram_size")
-MIXABLE = {"caption": None, "vqa_gen": "question", "refcoco": "text"}  # task -> the request's text field
-REQUEST_KEYS = ("prompts", "image", *(field for field in MIXABLE.values() if field))
-
-
-def _checked_generation(generation: dict) -> dict:
-    """The caller's generation options, each a fairseq-generate option the API applies, of its type and range
-    (an unknown or misspelt one would otherwise be dropped without a word)."""
-    types = {f.name: f.type for f in fields(GenerationConfig)}
-    for key, value in generation.items():
-        if key not in GENERATION_KEYS + SEARCH_KEYS:
-            raise InputError(f"unknown generation option {key}={value!r}: the options are "
-                             f"{', '.join(GENERATION_KEYS + SEARCH_KEYS)}")
-        kind = types[key]
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
-            raise InputError(f"generation option {key}={value!r}: expected a{'n' if kind is int else ''} "
-                             f"{kind.__name__}")
-        if key in AT_LEAST and value < AT_LEAST[key] or key == "temperature" and value <= 0:
-            raise InputError(f"generation option {key}={value!r}: expected "
-                             + (f"at least {AT_LEAST[key]}" if key in AT_LEAST else "a value above 0"))
-    return generation
-
-
-def _check_task_options(options: dict):
-    """Refuse keyword options that no task reads (they would be dropped without a word)."""
-    known = {f.name for name in METHODS.values() for f in fields(TASK_DATACLASS_REGISTRY[name])}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise InputError(f"unknown task option(s) {', '.join(unknown)}: from_pretrained's keywords are the "
-                         "options of the tasks (patch_image_size=480, text_tokenizer='word', ...)")
 
 
 class _Request(NamedTuple):
@@ -465,36 +376,6 @@ class _Request(NamedTuple):
     task: object
     sample: dict
     settings: dict  # its generator options: its file's decoding, then the caller's
-
-
-def _request_file(request, i: int) -> str:
-    if not isinstance(request, dict) or "prompts" not in request or "image" not in request:
-        raise InputError(f"request {i}: a dict with 'prompts' (a prompt file) and 'image', got {request!r}")
-    unknown = sorted(set(request) - set(REQUEST_KEYS), key=str)
-    if unknown:
-        raise InputError(f"request {i}: unknown key(s) {', '.join(map(repr, unknown))}; a request has "
-                         f"{', '.join(map(repr, REQUEST_KEYS))} (tasks that score candidates are not mixed)")
-    if not isinstance(request["prompts"], (str, os.PathLike)):
-        raise InputError(f"request {i}: 'prompts' is a {type(request['prompts']).__name__}, expected a prompt file")
-    return os.fspath(request["prompts"])
-
-
-def _request_row(name: str, request: dict, i: int) -> list:
-    """The TSV row the task would read for a request (reference columns are placeholders)."""
-    field = MIXABLE[name]
-    other = [key for key in REQUEST_KEYS[2:] if key in request and key != field]
-    if other:
-        raise InputError(f"request {i}: prompts for --task {name} take no '{other[0]}' "
-                         f"({'an image only' if field is None else f'the image and a {field!r}'})")
-    if field is not None and field not in request:
-        raise InputError(f"request {i}: prompts for --task {name} need the '{field}' to go with the image")
-    image = load_image(request["image"], f"request {i}'s image")
-    if name == "caption":
-        return [str(i), image, PLACEHOLDER[name]]
-    text = _text(request[field], f"request {i}'s {field}")
-    if name == "vqa_gen":
-        return [str(i), image, text, PLACEHOLDER[name], ""]
-    return [str(i), image, text, PLACEHOLDER[name]]
 
 
 def _search_key(settings: dict) -> tuple:

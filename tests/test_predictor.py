@@ -13,10 +13,10 @@ from PIL import Image
 import tiny_data
 from conftest import BIN, REPO
 from ofa_prompt import from_pretrained
+from ofa_prompt.api_inputs import load_image
 from ofa_prompt.checkpoint import read_checkpoint
 from ofa_prompt.data.image import decode_image
 from ofa_prompt.errors import InputError
-from ofa_prompt.predictor import load_image
 from ofa_prompt.prompt_file import export_prompts, load_prompt_file
 
 # the reference fixtures' micro model reads the word tokenizer at 64 px (tests/test_training.py)
