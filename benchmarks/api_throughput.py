@@ -31,9 +31,11 @@ def save_model(path, task, image, bpe, length):
     checkpoint of `task`."""
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
-    import ofa_prompt  # noqa: F401  (registers the model)
+    import ofa_prompt
     from ofa_prompt.data.dictionary import build_ofa_dictionary
     from ofa_prompt.models.ofa import OFAModel
+
+    ofa_prompt.load()  # registers the model
 
     args = argparse.Namespace(arch="ofa_prompt_tiny", encoder_prompt=True, decoder_prompt=True,
                               encoder_prompt_length=length, decoder_prompt_length=length)

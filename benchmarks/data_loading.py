@@ -75,9 +75,11 @@ def main():
     torch.set_num_threads(1)
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
-    import ofa_prompt  # noqa: F401
+    import ofa_prompt
     import tiny_data
     from ofa_prompt.models.image_cache import ImageFeatureCache
+
+    ofa_prompt.load()  # the tasks, registered with fairseq
 
     with tempfile.TemporaryDirectory() as folder:
         tiny_data.write_dict(Path(folder))

@@ -132,9 +132,11 @@ def write_backbone(path: Path, arch_options: List[str], bpe_dir: Path, seed: int
     import torch
     from fairseq import options
 
-    import ofa_prompt  # noqa: F401  (registers the architectures)
+    import ofa_prompt
     from ofa_prompt.data.dictionary import build_ofa_dictionary
     from ofa_prompt.models.ofa import OFAModel
+
+    ofa_prompt.load()  # registers the architectures
 
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, ["x", "--user-dir", str(REPO / "ofa_prompt"), "--task", "caption",

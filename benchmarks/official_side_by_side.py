@@ -245,7 +245,9 @@ def official_run(ofa_dir, weights, prompt, steps, queue):
 def our_model(prompt, weights, official=None):
     # first, before fairseq: the plugin's load() imports fairseq with its import notices silenced and the root
     # logger's level kept (fairseq's import sets it to DEBUG)
-    import ofa_prompt  # noqa: F401, I001  (registers the plugin with fairseq)
+    import ofa_prompt
+
+    ofa_prompt.load()  # registers the plugin with fairseq
     from fairseq.models import ARCH_CONFIG_REGISTRY
 
     from ofa_prompt.models.ofa import OFAModel

@@ -37,7 +37,9 @@ SIZES = {  # base and large at 480 px are what users train (random weights: only
 def build(size, prompt, length=64, batch_size=None):
     # first, before fairseq: the plugin's load() imports fairseq with its import notices silenced and the root
     # logger's level kept (fairseq's import sets it to DEBUG)
-    import ofa_prompt  # noqa: F401, I001  (registers the plugin with fairseq)
+    import ofa_prompt
+
+    ofa_prompt.load()  # registers the plugin with fairseq
     from fairseq.data import Dictionary
     from fairseq.models import ARCH_CONFIG_REGISTRY
 

@@ -47,9 +47,11 @@ def main():
     args = ap.parse_args()
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
-    import ofa_prompt  # noqa: F401
+    import ofa_prompt
     import tiny_data
     from ofa_prompt.data import row_index
+
+    ofa_prompt.load()  # the tasks, registered with fairseq
 
     with tempfile.TemporaryDirectory() as folder:
         os.environ["XDG_CACHE_HOME"] = os.path.join(folder, "cache")

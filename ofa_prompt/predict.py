@@ -76,8 +76,10 @@ def candidates_of(text):
 
 
 def main(argv=None):
-    args = parse(sys.argv[1:] if argv is None else argv)
-    from . import from_pretrained  # loads the plugin (fairseq: seconds) once the arguments are read
+    args = parse(argv)  # None: argparse reads the command line
+    from . import load
+    load(command_line=True)  # the plugin (fairseq: seconds), once the arguments are read
+    from .predictor import from_pretrained
     try:
         model = from_pretrained(args.backbone, prompts=args.prompts, bpe_dir=args.bpe_dir, device=args.device,
                                 batch_size=args.batch_size, **dict(args.set))

@@ -53,7 +53,7 @@ from .metrics.grounding import bins_to_box
 from .ngram_blocking import block_repeated_ngrams
 from .per_sample_search import allow_only, use_per_sample_rules
 from .prompt_file import check_prompts, load_prompt_file
-from .tasks.base import generation_options
+from .tasks.candidates import generation_options
 from .tasks.saved_settings import SHARED, read_state
 
 logger = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 from .data.dataset import rows_per_batch
+from .fairseq_compat.config import set_lr_schedule_length
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def plan_lr_schedule(task, root) -> None:
         derived = total_updates(rows, batch, max(root.distributed_training.distributed_world_size, 1),
                                 list(optim.update_freq))
     total, warmup = schedule(derived, optim.max_update, given, ratio, sched.warmup_updates)
-    sched.total_num_update, sched.warmup_updates = float(total), warmup
+    set_lr_schedule_length(root, float(total), warmup)
     if derived is not None or ratio > 0:
         logger.info("learning-rate schedule: %d updates in all%s, %d of warmup%s (polynomial_decay's "
                     "--total-num-update and --warmup-updates)", total,

@@ -10,9 +10,11 @@ import pytest
 import torch
 from fairseq.data import Dictionary
 
-import ofa_prompt  # noqa: F401  (registers models, criteria, tasks)
+import ofa_prompt
 import warm_start
 from ofa_prompt.models.ofa import OFAModel
+
+ofa_prompt.load()  # the plugin: fairseq's behaviour changed, models, criteria and tasks registered
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("OFA_REFERENCE_DIR", REPO.parent / "shared" / "ofa_reference"))

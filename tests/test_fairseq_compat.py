@@ -1,4 +1,4 @@
-"""The changes to stock fairseq's behaviour (ofa_prompt/fairseq_compat.py), each through the fairseq code
+"""The changes to stock fairseq's behaviour (ofa_prompt/fairseq_compat/), each through the fairseq code
 it changes: what fairseq does without it is what each test would see if the change were dropped."""
 import errno
 import os
@@ -9,15 +9,15 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-from ofa_prompt import fairseq_compat
 from ofa_prompt.data.tsv import BadRow
+from ofa_prompt.fairseq_compat import patches
 from ofa_prompt.file_version import FileChangedError
 from ofa_prompt.tasks.saved_settings import SettingsError
 
 
 def test_input_errors_print_one_line(capsys, monkeypatch):
     seen = []
-    hook = fairseq_compat._one_line_input_errors(lambda *a: seen.append(a[0]))
+    hook = patches._one_line_input_errors(lambda *a: seen.append(a[0]))
     for error in (SettingsError("ckpt.pt was trained for --task caption"), BadRow("a.tsv, line 3: empty caption"),
                   FileChangedError("a.tsv changed on disk")):
         hook(type(error), error, None)
@@ -29,7 +29,6 @@ def test_input_errors_print_one_line(capsys, monkeypatch):
     monkeypatch.setenv("OFA_PROMPT_TRACEBACK", "1")  # for a bug report: the whole traceback
     hook(BadRow, BadRow("x"), None)
     assert seen == [KeyError, BadRow]
-    assert getattr(sys.excepthook, "one_line_input_errors", False)  # installed by importing the plugin
 
 
 def test_a_checkpoint_write_that_fails_leaves_the_previous_one_and_says_so(tmp_path, monkeypatch):
@@ -45,7 +44,7 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_and_says_so(tmp_p
 
     monkeypatch.setattr(torch, "save", disk_full)
     monkeypatch.setattr(checkpoint_utils.time, "sleep", lambda s: None)  # fairseq retries 3 times, 2.5 s apart
-    with pytest.raises(fairseq_compat.CheckpointWriteError,
+    with pytest.raises(patches.CheckpointWriteError,
                        match=r"cannot write checkpoint .*checkpoint_last.pt: No space left on device \(\d+ MB free "
                              r"in .*\); the checkpoints already there are intact .* run the same command"):
         checkpoint_utils.torch_persistent_save({"update": 2}, str(last))
@@ -54,9 +53,10 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_and_says_so(tmp_p
     assert torch.load(last)["update"] == 1
 
 
-def test_importing_the_plugin_leaves_logging_and_other_warnings_alone():
+def test_loading_the_plugin_leaves_logging_and_other_warnings_alone():
     code = ("import logging, warnings\n"  # as a notebook: logging not configured, the root at WARNING
             "import ofa_prompt\n"
+            "ofa_prompt.load()\n"  # what the Python API does
             "print(logging.getLevelName(logging.root.level))\n"
             "warnings.warn('`torch.cuda.amp.autocast` in my own code', FutureWarning)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -74,7 +74,7 @@ def test_sigterm_handler_asks_fairseq_to_stop_at_the_next_update(monkeypatch):
     monkeypatch.setattr(signal, "signal", lambda *a: installed.append(a))
     monkeypatch.setattr(signal, "getsignal", lambda s: signal.SIG_DFL)
     installed = []
-    fairseq_compat.stop_after_update_on_sigterm(cfg)
+    patches.stop_after_update_on_sigterm(cfg)
     (sig, handler), = installed
     assert sig == signal.SIGTERM
     handler(signal.SIGTERM, None)

@@ -89,7 +89,7 @@ def test_the_plugins_options_are_read_from_its_source():
 def test_fp16_is_refused_without_cuda_and_in_generation_on_the_cpu():
     from omegaconf import OmegaConf
 
-    from ofa_prompt.tasks.base import check_precision
+    from ofa_prompt.tasks.run_setup import check_precision
     from ofa_prompt.tasks.saved_settings import SettingsError
 
     cfg = OmegaConf.create({"common": {"fp16": True, "memory_efficient_fp16": False, "cpu": True}, "task": {"a": 1},
@@ -142,12 +142,12 @@ def test_tools_answer_help_and_argument_errors_at_once(tool, args):
     assert elapsed < 5, f"{elapsed:.1f} s"
 
 
-def test_import_registers_the_plugin_for_fairseq():
-    """`import ofa_prompt` (not a python -m tool) loads the plugin: its tasks are fairseq's, its API is there."""
-    code = ("import ofa_prompt\nfrom fairseq.tasks import TASK_REGISTRY\n"
+def test_the_python_api_registers_the_plugin_for_fairseq():
+    """The Python API (ofa_prompt.load_model, ...) loads the plugin: its tasks are fairseq's, its API is there."""
+    code = ("import ofa_prompt\nload_model = ofa_prompt.load_model\nfrom fairseq.tasks import TASK_REGISTRY\n"
             "from fairseq.models import ARCH_MODEL_REGISTRY\n"
             "print('caption' in TASK_REGISTRY, 'ofa_prompt_tiny' in ARCH_MODEL_REGISTRY, "
-            "callable(ofa_prompt.load_model), ofa_prompt.from_pretrained.__name__)")
+            "callable(load_model), ofa_prompt.from_pretrained.__name__)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.stdout.split() == ["True", "True", "True", "from_pretrained"], p.stderr
     assert "Warning" not in p.stderr and "tensorboardX" not in p.stderr, p.stderr
@@ -285,12 +285,12 @@ def test_a_second_ctrl_c_stops_at_once(monkeypatch):
     default, so that a second one raises KeyboardInterrupt wherever training is."""
     from omegaconf import OmegaConf
 
-    from ofa_prompt import fairseq_compat
+    from ofa_prompt.fairseq_compat import patches
 
     cfg = OmegaConf.create({"optimization": {"stop_time_hours": 0.0}})
     installed = []
     monkeypatch.setattr(signal, "signal", lambda *a: installed.append(a))
-    fairseq_compat.stop_after_update_on_sigint(cfg)
+    patches.stop_after_update_on_sigint(cfg)
     (sig, handler), = installed
     assert sig == signal.SIGINT
     handler(signal.SIGINT, None)

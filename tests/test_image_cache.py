@@ -9,6 +9,7 @@ import torch
 import tiny_data
 from conftest import build_micro, setup_task
 from ofa_prompt.models.image_cache import FLOAT16_LOSS_TOLERANCE, ImageFeatureCache, capacity_line
+from ofa_prompt.tasks.run_setup import attach_image_cache
 from ofa_prompt.tasks.saved_settings import SettingsError
 
 
@@ -91,7 +92,7 @@ def train_with_and_without_the_cache(data, storage):
         model = build_micro(dictionary=task.dictionary, encoder_prompt=True, decoder_prompt=True,
                             encoder_prompt_length=4, decoder_prompt_length=4, dropout=0.0)
         if cached:
-            task.attach_image_cache(model)
+            attach_image_cache(task, model)
             counting = Counting(model.encoder.embed_images)
             model.encoder.embed_images = counting
         runs[cached] = (train(task, model, epochs=3), model)
@@ -116,9 +117,9 @@ def test_training_with_the_cache_equals_training_without(data):
 def test_the_cache_is_refused_where_features_change(data):
     task = setup_task("caption", data, "--image-feature-cache", "memory")
     with pytest.raises(SettingsError, match="--tuning-method finetune trains it"):
-        task.attach_image_cache(build_micro(dictionary=task.dictionary))
+        attach_image_cache(task, build_micro(dictionary=task.dictionary))
     model = build_micro(dictionary=task.dictionary, encoder_prompt=True)
-    task.attach_image_cache(model)
+    attach_image_cache(task, model)
     batch = task.datasets["train"].collater([task.datasets["train"][i] for i in range(2)])
     model.train()
     model.encoder.embed_images.train()  # as if something put the ResNet back into training mode

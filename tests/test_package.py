@@ -1,6 +1,9 @@
 """How the package is put together: no import cycles between its modules (a cycle works only by the
-order modules happen to be imported in, or by imports hidden in functions)."""
+order modules happen to be imported in, or by imports hidden in functions); importing it changes nothing, and
+fairseq's --user-dir import loads the plugin."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -59,3 +62,40 @@ def test_no_import_cycles():
     graph = {module_name(f): {m for m in imports(f, modules)
                               if not module_name(f).startswith(m + ".")} for f in files}
     assert cycles(graph) == []
+
+
+def run_python(code: str) -> list:
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split()
+
+
+def test_a_plain_import_changes_nothing():
+    """`import ofa_prompt` from Python imports neither fairseq nor torch and changes no global state: the
+    plugin is loaded by load() (the Python API, the tools) or by fairseq's --user-dir."""
+    code = ("import logging, sys, warnings\n"
+            "hook, level, filters = sys.excepthook, logging.root.level, list(warnings.filters)\n"
+            "import ofa_prompt\n"
+            "print('fairseq' in sys.modules, 'torch' in sys.modules, sys.excepthook is hook, "
+            "logging.root.level == level, warnings.filters == filters)")
+    assert run_python(code) == ["False", "False", "True", "True", "True"]
+
+
+def test_fairseqs_user_dir_import_loads_the_plugin():
+    """fairseq-train/-generate --user-dir: fairseq.utils.import_user_module imports the package, which loads the
+    plugin there: its tasks registered, fairseq's behaviour changed (the one-line input errors of a command)."""
+    code = ("import argparse, sys\n"
+            "from fairseq import utils\n"
+            "from fairseq.tasks import TASK_REGISTRY\n"
+            f"utils.import_user_module(argparse.Namespace(user_dir={str(PACKAGE)!r}))\n"
+            "print('caption' in TASK_REGISTRY, getattr(sys.excepthook, 'one_line_input_errors', False))")
+    assert run_python(code) == ["True", "True"]
+
+
+def test_the_python_api_loads_the_plugin_without_the_commands_error_hook():
+    code = ("import sys\n"
+            "import ofa_prompt\n"
+            "ofa_prompt.load_model\n"
+            "from fairseq.tasks import TASK_REGISTRY\n"
+            "print('caption' in TASK_REGISTRY, getattr(sys.excepthook, 'one_line_input_errors', False))")
+    assert run_python(code) == ["True", "False"]

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from conftest import MICRO_CLI, REPO, common, drive, run
 from ofa_prompt.atomic_file import write_atomically
+from ofa_prompt.fairseq_compat.config import explicit_options
 from ofa_prompt.metrics.grounding import quantize_box
 from ofa_prompt.metrics.scorers import (
     CaptionScorer,
@@ -24,7 +25,6 @@ from ofa_prompt.metrics.scorers import (
     use_task_scorer,
 )
 from ofa_prompt.metrics.vqa import question_id
-from ofa_prompt.tasks.saved_settings import explicit_keys
 
 
 def config(tmp_path, **kwargs):
@@ -132,13 +132,13 @@ def test_without_scoring_the_task_scorer_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fairseq-generate", *argv])
     cfg = generate_config(argv)
     assert cfg.scoring._name == "bleu"  # fairseq's default
-    use_task_scorer(cfg.task, explicit_keys(argv))
+    use_task_scorer(cfg.task, explicit_options(argv))
     assert OmegaConf.to_container(cfg.scoring) == {"_name": "ofa_caption", "ofa_results_file": None,
                                                    "results_path": str(tmp_path), "gen_subset": "val"}
     typed = [*argv, "--scoring", "bleu"]
     monkeypatch.setattr(sys, "argv", ["fairseq-generate", *typed])
     cfg = generate_config(typed)
-    use_task_scorer(cfg.task, explicit_keys(typed))
+    use_task_scorer(cfg.task, explicit_options(typed))
     assert cfg.scoring._name == "bleu"  # asked for: kept
 
 

@@ -13,6 +13,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 import tiny_data
 from conftest import BIN, BPE, MICRO, REPO, as_options
 from ofa_prompt.checkpoint import BACKBONE_KEY
+from ofa_prompt.fairseq_compat.config import explicit_options
 from ofa_prompt.file_version import FileChangedError
 from ofa_prompt.tasks import saved_settings as ss
 from ofa_prompt.tasks.saved_settings import SHARED
@@ -25,10 +26,10 @@ TRAINED = ["--text-tokenizer", "word", "--patch-image-size", "32", "--max-image-
 
 
 # --- the merge rule ---------------------------------------------------------------------------------
-def test_explicit_keys_are_the_option_strings_before_a_bare_double_dash():
+def test_explicit_options_are_the_option_strings_before_a_bare_double_dash():
     argv = ["test.tsv", "--add-caption", "--patch-image-size=96", "--prompt-type", "src",
             "--model-overrides={'max_src_length': 3}", "--", "--max-src-length"]
-    assert ss.explicit_keys(argv) == {"add_caption", "patch_image_size", "prompt_type", "model_overrides"}
+    assert explicit_options(argv) == {"add_caption", "patch_image_size", "prompt_type", "model_overrides"}
 
 
 def test_overrides_then_command_line_then_checkpoint_then_default():

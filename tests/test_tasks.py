@@ -90,7 +90,7 @@ def test_candidate_scoring_reads_given_token_embeddings(data):
     import torch
 
     from conftest import build_micro
-    from ofa_prompt.tasks.base import score_candidates
+    from ofa_prompt.tasks.candidates import score_candidates
 
     t = setup("snli_ve", data)
     model = build_micro(dictionary=t.dictionary).eval()

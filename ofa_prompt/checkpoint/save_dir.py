@@ -7,9 +7,8 @@ import os
 import re
 from typing import Optional
 
-from omegaconf import DictConfig
-
 from ..errors import InputError
+from ..fairseq_compat.config import root_of, section
 from .files import require_checkpoint, unreadable
 
 
@@ -44,8 +43,7 @@ def check_resume_file(model_cfg):
     """In fairseq-train, before the Trainer loads: a damaged file to resume from is an error naming it
     and the checkpoint to resume from instead (fairseq would fail later with a bare zip error).
     `model_cfg` is fairseq-train's cfg.model; its root holds the checkpoint options."""
-    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
-    ckpt = root.get("checkpoint") if root is not None and "checkpoint" in root else None
+    ckpt = section(model_cfg, "checkpoint")
     path = resume_file(ckpt) if ckpt is not None else None
     if not path or not os.path.isfile(path):
         return
@@ -76,7 +74,7 @@ def claim_save_dir(model_cfg):
     started on the same folder stops at once instead of writing the same checkpoint files. An flock on a
     file in the folder: the kernel releases it when the run ends, however it ends (SIGKILL included), so a
     stale lock never blocks. Data-parallel ranks share the folder: rank 0 takes it."""
-    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
+    root = root_of(model_cfg)
     if root is None or root.get("checkpoint") is None or root.checkpoint.get("no_save", False):
         return
     if root.get("distributed_training") is not None and root.distributed_training.distributed_rank not in (0, None):

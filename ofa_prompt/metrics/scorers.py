@@ -22,9 +22,10 @@ from typing import Optional
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.scoring import BaseScorer, register_scorer
-from omegaconf import II, DictConfig, OmegaConf, open_dict
+from omegaconf import II, DictConfig
 
 from ..atomic_file import write_atomically
+from ..fairseq_compat.config import evaluated_paths, root_of, use_scoring
 from .caption import caption_scores
 from .grounding import acc_at_iou, bins_to_box
 from .records import RECORDER
@@ -117,20 +118,17 @@ def use_task_scorer(task_cfg, explicit):
     """fairseq-generate --path with no --scoring: the task's own scorer instead of fairseq's default, bleu.
     OFA's evaluate.py needs no such option, so OFA's command lines give none and expect the task's metric
     and {gen_subset}_predict.json. An explicit --scoring (bleu too) is kept: `explicit` holds the options
-    the command line names (saved_settings.explicit_keys)."""
+    the command line names (fairseq_compat.config.explicit_options)."""
     if not isinstance(task_cfg, DictConfig) or task_cfg.get("_name") not in TASK_SCORERS:
         return
-    root = task_cfg._get_root()
-    if "common_eval" not in root or not root.common_eval.path or "scoring" not in root:
+    root = root_of(task_cfg)
+    if not evaluated_paths(task_cfg) or "scoring" not in root:
         return  # not an evaluation (fairseq-train validates with the task's own scoring)
     current = root.scoring.get("_name") if isinstance(root.scoring, DictConfig) else root.scoring
     if current != "bleu" or "scoring" in explicit:
         return
     name = TASK_SCORERS[task_cfg._name]
-    with open_dict(root):
-        root.scoring = OmegaConf.create({"_name": name, "ofa_results_file": None,
-                                         "results_path": root.common_eval.results_path,
-                                         "gen_subset": root.dataset.gen_subset if "dataset" in root else None})
+    use_scoring(task_cfg, name)
     logger.info("--scoring %s (the task's metric; fairseq-generate's default would be bleu)", name)
 
 

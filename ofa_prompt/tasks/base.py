@@ -1,118 +1,48 @@
-"""What OFA's downstream tasks share: dictionary, text and image processing, TSV datasets, validation
-by generation, and the per-sample records the `ofa_*` scorers read in fairseq-generate."""
+"""What OFA's downstream tasks share: the task builds samples (dictionary, text and image processing, TSV
+datasets), models and generators, validates by generation, and records per sample what the `ofa_*` scorers read
+in fairseq-generate. Its options are in `options`; the start-up of a run around it (fairseq-train's checks and
+hooks, fairseq-generate's --path settings and attachments) in `run_setup`; constrained generation and candidate
+scoring in `candidates`."""
 import functools
 import hashlib
 import inspect
 import json
 import logging
-import math
 import os
-import sys
 from argparse import Namespace
-from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
 import torch
 from fairseq import metrics
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.sequence_generator import EnsembleModel
 from fairseq.tasks import TASK_REGISTRY, FairseqTask
-from omegaconf import II, DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from ..checkpoint import check_resume_file, claim_save_dir
 from ..data.dataset import OFADataset
 from ..data.decoded_images import DecodedImage, DecodedImageStore
 from ..data.dictionary import build_ofa_dictionary
 from ..data.image import CachedImage, decode_image, image_size_of, normalized, to_tensor
-from ..data.tokenize import TOKENIZERS, build_tokenizer, clean_text
+from ..data.tokenize import build_tokenizer, clean_text
 from ..data.tsv import TSVReader
 from ..errors import InputError
-from ..fairseq_compat import bf16_without_tpu, stop_after_update_on_sigint, stop_after_update_on_sigterm
-from ..file_version import check_unchanged, file_version
+from ..fairseq_compat.config import save_dir
 from ..metrics.records import RECORDER
-from ..metrics.scorers import use_task_scorer
-from ..models.image_cache import ImageFeatureCache, capacity_line
-from ..models.prompt_init import PROMPT_INITS
+from ..models.image_cache import capacity_line
 from ..models.resnet import ResNet
-from ..models.tuning import prepare_for_training
 from ..ngram_blocking import use_working_ngram_blocker
 from ..per_sample_search import Rule
-from ..prompt_file import attach_prompts, load_prompt_file
-from ..schedule import default_total_updates, plan_lr_schedule
+from ..schedule import default_total_updates
 from ..version import __version__
-from . import ema  # noqa: F401  (fairseq-train's --store-ema, which --uses-ema validates with, on OFA models)
-from .saved_settings import SettingsError, apply_saved_settings, explicit_keys
+from .candidates import AllowedTokens, as_hypotheses, generation_options, score_candidates
+from .run_setup import RunStart, build_for_run, configure_run, prepare_for_first_epoch
 
 logger = logging.getLogger(__name__)
 
-# OFA's --prompt-type: also feed the source to the decoder (src: with eos, prev_output: without)
 # the logging-output key a criterion sets to 1 for a batch whose loss was NaN/inf and was left out: an
 # update whose batches were all left out skips optimizer.step() (train_step)
 NONFINITE = "nonfinite"
-DECODER_PROMPT_TYPES = ChoiceEnum(["none", "src", "prev_output"])
-
-
-@dataclass
-class OFATaskConfig(FairseqDataclass):
-    data: Optional[str] = field(default=None, metadata={
-        "help": "comma-separated TSV files: training epochs cycle through all but the last, other splits read the "
-                "last"})
-    selected_cols: Optional[str] = field(default=None, metadata={"help": "TSV columns to read, in the task's order"})
-    # fairseq's --seed: what a training sample draws at random (a caption's reference) is seeded by it, the
-    # epoch and the row, so that a run repeats exactly (fairseq leaves an interpolated field off the parser)
-    seed: int = II("common.seed")
-    bpe_dir: Optional[str] = field(
-        default=None, metadata={"help": "folder with dict.txt (and encoder.json, vocab.bpe for gpt2)"})
-    text_tokenizer: ChoiceEnum(TOKENIZERS) = field(default="gpt2", metadata={
-        "help": "gpt2: OFA's BPE; word: whitespace words listed in <bpe-dir>/dict.txt"})
-    max_src_length: int = field(default=128, metadata={"help": "maximum source tokens"})
-    max_tgt_length: int = field(default=30, metadata={"help": "maximum target tokens"})
-    code_dict_size: int = field(default=8192, metadata={"help": "number of <code_i> image-code tokens"})
-    num_bins: int = field(default=1000, metadata={"help": "number of <bin_i> location tokens"})
-    patch_image_size: int = field(default=480, metadata={"help": "images are resized to this square size"})
-    max_image_size: int = field(default=512, metadata={"help": "coordinate range the location bins cover"})
-    imagenet_default_mean_and_std: bool = field(
-        default=False, metadata={"help": "ImageNet normalization instead of 0.5/0.5"})
-    skip_bad_rows: bool = field(default=False, metadata={"help": "skip (and count) bad TSV rows instead of stopping"})
-    image_feature_cache: ChoiceEnum(["none", "memory", "disk"]) = field(default="none", metadata={
-        "help": "keep the frozen ResNet's features of each training and validation image (prompt tuning, adapters, "
-                "BitFit; refused for finetuning), so that later epochs look them up instead of computing them: "
-                "in memory, or in a memory-mapped file <save-dir>/image_features.npy"})
-    image_feature_cache_mb: int = field(default=4096, metadata={
-        "help": "the most --image-feature-cache may hold, in MB (at 480 px: 1.76 MB an image in float16, 3.5 MB in "
-                "float32); further images are computed as usual"})
-    image_feature_cache_dtype: ChoiceEnum(["float16", "float32"]) = field(default="float16", metadata={
-        "help": "the type --image-feature-cache keeps features in: float16 (half the room; a step's loss moves by "
-                "less than 1e-3 of itself) or float32 (cached steps equal uncached ones to the bit)"})
-    decoded_image_cache: ChoiceEnum(["none", "memory", "disk"]) = field(default="none", metadata={
-        "help": "keep each training row's image after its first decoding (resized, uint8), so that later epochs do not "
-                "decode it again; any --tuning-method: in shared memory, or in a memory-mapped file "
-                "<save-dir>/decoded_images.npy"})
-    decoded_image_cache_mb: int = field(default=4096, metadata={
-        "help": "the most --decoded-image-cache may hold per training file, in MB (0.66 MB an image at 480 px); the "
-                "rows beyond it are decoded every epoch"})
-    no_tsv_index: bool = field(default=False, metadata={
-        "help": "check every TSV row at every start-up and keep no record of it; by default a record of the check is "
-                "kept beside the file (.NAME.ofa-index.npz, else under ~/.cache/ofa_prompt), and later runs on the "
-                "unchanged file with the same task options use it instead of checking again"})
-    eval_args: str = field(default="{}", metadata={"help": 'generation options for validation, e.g. \'{"beam":5}\''})
-    eval_print_samples: bool = field(default=False, metadata={"help": "log hypotheses and references in validation"})
-    warmup_ratio: float = field(default=0.0, metadata={
-        "help": "OFA's polynomial_decay warmup: this fraction of all updates, which fairseq-train counts from "
-                "--max-epoch and the training data (as OFA's train.py does; the numbers are logged)"})
-    uses_ema: bool = field(default=False, metadata={
-        "help": "with --store-ema, validation generates (and scores) with the EMA model, as in OFA"})
-    ema_eval: bool = field(default=False, metadata={
-        "help": "fairseq-generate: evaluate the EMA weights each --path checkpoint saved (fairseq-train --store-ema), "
-                "not its live ones, as OFA's evaluate.py --ema-eval; a checkpoint without EMA weights is an error"})
-    prompt_file: Optional[str] = field(default=None, metadata={
-        "help": "fairseq-generate: evaluate the prompts of this exported prompt file (python -m ofa_prompt.prompt_file "
-                "export) on the --path backbone; the task settings the file records apply as a checkpoint's do"})
-    zero_shot: bool = field(default=False, metadata={
-        "help": "refused: OFA's evaluate.py --zero-shot generates without the task's answer constraints, which is not "
-                "implemented; without it a pretrained checkpoint is evaluated with the task's own inference"})
 
 
 class OFATask(FairseqTask):
@@ -130,38 +60,16 @@ class OFATask(FairseqTask):
         self.tokenizer = build_tokenizer(cfg.text_tokenizer, cfg.bpe_dir)
         self.bos, self.eos = torch.tensor([dictionary.bos()]), torch.tensor([dictionary.eos()])
         self.valid_generator = None
-        self.image_cache = None  # --image-feature-cache: the model's, once attached (attach_image_cache)
+        self.image_cache = None  # --image-feature-cache: the model's, once attached (run_setup.attach_image_cache)
+        self.start = RunStart()  # what setup_task read for the run (run_setup.configure_run)
         self._ema_generator = None  # (EMA model, its validation generator), built at the first validation
         self._warned_truncation = False
         # batches of the current update whose loss was finite (the criterion marks the others NONFINITE)
         self._finite_batches = 0
-        self._prepared_for_training = False
-        self._checkpoints_built = 0  # models built from --path checkpoints so far
-        # (path, version) of the --path checkpoints whose task settings were taken (setup_task, fairseq-generate)
-        self.checkpoint_versions = []
-        self.prompt_file_version = None
         self._warned_target_cut = False
         self._warned_ema = False
         self._readers = {}  # (path, columns) -> TSVReader
         self._decoded_stores = {}  # (path, columns) -> DecodedImageStore (--decoded-image-cache)
-
-    def attach_image_cache(self, model):
-        """--image-feature-cache: valid only while the ResNet is frozen (OFAModel.train keeps it in eval mode then)
-        and the images are preprocessed the same way every epoch (OFATask.image has no random augmentation)."""
-        resnet = model.encoder.embed_images
-        if model.tuning == "finetune" or any(p.requires_grad for p in resnet.parameters()):
-            raise SettingsError(f"--image-feature-cache keeps the ResNet's features, which are the same every epoch "
-                                f"only while the ResNet is frozen (prompt tuning, adapters, BitFit); --tuning-method "
-                                f"{model.tuning} trains it: leave the cache out")
-        path = self.save_dir_file("image_features.npy") if self.cfg.image_feature_cache == "disk" else None
-        model.encoder.image_cache = self.image_cache = ImageFeatureCache(
-            self.cfg.image_feature_cache_mb, path, str(self.cfg.image_feature_cache_dtype))
-
-    def save_dir_file(self, name: str) -> str:
-        """`name` in fairseq-train's --save-dir (the working directory outside fairseq-train)."""
-        root = self.cfg._get_root() if isinstance(self.cfg, DictConfig) else None
-        save_dir = root.checkpoint.save_dir if root is not None and "checkpoint" in root else "."
-        return os.path.join(save_dir, name)
 
     def decoded_images(self, path: str, cols: tuple, rows: int) -> Optional[DecodedImageStore]:
         """--decoded-image-cache: the store of a training file's decoded images, one per file for the whole run
@@ -171,8 +79,8 @@ class OFATask(FairseqTask):
         if (path, cols) not in self._decoded_stores:
             file = None
             if self.cfg.decoded_image_cache == "disk":
-                file = self.save_dir_file(f"decoded_images_{len(self._decoded_stores)}.npy" if self._decoded_stores
-                                          else "decoded_images.npy")
+                file = os.path.join(save_dir(self.cfg), f"decoded_images_{len(self._decoded_stores)}.npy"
+                                    if self._decoded_stores else "decoded_images.npy")
             self._decoded_stores[path, cols] = DecodedImageStore(rows, self.cfg.patch_image_size,
                                                                  self.cfg.decoded_image_cache_mb, file)
         return self._decoded_stores[path, cols]
@@ -185,24 +93,6 @@ class OFATask(FairseqTask):
         digest.update(cols[1].encode() if isinstance(cols[1], str) else bytes(cols[1]))
         return torch.from_numpy(np.frombuffer(digest.digest(), dtype=np.int64).copy())
 
-    def attach_prompt_file(self, model, backbone: Optional[str]):
-        """--prompt-file: its prompts on a --path model built from `backbone` (whose weights fairseq loads next;
-        the prompts are not among them)."""
-        path = self.cfg.prompt_file
-        if model.encoder.prompts is not None or model.decoder.prompts is not None:
-            raise SettingsError(f"--prompt-file {path} brings the prompts, but the --path checkpoint {backbone} has "
-                                "its own: give --path the backbone they were tuned on (e.g. ofa_base.pt)")
-        check_unchanged(path, self.prompt_file_version, file_version(path) if os.path.isfile(path) else None,
-                        "between fairseq-generate's reading of its task settings and of its prompts")
-        model.backbone_file = backbone
-        try:
-            attach_prompts(model, path, force_backbone=model.cfg.force_backbone, bpe_dir=self.cfg.bpe_dir)
-        except ValueError as e:
-            raise SettingsError(
-                f"--prompt-file: {e} (fairseq-generate: --model-overrides \"{{'force_backbone': True}}\")"
-                if "force_backbone" in str(e) else f"--prompt-file: {e}") from None
-        logger.info("prompts from %s attached to the model of %s", path, backbone)
-
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
@@ -210,33 +100,11 @@ class OFATask(FairseqTask):
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
-        if cfg.zero_shot:
-            raise ValueError("--zero-shot (OFA's unconstrained zero-shot generation) is not implemented: drop it; "
-                             "fairseq-generate evaluates a pretrained checkpoint (ofa_large.pt) on this task with the "
-                             "task's own inference (candidate answers, location bins), its settings from the command "
-                             "line")
-        versions, prompt_record = [], None
-        if cfg.prompt_file:
-            meta = load_prompt_file(cfg.prompt_file).record
-            prompt_record = (cfg.prompt_file, meta.get("task"))
-            if prompt_record[1] is not None and prompt_record[1]["name"] != cls.task_name():
-                raise SettingsError(f"--prompt-file {cfg.prompt_file} holds prompts for --task "
-                                    f"{prompt_record[1]['name']}, not --task {cls.task_name()}")
-        if not kwargs.get("from_checkpoint"):  # fairseq-generate --path: the checkpoint's task settings
-            versions = apply_saved_settings(cfg, cls, prompt_record=prompt_record)
-        if not cfg.bpe_dir:
-            raise ValueError(f"--bpe-dir is required by --task {cls.__name__}: the folder holding OFA's dict.txt "
-                             "(fairseq-generate also takes bpe_dir from --model-overrides, as OFA's scripts pass it)")
-        check_bpe_dir(cfg.bpe_dir, cfg.text_tokenizer)
-        check_precision(cfg)
+        start = configure_run(cfg, cls, kwargs.get("from_checkpoint", False))
         dictionary = build_ofa_dictionary(os.path.join(cfg.bpe_dir, "dict.txt"), cfg.code_dict_size, cfg.num_bins)
         logger.info("dictionary: %d types", len(dictionary))
-        _skip_valid_folder_check(cfg)
-        # fairseq-generate without --scoring (OFA's command lines): the task's metric
-        use_task_scorer(cfg, explicit_keys(sys.argv[1:]))
         task = cls(cfg, dictionary)
-        task.checkpoint_versions = versions
-        task.prompt_file_version = file_version(cfg.prompt_file) if cfg.prompt_file else None
+        task.start = start
         return task
 
     @classmethod
@@ -428,36 +296,7 @@ class OFATask(FairseqTask):
         return getattr(self.cfg, self.eval_flag, False)
 
     def build_model(self, cfg, from_checkpoint=False):
-        if not from_checkpoint:  # fairseq-train, before its Trainer is built and loads a checkpoint
-            if self.cfg.prompt_file:
-                raise SettingsError("--prompt-file is for fairseq-generate (evaluating a prompt file on a backbone); "
-                                    "training starts from --finetune-from-model / --restore-file")
-            ema.refuse_ema_eval(self.cfg)
-            claim_save_dir(cfg)
-            check_resume_file(cfg)
-            bf16_without_tpu(cfg)
-            if isinstance(self.cfg, DictConfig):  # fairseq-train's whole configuration is its root
-                plan_lr_schedule(self, self.cfg._get_root())
-                stop_after_update_on_sigterm(self.cfg._get_root())
-                stop_after_update_on_sigint(self.cfg._get_root())
-        if from_checkpoint:
-            # fairseq builds the models of --path in order, each after reading its checkpoint (its weights are
-            # loaded next): the file must be the version whose settings this task took
-            index, self._checkpoints_built = self._checkpoints_built, self._checkpoints_built + 1
-            if index < len(self.checkpoint_versions):
-                path, version = self.checkpoint_versions[index]
-                check_unchanged(path, version, file_version(path) if os.path.isfile(path) else None,
-                                "between fairseq-generate's reading of its task settings and of its weights")
-        model = super().build_model(cfg, from_checkpoint)
-        if from_checkpoint:  # what fairseq loads next is the --path file, not the one its training started from
-            model.start_file = self.checkpoint_versions[index][0] if index < len(self.checkpoint_versions) else None
-        if not from_checkpoint and self.cfg.image_feature_cache != "none":
-            self.attach_image_cache(model)
-        if from_checkpoint and self.cfg.prompt_file:
-            self.attach_prompt_file(model, self.checkpoint_versions[index][0] if index < len(self.checkpoint_versions)
-                                    else None)
-        if from_checkpoint and getattr(self.cfg, "ema_eval", False):
-            ema.evaluate_ema_of(model, ema.generate_checkpoint(self.cfg, self._checkpoints_built - 1))
+        model = build_for_run(self, cfg, from_checkpoint, functools.partial(super().build_model, cfg, from_checkpoint))
         if self.eval_enabled():
             gen_args = generation_options("--eval-args", self.cfg.eval_args)
             self.valid_generator = self.build_generator([model], Namespace(**gen_args))
@@ -467,17 +306,9 @@ class OFATask(FairseqTask):
         # fairseq-train calls this at the start of every epoch, after loading the checkpoint: the first call
         # of a run prepares the model for training (freeze, --prompt-init, the trainable share)
         super().begin_epoch(epoch, model)
-        if not self._prepared_for_training:
-            inner = getattr(model, "module", model)
-            start = inner.cfg.prompt_init
-            prompt_file = None
-            if start not in PROMPT_INITS and inner.fresh_prompts:
-                if not os.path.isfile(start):
-                    raise SettingsError(f"--prompt-init={start}: neither one of {', '.join(PROMPT_INITS)} nor a prompt "
-                                        "file (python -m ofa_prompt.prompt_file export)")
-                prompt_file = load_prompt_file(start).tensors
-            prepare_for_training(inner, prompt_file)
-            self._prepared_for_training = True
+        if not self.start.prepared:
+            prepare_for_first_epoch(getattr(model, "module", model))
+            self.start.prepared = True
         cache = getattr(model, "module", model).encoder.image_cache
         if cache is not None and epoch > 1:
             logger.info(cache.report())
@@ -558,64 +389,6 @@ class OFATask(FairseqTask):
         return [self.metric] + ([self.ofa_metric] if self.ofa_metric not in (None, self.metric) else [])
 
 
-class AllowedTokens(EnsembleModel):
-    """An ensemble whose next-token distribution is restricted to a fixed set of tokens."""
-
-    def __init__(self, models, allowed: torch.Tensor):
-        super().__init__(models)
-        self.register_buffer("blocked", ~allowed)
-
-    def forward_decoder(self, *args, **kwargs):
-        lprobs, attn = super().forward_decoder(*args, **kwargs)
-        return lprobs.masked_fill(self.blocked.to(lprobs.device), -float("inf")), attn
-
-
-def generation_options(option: str, text: str) -> dict:
-    """The generator options a JSON option holds (--eval-args, --scst-args)."""
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{option}={text!r} is not JSON: {e}")
-    if not isinstance(options, dict):
-        raise ValueError(f"{option}={text!r}: expected a JSON object like '{{\"beam\": 5}}'")
-    return options
-
-
-def check_bpe_dir(bpe_dir: str, tokenizer: str):
-    """--bpe-dir must hold what the dictionary and the tokenizer read, before anything is built from it."""
-    needed = ("dict.txt", "encoder.json", "vocab.bpe") if tokenizer == "gpt2" else ("dict.txt",)
-    remedy = f"give the folder holding OFA's {', '.join(needed)} (OFA's utils/BPE)"
-    if not os.path.isdir(bpe_dir):
-        raise SettingsError(f"--bpe-dir {bpe_dir}: no such folder; {remedy}")
-    missing = [name for name in needed if not os.path.isfile(os.path.join(bpe_dir, name))]
-    if missing:
-        words = "; a word vocabulary needs only dict.txt (--text-tokenizer word)" if tokenizer == "gpt2" else ""
-        raise SettingsError(f"--bpe-dir {bpe_dir} has no {', '.join(missing)}: {remedy}{words}")
-
-
-def check_precision(task_cfg):
-    """--fp16 (the paper configurations' default) needs a CUDA GPU: without one fairseq-train fails after building
-    the model ("Found no NVIDIA driver"), and fairseq-generate with --cpu on the first batch (a FloatTensor input to
-    a half model). Refused here, at the task's set-up, which both run before anything else. fairseq-train with
-    --cpu keeps fairseq's own mixed precision on the CPU (float32 master weights), which works."""
-    root = task_cfg._get_root() if isinstance(task_cfg, DictConfig) else None
-    common = root.get("common") if root is not None and "common" in root else None
-    if common is None or not (common.get("fp16") or common.get("memory_efficient_fp16")):
-        return
-    flag = "--fp16" if common.get("fp16") else "--memory-efficient-fp16"
-    generating = "common_eval" in root and bool(root.common_eval.get("path"))
-    if common.get("cpu") and generating:
-        where = "and fairseq-generate with --cpu halves the model but not its inputs"
-    elif not common.get("cpu") and not torch.cuda.is_available():
-        where = "and torch finds no CUDA GPU here"
-    else:
-        return
-    raise SettingsError(f"{flag} runs in half precision on a CUDA GPU, {where}: leave it out (a YAML configuration "
-                        f"of scripts/train.sh or evaluate.sh: the override {flag[2:]}=false) and run with --cpu, or "
-                        "compute in bfloat16 on the CPU with --autocast bf16 (fairseq-generate: --model-overrides "
-                        "\"{'autocast': 'bf16'}\")")
-
-
 def data_files(data: str):
     """(training files, evaluation file) of --data: epochs cycle through all files but the last, which the
     other splits read; a single file serves both."""
@@ -630,48 +403,3 @@ def _sum_over_ranks(count: int, model) -> int:
     total = torch.tensor([count], dtype=torch.long, device=next(model.parameters()).device)
     torch.distributed.all_reduce(total)
     return int(total.item())
-
-
-def _skip_valid_folder_check(task_cfg):
-    """--data names TSV files, not a folder of binarized splits: fairseq-train's check for unused
-    valid* files in that folder (which lists it as a directory) does not apply."""
-    if not isinstance(task_cfg, DictConfig):
-        return
-    root = task_cfg._get_root()
-    if "dataset" in root and root.dataset is not None:
-        with open_dict(root):
-            root.dataset.ignore_unused_valid_subsets = True
-
-
-def score_candidates(model, sample, candidates: List[torch.Tensor], task, prefixes=None, chunk: int = 64):
-    """OFA's all-candidate inference: the log-likelihood of every candidate answer for every sample
-    (teacher-forced, one encoder pass). Returns [B, C] summed log-probabilities."""
-    net = sample["net_input"]
-    enc = model.encoder(net["src_tokens"], net["src_lengths"], patch_images=net["patch_images"],
-                        patch_masks=net["patch_masks"], token_embeddings=net.get("token_embeddings"))
-    bsz, pad = net["src_tokens"].size(0), task.dictionary.pad()
-    out = torch.full((bsz, len(candidates)), -math.inf)
-    pairs = [(b, c) for b in range(bsz) for c in range(len(candidates))]
-    for start in range(0, len(pairs), chunk):
-        part = pairs[start:start + chunk]
-        ios = [task.decoder_io(candidates[c], None if prefixes is None else prefixes[b]) for b, c in part]
-        prev = torch.nn.utils.rnn.pad_sequence([p for p, _ in ios], batch_first=True, padding_value=pad)
-        target = torch.nn.utils.rnn.pad_sequence([t for _, t in ios], batch_first=True, padding_value=pad)
-        rows = torch.tensor([b for b, _ in part], device=prev.device)
-        logits, _ = model.decoder(prev.to(rows.device), encoder_out=model.encoder.reorder_encoder_out(enc, rows))
-        lprobs = torch.log_softmax(logits.float(), -1)
-        mask = target.ne(pad)
-        picked = lprobs.gather(-1, target.clamp(min=0)[..., None]).squeeze(-1) * mask
-        for (b, c), s in zip(part, picked.sum(1).tolist()):
-            out[b, c] = s
-    return out
-
-
-def as_hypotheses(best: torch.Tensor, scores: torch.Tensor, candidates: List[torch.Tensor], eos: int):
-    """fairseq-generate's hypothesis format for a chosen candidate per sample."""
-    hypos = []
-    for b, c in enumerate(best.tolist()):
-        tokens = torch.cat([candidates[c], torch.tensor([eos])])
-        hypos.append([{"tokens": tokens, "score": scores[b, c], "alignment": None,
-                       "positional_scores": torch.full((len(tokens),), float(scores[b, c]) / len(tokens))}])
-    return hypos

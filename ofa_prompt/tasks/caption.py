@@ -11,12 +11,14 @@ import numpy as np
 import torch
 from fairseq import metrics
 from fairseq.tasks import register_task
-from omegaconf import DictConfig
 
 from ..data.tokenize import clean_text
+from ..fairseq_compat.config import section
 from ..metrics.caption import BLEU_KEYS, CiderD, bleu4_from_stats, bleu_stats, scst_words, simple_tokenize
 from ..ngram_blocking import block_repeated_ngrams
-from .base import OFATask, OFATaskConfig, generation_options
+from .base import OFATask
+from .candidates import generation_options
+from .options import OFATaskConfig
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +140,7 @@ class CaptionTask(OFATask):
     def check_best_metric(self):
         """--best-checkpoint-metric cider / bleu without the flag that logs it would fail with a KeyError
         after the first validation."""
-        if not isinstance(self.cfg, DictConfig):
-            return
-        root = self.cfg._get_root()
-        checkpoint, dataset = root.get("checkpoint"), root.get("dataset")
+        checkpoint, dataset = section(self.cfg, "checkpoint"), section(self.cfg, "dataset")
         metric = checkpoint.get("best_checkpoint_metric") if checkpoint is not None else None
         if dataset is not None and dataset.get("disable_validation"):
             return

@@ -16,9 +16,9 @@ from typing import Dict, List, Tuple
 import torch
 from fairseq.models.ema import EMA
 from fairseq.utils import split_paths
-from omegaconf import DictConfig
 
 from ..checkpoint import BACKBONE_KEY, read_checkpoint
+from ..fairseq_compat.config import evaluated_paths, section
 from .saved_settings import SettingsError  # one line on the command line, no traceback
 
 logger = logging.getLogger(__name__)
@@ -189,14 +189,13 @@ def refuse_ema_eval(task_cfg):
 def generate_checkpoint(task_cfg, index: int) -> str:
     """The file fairseq-generate loads its `index`-th model from: the index-th of --path, with
     --checkpoint-suffix (fairseq's naming)."""
-    root = task_cfg._get_root() if isinstance(task_cfg, DictConfig) else None
-    common_eval = root.get("common_eval") if root is not None and "common_eval" in root else None
-    if common_eval is None or not common_eval.get("path"):
+    given = evaluated_paths(task_cfg)
+    if not given:
         raise SettingsError("--ema-eval needs the checkpoints as fairseq-generate's --path")
-    paths = split_paths(common_eval.path)
+    paths = split_paths(given)
     if index >= len(paths):
         raise SettingsError(f"--ema-eval: model {index + 1} is built from a checkpoint, but --path names {len(paths)}")
-    ckpt = root.get("checkpoint") if "checkpoint" in root else None
+    ckpt = section(task_cfg, "checkpoint")
     if ckpt is not None and (ckpt.get("checkpoint_shard_count") or 1) > 1:
         raise SettingsError("--ema-eval does not read sharded checkpoints (--checkpoint-shard-count > 1)")
     suffix = (ckpt.get("checkpoint_suffix") if ckpt is not None else "") or ""

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..data.dataset import MixDataset, training_seed
-from .base import OFATask, OFATaskConfig
+from .base import OFATask
+from .options import OFATaskConfig
 from .saved_settings import SHARED
 
 # the mix's values are every task's defaults, which an entry may change

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from ..data.tokenize import clean_text
 from ..metrics.grounding import acc_at_iou, bins_to_box, quantize_box
 from ..per_sample_search import allow_only
-from .base import OFATask, OFATaskConfig
+from .base import OFATask
+from .options import OFATaskConfig
 
 
 @dataclass

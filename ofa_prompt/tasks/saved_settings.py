@@ -13,10 +13,9 @@ Each option of --task gets its value from the first of:
    OFA's evaluate scripts pass data, bpe_dir, selected_cols, ans2label_file, eval_cider; other keys are
    left to fairseq, which applies them to the model. This is also how to turn off a flag the checkpoint
    was trained with: --model-overrides "{'add_caption': False}".
-2. the command line, where the option is given explicitly: its option string stands in sys.argv (before
-   a bare `--`) as `--name` or `--name=value`; fairseq's parsers accept no abbreviations
-   (allow_abbrev=False), so there is no other way to give it. The positional data argument is always
-   explicit. An option given both here and in --model-overrides, with different values, is an error.
+2. the command line, where the option is given explicitly (fairseq_compat.config.explicit_options: its
+   option string stands before a bare `--` as `--name` or `--name=value`). The positional data argument is
+   always explicit. An option given both here and in --model-overrides, with different values, is an error.
 3. the checkpoint's saved task configuration (the first --path file, --checkpoint-suffix applied), for
    the options it records, except those in NOT_FROM_CHECKPOINT; the other files of an ensemble must be
    of the same task and agree on every option taken this way (one task feeds all of them);
@@ -47,7 +46,6 @@ Errors are `SettingsError`s, input errors that the command-line tools print as o
 import ast
 import logging
 import os
-import sys
 import zipfile
 from dataclasses import fields
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
@@ -58,6 +56,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..checkpoint import require_checkpoint, saved_task, unreadable
 from ..errors import InputError
+from ..fairseq_compat.config import evaluated_paths, explicit_options, root_of
 from ..file_version import file_version
 
 logger = logging.getLogger(__name__)
@@ -96,17 +95,6 @@ class SettingsError(InputError, ValueError):
 # --- small pure functions ---------------------------------------------------------------------------
 def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
-
-
-def explicit_keys(argv: List[str]) -> Set[str]:
-    """The option names (as config keys) given on the command line `argv` (without the program name)."""
-    keys = set()
-    for token in argv:
-        if token == "--":  # what follows is positional
-            break
-        if token.startswith("--") and len(token) > 2:
-            keys.add(token[2:].split("=", 1)[0].replace("-", "_"))
-    return keys
 
 
 def same(a, b) -> bool:
@@ -249,19 +237,18 @@ def apply_saved_settings(cfg, task_cls=None, argv: Optional[List[str]] = None,
                          prompt_record: Optional[Tuple[str, Optional[dict]]] = None) -> List[tuple]:
     """Set the options of task config `cfg` (fairseq-generate's, whose root names --path) by the rules
     of this module; `task_cls` is the task's class (its default columns), `argv` the command line without
-    the program name (default sys.argv[1:]). `prompt_record`: (file, its task record) of --prompt-file, whose
+    the program name (default: this process's). `prompt_record`: (file, its task record) of --prompt-file, whose
     record stands in for the first checkpoint's (a backbone records its pretraining). Returns the (path,
     version) of each --path checkpoint as read here, in fairseq's loading order: its weights must come from
     the same versions."""
     if not isinstance(cfg, DictConfig):
         return []
-    root = cfg._get_root()
-    if "common_eval" not in root or not root.common_eval.path:
+    root = root_of(cfg)
+    if not evaluated_paths(cfg):
         return []  # fairseq-train, or a task built without a checkpoint to evaluate
     task_name = cfg._name
-    argv = sys.argv[1:] if argv is None else argv
     given = {k: cfg[k] for k in cfg if not k.startswith("_")}
-    explicit = explicit_keys(argv) | ({"data"} if cfg.get("data") else set())
+    explicit = explicit_options(argv) | ({"data"} if cfg.get("data") else set())
     overrides = task_overrides(root.common_eval.model_overrides, given)
 
     paths = checkpoint_files(root)

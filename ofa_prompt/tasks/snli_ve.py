@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 from fairseq.tasks import register_task
 
 from ..data.tokenize import clean_text
-from .base import DECODER_PROMPT_TYPES, OFATask, OFATaskConfig
+from .base import OFATask
+from .options import DECODER_PROMPT_TYPES, OFATaskConfig
 
 LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}
 

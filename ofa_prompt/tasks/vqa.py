@@ -24,7 +24,8 @@ from ..data.tokenize import clean_text
 from ..file_version import file_version
 from ..metrics.vqa import parse_answers, vqa_score
 from ..per_sample_search import Rule, allow_only, use_per_sample_rules
-from .base import DECODER_PROMPT_TYPES, OFATask, OFATaskConfig
+from .base import OFATask
+from .options import DECODER_PROMPT_TYPES, OFATaskConfig
 
 logger = logging.getLogger(__name__)
 INFERENCE_TYPES = ChoiceEnum(["allcand", "beamsearch"])

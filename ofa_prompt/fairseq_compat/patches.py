@@ -1,22 +1,5 @@
-"""Every change the plugin makes to stock fairseq's (and torch's) behaviour, in one place. `install()`
-applies them, once, when the package is imported (fairseq imports it for --user-dir; `import ofa_prompt`
-from Python does the same); `stop_after_update_on_sigterm`, `stop_after_update_on_sigint` and
-`bf16_without_tpu` are applied by the task when fairseq-train starts (they need its configuration).
-Each change is guarded by a check that the code it changes is there (fairseq 0.12.x), and says why:
-
-* torch loads the argparse.Namespace that OFA's and fairseq's checkpoints pickle;
-* fairseq's deprecated-autocast warning (its code, not the user's) is not repeated at every update;
-* fairseq-train's EMA (--store-ema) of an OFA model is ofa_prompt.tasks.ema.OFAEMA;
-* fairseq-train's checkpoint writer keeps only the tuned tensors of a frozen backbone (model and EMA);
-* a checkpoint without EMA state (OFA's released ones) re-initializes the EMA instead of failing;
-* checkpoint_last.pt / checkpoint_best.pt are copied through a temporary file and a rename;
-* a checkpoint that cannot be written (a full disk) leaves no partial file and stops with one message;
-* SIGTERM and Ctrl-C stop fairseq-train after the update under way, with a checkpoint, instead of at once;
-* start-up is quiet: no hydra notices about fairseq's own configuration, no model printout (fairseq-train
-  still logs its one-line parameter count), no "shared parameter" lines for absent biases;
-* --bf16 without torch_xla trains in bfloat16 on the CPU or GPU instead of asking for a TPU;
-* the plugin's input errors (ofa_prompt.errors.InputError) print as one line, without a traceback.
-"""
+"""The code changes to fairseq (and torch) that fairseq_compat's docstring lists, each with its guard and its
+reason; `install()` applies those that need no configuration. Importing this module imports fairseq."""
 import argparse
 import functools
 import importlib.util
@@ -35,9 +18,9 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq.file_io import PathManager
 from fairseq.models import ema as fairseq_ema
-from omegaconf import DictConfig, open_dict
 
-from .errors import InputError
+from ..errors import InputError
+from . import config
 
 logger = logging.getLogger(__name__)
 Trainer = fairseq.trainer.Trainer
@@ -54,8 +37,8 @@ def _source(function) -> str:
 def build_ema(model, config, device):
     """OFAEMA for OFA models, fairseq's EMA for any other."""
     # imported when fairseq calls this, not at the top: the plugin's modules import this one
-    from .models.ofa import OFAModel
-    from .tasks.ema import OFAEMA
+    from ..models.ofa import OFAModel
+    from ..tasks.ema import OFAEMA
 
     if isinstance(model, OFAModel):
         return OFAEMA(model, config, device)
@@ -76,8 +59,8 @@ def _use_ofa_ema():
 def _writes_prompt_only(state_dict):
     @functools.wraps(state_dict)
     def wrapper(self):
-        from .checkpoint import prompt_only_checkpoint
-        from .models.ofa import OFAModel
+        from ..checkpoint import prompt_only_checkpoint
+        from ..models.ofa import OFAModel
 
         state = state_dict(self)
         model = self.get_model()
@@ -199,10 +182,10 @@ def _safe_checkpoint_files():
 
 
 # --- SIGTERM and Ctrl-C ----------------------------------------------------------------------------------
-def _stop_after_update_on(signum, python_default, name: str, again: str, root_cfg):
-    """Signal `signum` makes fairseq-train stop after the update under way, by fairseq's own --stop-time-hours
-    rule: it validates, saves checkpoint_last.pt and exits 0, and the same command resumes. The signal a second
-    time acts as Python's default does (`python_default`); a handler someone else set is left alone."""
+def _stop_after_update_on(signum, python_default, name: str, again: str, cfg):
+    """Signal `signum` makes fairseq-train (configuration `cfg`) stop after the update under way
+    (config.stop_after_this_update), and the same command resumes. The signal a second time acts as Python's
+    default does (`python_default`); a handler someone else set is left alone."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signum) is not python_default:
         return
 
@@ -210,22 +193,22 @@ def _stop_after_update_on(signum, python_default, name: str, again: str, root_cf
         signal.signal(signum, python_default)
         logger.warning("%s: stopping after the update under way, with a checkpoint (the same command resumes); %s",
                        name, again)
-        root_cfg.optimization.stop_time_hours = 1e-12  # read by fairseq_cli.train.validate_and_save
+        config.stop_after_this_update(cfg)
 
     signal.signal(signum, handler)
 
 
-def stop_after_update_on_sigterm(root_cfg):
+def stop_after_update_on_sigterm(cfg):
     """SIGTERM (a scheduler's pre-emption, `kill`): Python's default ends at once, losing the updates since the
     last checkpoint."""
-    _stop_after_update_on(signal.SIGTERM, signal.SIG_DFL, "SIGTERM", "a second SIGTERM stops at once", root_cfg)
+    _stop_after_update_on(signal.SIGTERM, signal.SIG_DFL, "SIGTERM", "a second SIGTERM stops at once", cfg)
 
 
-def stop_after_update_on_sigint(root_cfg):
+def stop_after_update_on_sigint(cfg):
     """Ctrl-C (SIGINT): Python's default raises KeyboardInterrupt wherever training is, which fairseq-train does
     not catch, so nothing is saved."""
     _stop_after_update_on(signal.SIGINT, signal.default_int_handler, "Ctrl-C",
-                          "Ctrl-C again stops at once, without saving", root_cfg)
+                          "Ctrl-C again stops at once, without saving", cfg)
 
 
 # --- --bf16 without a TPU -------------------------------------------------------------------------------
@@ -234,12 +217,10 @@ def bf16_without_tpu(model_cfg):
     then asks torch_xla for a device. Without torch_xla, train in bfloat16 on the CPU or GPU instead:
     fairseq's own bf16 path (model in bfloat16, FP16Optimizer with float32 master copies, no loss scaling).
     Must run before the Trainer is built, which reads common.tpu; `model_cfg` is fairseq-train's cfg.model."""
-    root = model_cfg._get_root() if isinstance(model_cfg, DictConfig) else None
-    common = root.get("common") if root is not None and "common" in root else None
+    common = config.section(model_cfg, "common")
     if common is None or not (common.bf16 and common.tpu) or importlib.util.find_spec("torch_xla") is not None:
         return
-    with open_dict(common):
-        common.tpu = False
+    config.train_off_tpu(model_cfg)
     logger.info("--bf16 without torch_xla: training in bfloat16 on the %s, not on a TPU",
                 "CPU" if common.cpu or not torch.cuda.is_available() else "GPU")
 
@@ -310,7 +291,7 @@ def _one_line_input_errors(previous):
     def hook(kind, value, traceback):
         found = input_error_within(value)
         if found is not None and not os.environ.get("OFA_PROMPT_TRACEBACK"):
-            print(f"{os.path.basename(sys.argv[0] or 'python')}: error: {found}", file=sys.stderr)
+            print(f"{config.program_name()}: error: {found}", file=sys.stderr)
         else:
             previous(kind, value, traceback)
 
@@ -319,7 +300,7 @@ def _one_line_input_errors(previous):
 
 
 def install():
-    """Apply every change above, once per process."""
+    """Apply every change above that needs no configuration, once per process."""
     # OFA's checkpoints (and fairseq's own) pickle an argparse.Namespace of arguments; torch >= 2.6 loads with
     # weights_only=True and refuses it unless allow-listed. A Namespace holds plain data only.
     torch.serialization.add_safe_globals([argparse.Namespace])
@@ -332,5 +313,9 @@ def install():
     _reinit_ema_without_ema_state()
     _safe_checkpoint_files()
     _quiet_start_up()
+
+
+def print_input_errors_as_one_line():
+    """For a command's user (fairseq's commands, the python -m tools): a Python program keeps its tracebacks."""
     if not getattr(sys.excepthook, "one_line_input_errors", False):
         sys.excepthook = _one_line_input_errors(sys.excepthook)
