@@ -55,15 +55,6 @@ def request(files, name, image):
     return {"prompts": path(files, name), "image": image, **FIELDS[FILES[name][0]]}
 
 
-def alone(model, request):
-    model.load_prompts(request["prompts"])
-    if "question" in request:
-        return model.answer(request["image"], request["question"])
-    if "text" in request:
-        return model.ground(request["image"], request["text"])
-    return model.caption(request["image"])
-
-
 # --- mixed(): what each call gives alone ------------------------------------------------------------------
 SETTINGS = ["caption_beam1", "caption_lenpen", "caption_min_len", "caption_max_len", "caption_ngram", "vqa_beam1"]
 
@@ -79,34 +70,27 @@ def test_mixed_decodes_each_request_with_its_files_settings(files, model, monkey
     monkeypatch.setattr(model, "_search", lambda shared, group: searches.append(len(group)) or search(shared, group))
     outputs = model.mixed(given)
     assert sorted(searches) == [2, 4, 12]
-    assert outputs == [alone(model, r) for r in given]
+    assert outputs == [tiny_data.alone(model, r) for r in given]
     # each setting changes what its prompts give, so a mix that dropped it would differ (lenpen and min_len do not
     # change these outputs: their beams end at one length, past 14 tokens; they are covered by the equality above)
     for name in (n for n in SETTINGS if n not in ("caption_lenpen", "caption_min_len")):
         base = name.split("_")[0]
-        assert [alone(model, request(files, name, im)) for im in IMAGES[:2]] \
-            != [alone(model, request(files, base, im)) for im in IMAGES[:2]], name
+        assert [tiny_data.alone(model, request(files, name, im)) for im in IMAGES[:2]] \
+            != [tiny_data.alone(model, request(files, base, im)) for im in IMAGES[:2]], name
 
 
 def test_the_callers_generation_options_apply_to_every_request(files, model):
     given = [request(files, name, IMAGES[0]) for name in ("caption_beam1", "caption_lenpen", "vqa")]
     model.load_prompts(path(files, "caption"))
     assert model.mixed(given, beam=2, max_len_b=3) == [
-        alone_with(model, r, beam=2, max_len_b=3) for r in given]
-
-
-def alone_with(model, request, **generation):
-    model.load_prompts(request["prompts"])
-    if "question" in request:
-        return model.answer(request["image"], request["question"], **generation)
-    return model.caption(request["image"], **generation)
+        tiny_data.alone(model, r, beam=2, max_len_b=3) for r in given]
 
 
 @pytest.mark.parametrize("names", [("caption_decoder_only", "refcoco_decoder_only"), ("caption_encoder_only", "vqa")])
 def test_files_with_prompts_on_one_side_only_mix(files, model, names):
     """No file of the batch has encoder prompts (was: a ValueError from the encoder), or none decoder prompts."""
     given = [request(files, name, image) for name in names for image in IMAGES[:2]]
-    assert model.mixed(given) == [alone(model, r) for r in given]
+    assert model.mixed(given) == [tiny_data.alone(model, r) for r in given]
 
 
 @pytest.mark.parametrize("bad, complaint", [

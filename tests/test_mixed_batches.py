@@ -29,21 +29,12 @@ def requests(folder, n=6):
             for i, im in enumerate(images)]
 
 
-def alone(model, request):
-    model.load_prompts(request["prompts"])
-    if "question" in request:
-        return model.answer(request["image"], request["question"])
-    if "text" in request:
-        return model.ground(request["image"], request["text"])
-    return model.caption(request["image"])
-
-
 def test_a_mixed_batch_gives_what_each_request_gives_alone(files):
     model = from_pretrained(str(files / "backbone.pt"), bpe_dir=str(files), batch_size=4)
     given = requests(files)
     served = model._mixed(given, beam=5)
     outputs = [out for out, _ in served]
-    assert outputs == [alone(model, r) for r in given]
+    assert outputs == [tiny_data.alone(model, r) for r in given]
     # and the scores, from the hypotheses of each request run alone through the same search
     for request, (_, best) in zip(given, served):
         single = model._mixed([request], beam=5)[0][1]
@@ -52,7 +43,7 @@ def test_a_mixed_batch_gives_what_each_request_gives_alone(files):
     # the files differ: serving every request with the caption file's prompts changes outputs
     captions = [{**r, "prompts": str(files / "caption.safetensors")} for r in given if "question" not in r
                 and "text" not in r]
-    assert model.mixed(captions) == [alone(model, r) for r in captions]
+    assert model.mixed(captions) == [tiny_data.alone(model, r) for r in captions]
     assert isinstance(outputs[2], list) and len(outputs[2]) == 4  # a box in the image's pixels
 
 

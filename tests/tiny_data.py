@@ -108,3 +108,14 @@ def prompt_checkpoints(folder, files):
                    folder / f"{name}.pt")
         export_prompts(str(folder / f"{name}.pt"), str(folder / f"{name}.safetensors"))
     return folder
+
+
+def alone(model, request, **generation):
+    """What one request of OFAPredictor.mixed() gives served on its own: its prompt file loaded, then the call
+    its fields name (a question: answer, a text: ground, else caption)."""
+    model.load_prompts(request["prompts"])
+    if "question" in request:
+        return model.answer(request["image"], request["question"], **generation)
+    if "text" in request:
+        return model.ground(request["image"], request["text"], **generation)
+    return model.caption(request["image"], **generation)
