@@ -77,6 +77,7 @@ def main():
 
     import ofa_prompt
     import tiny_data
+    from ofa_prompt.data.image import image_key
     from ofa_prompt.models.image_cache import ImageFeatureCache
 
     ofa_prompt.load()  # the tasks, registered with fairseq
@@ -102,7 +103,7 @@ def main():
             if kind == "cached features":  # every image's features kept, as after the first epoch
                 task.image_cache = ImageFeatureCache(1)
                 for i in range(len(ds)):
-                    task.image_cache.index[task.image_key(ds.reader[i]).numpy().tobytes()] = i
+                    task.image_cache.index[image_key(ds.reader[i][1], task.image_settings).numpy().tobytes()] = i
         runs = {"plain loop": lambda: plain_loop(path, args.image)}
         for workers in (0, 2):
             for kind, ds in datasets.items():

@@ -46,7 +46,7 @@ from .api_inputs import (
     request_row,
 )
 from .checkpoint import saved_task
-from .data.dataset import OFADataset
+from .data.collate import collate
 from .errors import InputError
 from .hub import load_model
 from .metrics.grounding import bins_to_box
@@ -160,7 +160,6 @@ class OFAPredictor:
         """The first hypothesis of every row and the rows' samples, batch by batch."""
         task = self.task(name)
         generator = self._generator(name, task, **checked_generation(generation))
-        collate = OFADataset([], task, train=False).collater
         out = []
         for start in range(0, len(rows), self.batch_size):
             samples = []
@@ -168,7 +167,7 @@ class OFAPredictor:
                 sample = task.build_sample(cols, train=False)
                 sample["id"] = start + i
                 samples.append(sample)
-            batch = utils.apply_to_sample(lambda t: t.to(self.device), collate(samples))
+            batch = utils.apply_to_sample(lambda t: t.to(self.device), collate(samples, task.dictionary.pad()))
             if self.dtype is not None:
                 batch["net_input"]["patch_images"] = batch["net_input"]["patch_images"].to(self.dtype)
             with torch.no_grad():
@@ -322,11 +321,11 @@ class OFAPredictor:
                  for r in group}
         generator = use_per_sample_rules(FairseqTask.build_generator(task, [self.model], Namespace(**options)),
                                          rules.get, "a batch mixing tasks")
-        collate = OFADataset([], task, train=False).collater
         by_id, out = {r.sample["id"]: r for r in group}, {}
         for start in range(0, len(group), self.batch_size):
             chunk = group[start:start + self.batch_size]
-            batch = utils.apply_to_sample(lambda t: t.to(self.device), collate([r.sample for r in chunk]))
+            batch = utils.apply_to_sample(lambda t: t.to(self.device),
+                                          collate([r.sample for r in chunk], task.dictionary.pad()))
             batch["net_input"]["prompt_ids"] = torch.tensor([by_id[i].file for i in batch["id"].tolist()],
                                                             device=self.device)
             if self.dtype is not None:

@@ -5,8 +5,7 @@ import random
 import pytest
 import torch
 
-import ofa_prompt.data.dataset as dataset_module
-import ofa_prompt.tasks.base as task_module
+import ofa_prompt.data.image as image_module
 import tiny_data
 from conftest import build_micro, setup_task
 from ofa_prompt.data.decoded_images import DecodedImage, DecodedImageStore
@@ -14,10 +13,10 @@ from test_image_cache import train
 
 
 class Decodes:
-    """Counts (or forbids) image decodings: the dataset's (kept) and the task's (not kept)."""
+    """Counts (or forbids) image decodings: those kept (decoded_resized) and those not (load_image)."""
 
     def __init__(self, monkeypatch, forbid=False):
-        self.count, inner = 0, dataset_module.decode_image
+        self.count, inner = 0, image_module.decode_image
 
         def counting(b64):
             if forbid:
@@ -25,8 +24,7 @@ class Decodes:
             self.count += 1
             return inner(b64)
 
-        for module in (dataset_module, task_module):
-            monkeypatch.setattr(module, "decode_image", counting)
+        monkeypatch.setattr(image_module, "decode_image", counting)
 
 
 def read_all(ds, workers=0):

@@ -8,6 +8,7 @@ import torch
 
 import tiny_data
 from conftest import build_micro, setup_task
+from ofa_prompt.data.image import image_key
 from ofa_prompt.models.image_cache import FLOAT16_LOSS_TOLERANCE, ImageFeatureCache, capacity_line
 from ofa_prompt.tasks.run_setup import attach_image_cache
 from ofa_prompt.tasks.saved_settings import SettingsError
@@ -136,9 +137,9 @@ def test_keys_name_the_image_and_its_preprocessing(data):
     rows[2][4] = rows[0][4]  # the same image in another row
     small = setup_task("caption", data, "--image-feature-cache", "memory")
     large = setup_task("caption", data, "--image-feature-cache", "memory", "--patch-image-size", "96")
-    keys = [small.image_key([r[0], r[4], r[2]]).tolist() for r in rows]
+    keys = [image_key(r[4], small.image_settings).tolist() for r in rows]
     assert keys[0] == keys[2] != keys[1]
-    assert large.image_key([rows[0][0], rows[0][4], rows[0][2]]).tolist() != keys[0]
+    assert image_key(rows[0][4], large.image_settings).tolist() != keys[0]
 
 
 @pytest.mark.slow

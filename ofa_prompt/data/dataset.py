@@ -1,11 +1,28 @@
-"""A fairseq dataset over an OFA TSV file; the task turns each row into a sample."""
+"""A fairseq dataset over an OFA TSV file. It knows no task and no model: it is given the task's sample builder
+and, for the image caches, how rows' images are keyed and which of them the model keeps (FeatureLookup) and the
+file's store of decoded images."""
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 from omegaconf.errors import OmegaConfBaseException
 
-from .decoded_images import DecodedImage
-from .image import CachedImage, decode_image, image_size_of, resized
+from .collate import collate
+from .decoded_images import DecodedImage, DecodedImageStore
+from .image import CachedImage, ImageSettings, decoded_resized, image_key, image_size_of
+
+SampleBuilder = Callable[[List, bool], dict]  # (a row's columns, whether for training) -> the sample
+
+
+@dataclass(frozen=True)
+class FeatureLookup:
+    """--image-feature-cache as a dataset sees it: a row's image is named by image_key(image, settings), and
+    `kept(key)` says whether the model keeps its features. It is asked at every read, as fairseq-train loads
+    the validation set before it builds the model the cache belongs to."""
+    settings: ImageSettings
+    kept: Callable[[torch.Tensor], bool]
 
 
 def rows_per_batch(batch_size, max_tokens, max_src_length: int) -> int:
@@ -27,12 +44,19 @@ def training_seed(task_cfg) -> int:
 
 
 class OFADataset(FairseqDataset):
-    def __init__(self, reader, task, train: bool, decoded=None):
-        """decoded: the file's DecodedImageStore under --decoded-image-cache."""
-        self.reader, self.task, self.train, self.decoded = reader, task, train, decoded
-        self.pad, self.eos = task.dictionary.pad(), task.dictionary.eos()
-        self.max_src_length, self.max_tgt_length = task.cfg.max_src_length, task.cfg.max_tgt_length
-        self.seed = training_seed(task.cfg)
+    """A row's image reaches `build_sample` in the cheapest form that gives the same sample: a CachedImage where
+    the model keeps its features (never decoded), the pixels --decoded-image-cache kept, else the base64 text."""
+
+    def __init__(self, reader, build_sample: SampleBuilder, *, train: bool, pad: int, seed: int, max_src_length: int,
+                 max_tgt_length: int, features: Optional[FeatureLookup] = None,
+                 decoded: Optional[DecodedImageStore] = None):
+        """pad: the dictionary's padding index (collation); seed: fairseq's --seed (training_seed), which with the
+        epoch and the row seeds numpy's draws; features: under --image-feature-cache; decoded: the file's
+        DecodedImageStore under --decoded-image-cache."""
+        self.reader, self.build_sample, self.train = reader, build_sample, train
+        self.pad, self.seed = pad, seed
+        self.max_src_length, self.max_tgt_length = max_src_length, max_tgt_length
+        self.features, self.decoded = features, decoded
         self.epoch = 1
 
     def set_epoch(self, epoch):  # fairseq's epoch iterator calls it at the start of every epoch
@@ -44,15 +68,15 @@ class OFADataset(FairseqDataset):
     def __getitem__(self, index):
         row, key = self.reader[index], None
         try:
-            if self.task.cfg.image_feature_cache != "none":
-                key = self.task.image_key(row)
-                if self.task.image_cache is not None and key in self.task.image_cache:
+            if self.features is not None:
+                key = image_key(row[1], self.features.settings)
+                if self.features.kept(key):
                     # its features are kept: the model will not look at the pixels, so they are not decoded
                     row = [row[0], CachedImage(*image_size_of(row[1])), *row[2:]]
             if self.decoded is not None and self.decoded.holds(index) and not isinstance(row[1], CachedImage):
                 row = [row[0], self.decoded_image(index, row[1]), *row[2:]]
             with data_utils.numpy_seed(self.seed, self.epoch, index):  # numpy's draws repeat run to run
-                sample = self.task.build_sample(row, self.train)
+                sample = self.build_sample(row, self.train)
         except ValueError as e:  # content that passed the start-up check but fails on full decoding
             raise ValueError(f"{self.reader.where(index)}: {e}") from e
         sample["id"] = index
@@ -64,8 +88,7 @@ class OFADataset(FairseqDataset):
         """Row `index`'s resized image: kept from an earlier epoch, or decoded now and kept."""
         kept = self.decoded.get(index)
         if kept is None:
-            image = decode_image(b64)
-            kept = DecodedImage(resized(image, self.task.cfg.patch_image_size), image.width, image.height)
+            kept = decoded_resized(b64, self.decoded.size)
             self.decoded.put(index, kept)
         return kept
 
@@ -88,35 +111,7 @@ class OFADataset(FairseqDataset):
         return [indices[i:i + per] for i in range(0, len(indices), per)]
 
     def collater(self, samples):
-        if not samples:
-            return {}
-
-        def pad(key):
-            return data_utils.collate_tokens([s[key] for s in samples], self.pad)
-
-        src = pad("source")
-        target = pad("target")
-        batch = {
-            "id": torch.tensor([s["id"] for s in samples]),
-            "nsentences": len(samples),
-            "ntokens": int(target.ne(self.pad).sum()),
-            "net_input": {
-                "src_tokens": src,
-                "src_lengths": src.ne(self.pad).sum(1),
-                "patch_images": torch.stack([s["patch_image"] for s in samples]),
-                "patch_masks": torch.tensor([s.get("patch_mask", True) for s in samples]),
-                "prev_output_tokens": pad("prev_output_tokens"),
-            },
-            "target": target,
-            "uniq_ids": [s["uniq_id"] for s in samples],
-            "refs": [s.get("ref") for s in samples],
-            "metas": [s.get("meta", {}) for s in samples],
-        }
-        if "image_key" in samples[0]:  # --image-feature-cache
-            batch["net_input"]["image_keys"] = torch.stack([s["image_key"] for s in samples])
-        if any("conf" in s for s in samples):  # VQA's answer confidence; other tasks' rows (a mix) weigh 1
-            batch["conf"] = torch.tensor([s.get("conf", 1.0) for s in samples], dtype=torch.float)
-        return batch
+        return collate(samples, self.pad)
 
 
 class MixDataset(OFADataset):
@@ -126,7 +121,7 @@ class MixDataset(OFADataset):
     def __init__(self, parts):
         self.parts = parts
         self.starts = np.cumsum([0] + [len(p) for p in parts])
-        self.pad, self.eos = parts[0].pad, parts[0].eos
+        self.pad = parts[0].pad
         self.max_src_length = max(p.max_src_length for p in parts)
         self.max_tgt_length = max(p.max_tgt_length for p in parts)
 

@@ -1,13 +1,19 @@
-"""Images from OFA's TSVs: base64 -> RGB -> resized, normalized tensor."""
+"""Images from OFA's TSVs: base64 -> RGB -> resized, normalized tensor (load_image, for every form a row's image
+takes), and the key naming an image's features in --image-feature-cache (image_key)."""
 import base64
 import binascii
+import hashlib
 import io
+import json
 import warnings
-from typing import NamedTuple, Optional
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .decoded_images import DecodedImage
 
 OFA_MEAN, OFA_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -31,10 +37,55 @@ def b64_bytes(text: str) -> bytes:
         raise BadImage(f"not base64 in either alphabet, standard or URL-safe ({e})")
 
 
+@dataclass(frozen=True)
+class ImageSettings:
+    """How a task preprocesses its images: the square side they are resized to (--patch-image-size), and whether
+    they are normalized with ImageNet's mean and std instead of OFA's (--imagenet-default-mean-and-std)."""
+    patch_size: int
+    imagenet: bool = False
+
+
 class CachedImage(NamedTuple):
     """A row's image whose features --image-feature-cache keeps: its size, not its pixels."""
     width: int
     height: int
+
+
+class LoadedImage(NamedTuple):
+    """A row's image as a sample holds it: the normalized [3, S, S] tensor and the original size (boxes need it)."""
+    patch: torch.Tensor
+    width: int
+    height: int
+
+
+ImageSource = Union[str, Image.Image, CachedImage, DecodedImage]
+
+
+def load_image(source: ImageSource, settings: ImageSettings) -> LoadedImage:
+    """A row's image from any of its forms: base64 text (a TSV's column), an RGB PIL image (the Python API's,
+    ofa_prompt.predictor), the resized pixels --decoded-image-cache kept (DecodedImage), or a CachedImage,
+    whose features the model looks up (zeros: its pixels are never read)."""
+    if isinstance(source, CachedImage):
+        return LoadedImage(torch.zeros(3, settings.patch_size, settings.patch_size), source.width, source.height)
+    if isinstance(source, DecodedImage):
+        return LoadedImage(normalized(source.pixels, settings.imagenet), source.width, source.height)
+    image = source if isinstance(source, Image.Image) else decode_image(source)
+    return LoadedImage(to_tensor(image, settings.patch_size, settings.imagenet), image.width, image.height)
+
+
+def decoded_resized(b64: str, size: int) -> DecodedImage:
+    """What --decoded-image-cache keeps of a row's image: its pixels resized to `size`, and its original size."""
+    image = decode_image(b64)
+    return DecodedImage(resized(image, size), image.width, image.height)
+
+
+def image_key(b64: str, settings: ImageSettings) -> torch.Tensor:
+    """[2] int64: a digest of a row's image (its base64 text) and of its preprocessing, naming its features in
+    --image-feature-cache (the digest a disk cache of an earlier run was keyed by: its inputs do not change)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([settings.patch_size, settings.imagenet]).encode())
+    digest.update(b64.encode())
+    return torch.from_numpy(np.frombuffer(digest.digest(), dtype=np.int64).copy())
 
 
 def decode_image(b64: str) -> Image.Image:

@@ -4,7 +4,6 @@ in fairseq-generate. Its options are in `options`; the start-up of a run around 
 hooks, fairseq-generate's --path settings and attachments) in `run_setup`; constrained generation and candidate
 scoring in `candidates`."""
 import functools
-import hashlib
 import inspect
 import json
 import logging
@@ -12,18 +11,16 @@ import os
 from argparse import Namespace
 from typing import List, Optional
 
-import numpy as np
 import torch
 from fairseq import metrics
 from fairseq.sequence_generator import EnsembleModel
 from fairseq.tasks import TASK_REGISTRY, FairseqTask
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
-from ..data.dataset import OFADataset
-from ..data.decoded_images import DecodedImage, DecodedImageStore
+from ..data.dataset import FeatureLookup, OFADataset, training_seed
+from ..data.decoded_images import DecodedImageStore
 from ..data.dictionary import build_ofa_dictionary
-from ..data.image import CachedImage, decode_image, image_size_of, normalized, to_tensor
+from ..data.image import ImageSettings
 from ..data.tokenize import build_tokenizer, clean_text
 from ..data.tsv import TSVReader
 from ..errors import InputError
@@ -85,13 +82,9 @@ class OFATask(FairseqTask):
                                                                  self.cfg.decoded_image_cache_mb, file)
         return self._decoded_stores[path, cols]
 
-    def image_key(self, cols) -> torch.Tensor:
-        """[2] int64: a digest of a row's image (column 1 of every task's row) and of how the task preprocesses
-        it, naming its features in --image-feature-cache."""
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(json.dumps([self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std]).encode())
-        digest.update(cols[1].encode() if isinstance(cols[1], str) else bytes(cols[1]))
-        return torch.from_numpy(np.frombuffer(digest.digest(), dtype=np.int64).copy())
+    def features_kept(self, key: torch.Tensor) -> bool:
+        """Whether the model's --image-feature-cache (once attached) keeps the features of the image named `key`."""
+        return self.image_cache is not None and key in self.image_cache
 
     @classmethod
     def add_args(cls, parser):
@@ -146,7 +139,12 @@ class OFATask(FairseqTask):
                 logger.info(capacity_line(self.cfg.image_feature_cache_mb, str(self.cfg.image_feature_cache_dtype),
                                           (ResNet.out_channels, side, side), len(reader)))
         decoded = self.decoded_images(path, tuple(cols), len(reader)) if split == "train" else None
-        self.datasets[split] = OFADataset(reader, self, train=split == "train", decoded=decoded)
+        features = (FeatureLookup(self.image_settings, self.features_kept) if self.cfg.image_feature_cache != "none"
+                    else None)
+        self.datasets[split] = OFADataset(
+            reader, self.build_sample, train=split == "train", pad=self.dictionary.pad(), seed=training_seed(self.cfg),
+            max_src_length=self.cfg.max_src_length, max_tgt_length=self.cfg.max_tgt_length, features=features,
+            decoded=decoded)
 
     def row_check_key(self, cols: List[int]) -> str:
         """What decides the outcome of checking a file's rows (ofa_prompt.data.row_index): the task, the columns
@@ -200,20 +198,10 @@ class OFATask(FairseqTask):
                            len(ids), self.cfg.max_src_length, instruction)
         return torch.cat([self.bos, ids[:self.cfg.max_src_length], self.eos])
 
-    def image(self, image):
-        """(tensor, original width, original height) of a row's image: base64 text, or an RGB PIL image
-        (the Python API's, ofa_prompt.predictor)."""
-        if isinstance(image, CachedImage):  # the model looks its features up: the pixels are never read
-            size = self.cfg.patch_image_size
-            return torch.zeros(3, size, size), image.width, image.height
-        if isinstance(image, DecodedImage):  # --decoded-image-cache
-            return normalized(image.pixels, self.cfg.imagenet_default_mean_and_std), image.width, image.height
-        img = image if isinstance(image, Image.Image) else decode_image(image)
-        return to_tensor(img, self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std), img.width, img.height
-
-    @staticmethod
-    def check_image(b64: str):
-        return image_size_of(b64)
+    @property
+    def image_settings(self) -> ImageSettings:
+        """How this task preprocesses images (ofa_prompt.data.image.load_image)."""
+        return ImageSettings(self.cfg.patch_image_size, self.cfg.imagenet_default_mean_and_std)
 
     @staticmethod
     def check_text(text: str, what: str):

@@ -12,6 +12,7 @@ import torch
 from fairseq import metrics
 from fairseq.tasks import register_task
 
+from ..data.image import image_size_of, load_image
 from ..data.tokenize import clean_text
 from ..fairseq_compat.config import section
 from ..metrics.caption import BLEU_KEYS, CiderD, bleu4_from_stats, bleu_stats, scst_words, simple_tokenize
@@ -104,7 +105,7 @@ class CaptionTask(OFATask):
 
     def check_row(self, cols):
         _, image, caption = cols
-        self.check_image(image)
+        image_size_of(image)  # BadImage where the image is unreadable or truncated
         refs = references(caption)
         if not refs:
             raise ValueError("empty caption")
@@ -117,7 +118,7 @@ class CaptionTask(OFATask):
         # training: one reference at random, drawn from numpy's generator the dataset seeds per row and epoch
         target = self.target_words(refs[np.random.randint(len(refs))] if train else refs[0])
         prev, tgt = self.decoder_io(self.encode(" " + target, self.cfg.max_tgt_length))
-        patch, _, _ = self.image(image)
+        patch, _, _ = load_image(image, self.image_settings)
         return {"uniq_id": uniq_id, "source": self.source(INSTRUCTION), "target": tgt, "prev_output_tokens": prev,
                 "patch_image": patch, "ref": refs}
 

@@ -7,6 +7,7 @@ import torch
 from fairseq.tasks import register_task
 from omegaconf import DictConfig
 
+from ..data.image import image_size_of, load_image
 from ..data.tokenize import clean_text
 from ..metrics.grounding import acc_at_iou, bins_to_box, quantize_box
 from ..per_sample_search import allow_only
@@ -57,7 +58,7 @@ class RefcocoTask(OFATask):
 
     def check_row(self, cols):
         _, image, text, region = cols
-        w, h = self.check_image(image)
+        w, h = image_size_of(image)
         self.check_text(clean_text(text), "referring expression")
         x1, y1, x2, y2 = parse_box(region)
         problem = box_problem(x1, y1, x2, y2, w, h)
@@ -66,7 +67,7 @@ class RefcocoTask(OFATask):
 
     def build_sample(self, cols, train):
         uniq_id, image, text, region = cols
-        patch, w, h = self.image(image)
+        patch, w, h = load_image(image, self.image_settings)
         size = self.cfg.patch_image_size
         w_ratio, h_ratio = size / w, size / h
         box = parse_box(region)

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 from fairseq.tasks import register_task
 
+from ..data.image import image_size_of, load_image
 from ..data.tokenize import clean_text
 from .base import OFATask
 from .options import DECODER_PROMPT_TYPES, OFATaskConfig
@@ -38,7 +39,7 @@ class SnliVeTask(OFATask):
 
     def check_row(self, cols):
         _, image, hypothesis, caption, label = cols
-        self.check_image(image)
+        image_size_of(image)  # BadImage where the image is unreadable or truncated
         self.check_text(clean_text(hypothesis), "hypothesis")
         if label not in LABELS:
             raise ValueError(f"label {label!r} is not one of {sorted(LABELS)}")
@@ -55,7 +56,7 @@ class SnliVeTask(OFATask):
         uniq_id, image, hypothesis, caption, label = cols
         source = self.source(self.instruction(hypothesis, caption))
         prev, tgt = self.decoder_io(self.encode(" " + LABELS[label]), self.decoder_prefix(source))
-        patch, _, _ = self.image(image)
+        patch, _, _ = load_image(image, self.image_settings)
         return {"uniq_id": uniq_id, "source": source, "target": tgt, "prev_output_tokens": prev,
                 "patch_image": patch, "ref": LABELS[label]}
 

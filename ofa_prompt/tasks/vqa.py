@@ -20,6 +20,7 @@ import torch
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
+from ..data.image import image_size_of, load_image
 from ..data.tokenize import clean_text
 from ..file_version import file_version
 from ..metrics.vqa import parse_answers, vqa_score
@@ -204,7 +205,7 @@ class VqaGenTask(OFATask):
 
     def check_row(self, cols):
         _, image, question, ref, _ = cols
-        self.check_image(image)
+        image_size_of(image)  # BadImage where the image is unreadable or truncated
         self.check_text(clean_text(question), "question")
         refs = parse_answers(ref)
         if self._answer_set:
@@ -243,7 +244,7 @@ class VqaGenTask(OFATask):
         answer = max(refs, key=refs.get)  # OFA trains on the most confident answer, weighted by its confidence
         source = self.source(self.question(question, objects))
         prev, tgt = self.decoder_io(self.encode(" " + answer, self.cfg.max_tgt_length), self.decoder_prefix(source))
-        patch, _, _ = self.image(image)
+        patch, _, _ = load_image(image, self.image_settings)
         return {"uniq_id": uniq_id, "source": source, "target": tgt, "prev_output_tokens": prev,
                 "patch_image": patch, "ref": refs, "conf": refs[answer]}
 
