@@ -30,7 +30,7 @@ PLACEHOLDER = {  # the reference columns of a row, which inference does not read
     "caption": "unused", "vqa_gen": "1.0|!+unused", "refcoco": "0,0,1,1", "snli_ve": "entailment"}
 
 
-def load_image(image: ImageLike, what: str = "image") -> Image.Image:
+def rgb_image(image: ImageLike, what: str = "image") -> Image.Image:
     """An RGB PIL image from a PIL image, a file path, or an array/tensor [H, W, 3] or [3, H, W] (uint8, or
     float in [0, 1])."""
     if isinstance(image, Image.Image):
@@ -132,7 +132,7 @@ def request_row(name: str, request: dict, i: int) -> list:
                          f"({'an image only' if field is None else f'the image and a {field!r}'})")
     if field is not None and field not in request:
         raise InputError(f"request {i}: prompts for --task {name} need the '{field}' to go with the image")
-    image = load_image(request["image"], f"request {i}'s image")
+    image = rgb_image(request["image"], f"request {i}'s image")
     if name == "caption":
         return [str(i), image, PLACEHOLDER[name]]
     text = checked_text(request[field], f"request {i}'s {field}")

@@ -6,6 +6,7 @@ from typing import Optional
 from fairseq.data import Dictionary
 from fairseq.models import ARCH_CONFIG_REGISTRY
 
+from . import load
 from .checkpoint import BACKBONE_KEY, model_args, read_checkpoint
 from .data.dictionary import build_ofa_dictionary
 from .models.ofa import OFAModel
@@ -29,6 +30,7 @@ def load_model(path: str, overrides: Optional[dict] = None) -> OFAModel:
     `overrides` replaces recorded arguments, e.g. {"bpe_dir": "/data/ofa/BPE"} to build the real
     dictionary (otherwise one of the checkpoint's size is used).
     """
+    load()  # the API's explicit loading of the plugin (as `ofa_prompt.load_model` does): torch may read OFA's pickles
     state = read_checkpoint(path)
     args = model_args(state, path)
     cfg = state.get("cfg")

@@ -39,11 +39,11 @@ from .api_inputs import (
     check_task_options,
     checked_generation,
     checked_text,
-    load_image,
     paired,
     positive_int,
     request_file,
     request_row,
+    rgb_image,
 )
 from .checkpoint import saved_task
 from .data.collate import collate
@@ -179,7 +179,7 @@ class OFAPredictor:
     def caption(self, images, **generation) -> Union[str, List[str]]:
         """A caption of each image (one image: a string)."""
         one = not isinstance(images, (list, tuple))
-        rows = [[str(i), load_image(im, f"image {i}"), PLACEHOLDER["caption"]] for i, im in enumerate(as_list(images))]
+        rows = [[str(i), rgb_image(im, f"image {i}"), PLACEHOLDER["caption"]] for i, im in enumerate(as_list(images))]
         texts = [t for t, _ in self._run("caption", rows, generation)]
         return texts[0] if one else texts
 
@@ -191,7 +191,7 @@ class OFAPredictor:
             raise InputError(f"answer() among candidates scores every candidate, without a search: generation "
                              f"options ({', '.join(sorted(generation))}) do not apply; leave them out")
         self._answer_choice(candidates)
-        rows = [[str(i), load_image(im, f"image {i}"), q, PLACEHOLDER["vqa_gen"], ""]
+        rows = [[str(i), rgb_image(im, f"image {i}"), q, PLACEHOLDER["vqa_gen"], ""]
                 for i, (im, q) in enumerate(zip(images, questions))]
         texts = [t for t, _ in self._run("vqa_gen", rows, generation)]
         return texts[0] if one else texts
@@ -218,7 +218,7 @@ class OFAPredictor:
         """The box [x0, y0, x1, y1] (pixels of the original image) each text refers to (None: the model
         gave no box)."""
         one, images, texts = paired(images, texts, "text")
-        rows = [[str(i), load_image(im, f"image {i}"), t, PLACEHOLDER["refcoco"]]
+        rows = [[str(i), rgb_image(im, f"image {i}"), t, PLACEHOLDER["refcoco"]]
                 for i, (im, t) in enumerate(zip(images, texts))]
         boxes = [bins_to_box(t, m["num_bins"], m["max_image_size"], m["w_resize_ratio"], m["h_resize_ratio"])
                  for t, m in self._run("refcoco", rows, generation)]
@@ -232,7 +232,7 @@ class OFAPredictor:
             raise InputError(f"entail() scores the three answers, without a search: generation options "
                              f"({', '.join(sorted(generation))}) do not apply; leave them out")
         premises = self._premises(premise, len(hypotheses))
-        rows = [[str(i), load_image(im, f"image {i}"), h, p, PLACEHOLDER["snli_ve"]]
+        rows = [[str(i), rgb_image(im, f"image {i}"), h, p, PLACEHOLDER["snli_ve"]]
                 for i, (im, h, p) in enumerate(zip(images, hypotheses, premises))]
         labels = [t for t, _ in self._run("snli_ve", rows, {})]
         return labels[0] if one else labels

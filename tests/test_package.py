@@ -99,3 +99,17 @@ def test_the_python_api_loads_the_plugin_without_the_commands_error_hook():
             "from fairseq.tasks import TASK_REGISTRY\n"
             "print('caption' in TASK_REGISTRY, getattr(sys.excepthook, 'one_line_input_errors', False))")
     assert run_python(code) == ["True", "False"]
+
+
+def test_the_api_module_loads_the_plugin_when_imported_directly():
+    """`from ofa_prompt.hub import load_model` (not through the package's attribute) loads the plugin when called:
+    torch then reads the argparse.Namespace that OFA's checkpoints pickle (the reference checkpoint, written by
+    OFA's code, has one)."""
+    from conftest import REFERENCE
+
+    code = ("import sys\n"
+            "from ofa_prompt.hub import load_model\n"
+            f"model = load_model({str(REFERENCE / 'plain.pt')!r})\n"
+            "from fairseq.tasks import TASK_REGISTRY\n"
+            "print(type(model).__name__, 'caption' in TASK_REGISTRY)")
+    assert run_python(code) == ["OFAModel", "True"]

@@ -13,7 +13,7 @@ from PIL import Image
 import tiny_data
 from conftest import BIN, REPO
 from ofa_prompt import from_pretrained
-from ofa_prompt.api_inputs import load_image
+from ofa_prompt.api_inputs import rgb_image
 from ofa_prompt.checkpoint import read_checkpoint
 from ofa_prompt.data.image import decode_image
 from ofa_prompt.errors import InputError
@@ -34,7 +34,7 @@ def test_images_as_paths_arrays_and_tensors_are_the_same_image(tmp_path):
     Image.fromarray(pixels).convert("RGBA").save(tmp_path / "b.png")
     for given in (tmp_path / "a.png", str(tmp_path / "b.png"), pixels, pixels.transpose(2, 0, 1),
                   torch.from_numpy(pixels).permute(2, 0, 1).float() / 255, Image.fromarray(pixels).convert("P")):
-        image = load_image(given)
+        image = rgb_image(given)
         assert image.mode == "RGB" and image.size == (20, 12)
         if not isinstance(given, Image.Image):  # a palette loses colours; the others are exact
             assert np.array_equal(np.asarray(image), pixels)
@@ -49,7 +49,7 @@ def test_images_as_paths_arrays_and_tensors_are_the_same_image(tmp_path):
 ])
 def test_unusable_images_are_named(given, complaint):
     with pytest.raises(InputError, match=complaint):
-        load_image(given)
+        rgb_image(given)
 
 
 # --- prompt files that say what they are for ----------------------------------------------------------
