@@ -619,3 +619,30 @@ def test_tables_and_plots_remade_from_stored_results(tmp_path):
     pooled = scale.main(["--from-results", "--out", str(sc)])
     assert pooled["prompt"]["micro"] == pytest.approx([(0.6 - base) / (0.9 - base), (0.66 - base) / (0.92 - base)])
     assert [r[3] for r in table(sc)["rows"]] == ["trivial baseline", "finetune", "prompt"] * 2
+
+
+def test_remedy_rows_test_each_remedy_against_plain_prompt_tuning_and_state_the_goal(tmp_path):
+    """Every docs/convergence/remedies*/ folder gives a row per remedy (Welch against plain prompt tuning's test
+    scores) and one goal row per task: met only by a remedy whose seeds reach 95% of finetuning within 2x its
+    updates."""
+    import claims
+
+    def study(task, fast):
+        row = [task, "prompt, gate", "3/3" if fast else "0/3", "-", "-", "-", "0.7", "0.7", "0.8 ± 0.01",
+               "yes" if fast else "no", "-"]
+        return {"seeds": [1, 2, 3], "rows": [[task, "finetune", "3/3", "50", "1.0x", "-", "0.9 ± 0.0", "0.9", "0.9",
+                                              "-", "-"], row],
+                "per_seed": {f"{task}/prompt, random": {"test": [0.5, 0.52, 0.48]},
+                             f"{task}/prompt, gate": {"test": [0.8, 0.81, 0.79]}}}
+
+    for folder, task, fast in (("remedies", "caption", False), ("remedies_refcoco", "refcoco", True)):
+        (tmp_path / "convergence" / folder).mkdir(parents=True)
+        (tmp_path / "convergence" / folder / "results.json").write_text(json.dumps(study(task, fast)))
+    rows = claims.remedy_rows(str(tmp_path))
+    assert [r[0] for r in rows] == [
+        "Remedy 'gate' improves prompt tuning (caption)",
+        "A remedy brings prompt tuning to 95% of finetuning within 2x its updates (caption)",
+        "Remedy 'gate' improves prompt tuning (refcoco)",
+        "A remedy brings prompt tuning to 95% of finetuning within 2x its updates (refcoco)"]
+    assert rows[0][3] == "holds" and "0.5000 ± 0.0200" in rows[0][2]
+    assert rows[1][3] == "not met" and rows[3][3] == "met" and "met by: gate" in rows[3][2]
