@@ -97,3 +97,28 @@ def test_text_only(case):
     enc = model.encoder(ref["inputs"]["src_tokens"], ref["inputs"]["src_lengths"])
     valid = ~ref["outputs"]["encoder_padding_mask"].bool()
     close(enc["encoder_out"][0].transpose(0, 1)[valid], ref["outputs"]["encoder_out"].transpose(0, 1)[valid])
+
+
+def test_the_sequence_bias_is_the_image_block_the_text_block_and_zero_between():
+    """The encoder's relative bias of a layer, gathered in one pass over its whole sequence (sequence_rel_bias),
+    is OFA's: the image table over image pairs, the token table over text pairs, nothing between them; and the
+    gradient reaches both tables (finetuning trains them)."""
+    from conftest import build_micro
+    from ofa_prompt.models.position import image_position_ids
+
+    enc = build_micro().encoder
+    for table in (*enc.image_rel_pos_table_list, *enc.token_rel_pos_table_list):
+        torch.nn.init.normal_(table.weight)
+    ids, text = image_position_ids(3, 4, enc.image_bucket_size), torch.arange(5)
+    n = len(ids)
+    got = enc.sequence_rel_bias(1, enc.sequence_buckets(ids, text))
+    image = torch.nn.functional.embedding(enc.image_rp_bucket[ids][:, ids], enc.image_rel_pos_table_list[1].weight)
+    tokens = torch.nn.functional.embedding(enc.token_rp_bucket[text][:, text], enc.token_rel_pos_table_list[1].weight)
+    assert got.shape == (enc.num_heads, n + 5, n + 5)
+    assert torch.equal(got[:, :n, :n], image.permute(2, 0, 1))
+    assert torch.equal(got[:, n:, n:], tokens.permute(2, 0, 1))
+    assert not got[:, :n, n:].any() and not got[:, n:, :n].any()
+    assert torch.equal(enc.sequence_rel_bias(1, enc.sequence_buckets(None, text)), tokens.permute(2, 0, 1))
+    got.sum().backward()
+    assert enc.image_rel_pos_table_list[1].weight.grad.abs().sum() > 0
+    assert enc.token_rel_pos_table_list[1].weight.grad.abs().sum() > 0

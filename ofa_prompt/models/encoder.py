@@ -93,20 +93,17 @@ class OFAEncoder(FairseqEncoder, TransformerStack):
             padding_mask = torch.cat([img_mask, padding_mask], dim=1)
             img_pos = self.image_pos_ln(self.embed_image_positions(img_ids))[None]
             pos = torch.cat([img_pos, pos], dim=1)
-            img_buckets = self.image_buckets(img_ids)  # the same for every layer
 
         has_pads = bool(padding_mask.any())
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
 
-        abs_bias = self.pos_bias(self.pos_q_linear, self.pos_k_linear, pos, pos)  # [1, H, T, T]
+        abs_bias = self.pos_bias(self.pos_q_linear, self.pos_k_linear, pos, pos)[0]  # [H, T, T]
+        buckets = self.sequence_buckets(img_ids if n_img else None, text_pos)  # the same for every layer
         prompts = self.prefixes(bsz, prompt_ids)
         states = [x] if return_all_hiddens else []
         for idx, layer in enumerate(self.layers):
-            bias = abs_bias.clone()
-            bias[:, :, n_img:, n_img:] += self.token_rel_bias(idx, text_pos, text_pos)
-            if n_img:
-                bias[:, :, :n_img, :n_img] += self.image_rel_bias(idx, img_buckets)
+            bias = self.sequence_rel_bias(idx, buckets).add_(abs_bias)[None]  # a fresh tensor: added in place
             x, _ = layer(x, bias, padding_mask if has_pads else None, prefix=prompts.get(idx))
             if return_all_hiddens:
                 states.append(x)

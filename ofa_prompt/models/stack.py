@@ -96,13 +96,31 @@ class TransformerStack:
         buckets = self.token_rp_bucket[q_idx][:, k_idx]
         return F.embedding(buckets, self.token_rel_pos_table_list[layer].weight).permute(2, 0, 1)
 
-    def image_buckets(self, ids: Tensor) -> Tensor:
-        """[N, N] relative-position buckets between image patches with position ids `ids`."""
-        return self.image_rp_bucket[ids][:, ids]
+    def sequence_buckets(self, image_ids: Optional[Tensor], text_pos: Tensor) -> Tensor:
+        """[T, T] rows of sequence_rel_bias's table for the encoder's sequence (image patches with position ids
+        `image_ids`, then the text positions): image pairs name image buckets, text pairs the token buckets after
+        them, image-text pairs the zero row at the end (OFA gives them no relative bias). The same for every
+        layer."""
+        image_rows = self.image_rel_pos_table_list[0].num_embeddings
+        text = self.token_rp_bucket[text_pos][:, text_pos] + image_rows
+        if image_ids is None:
+            return text
+        n, total = len(image_ids), len(image_ids) + len(text_pos)
+        zero_row = image_rows + self.token_rel_pos_table_list[0].num_embeddings
+        buckets = torch.full((total, total), zero_row, dtype=text.dtype, device=text.device)
+        buckets[:n, :n] = self.image_rp_bucket[image_ids][:, image_ids]
+        buckets[n:, n:] = text
+        return buckets
 
-    def image_rel_bias(self, layer: int, buckets: Tensor) -> Tensor:
-        """[H, N, N] relative bias of `layer` between image patches (`buckets`: image_buckets(ids))."""
-        return F.embedding(buckets, self.image_rel_pos_table_list[layer].weight).permute(2, 0, 1)
+    def sequence_rel_bias(self, layer: int, buckets: Tensor) -> Tensor:
+        """[H, T, T] relative bias of `layer` over the encoder's sequence (`buckets`: sequence_buckets), gathered in
+        one pass into the heads-first layout. (Gathering [T, T, H] rows and permuting them made each later addition
+        read across strides, and the image and text blocks were added one at a time: at 480 px each layer's bias
+        is 900+ squared per head.)"""
+        weights = [self.image_rel_pos_table_list[layer].weight, self.token_rel_pos_table_list[layer].weight]
+        heads = weights[0].size(1)
+        table = torch.cat(weights + [weights[0].new_zeros(1, heads)]).t()  # [H, rows]: small
+        return table.index_select(1, buckets.flatten()).view(heads, *buckets.shape)
 
 
 def build_prompt_encoder(stack: StackConfig) -> Optional[PromptEncoder]:
