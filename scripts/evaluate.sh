@@ -8,9 +8,9 @@ if [[ $# -lt 2 ]]; then
 fi
 config=$1 checkpoint=$2
 shift 2
-# Run as a file, not through the package, so that fairseq is not imported just to build the command.
+# Through this checkout's package (whose import loads nothing: fairseq is not imported to build the command).
 errors=$(mktemp)
-command=$(python3 "$(dirname "$0")/../ofa_prompt/yaml_config.py" --generate "$checkpoint" "$config" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
+command=$(PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" python3 -m ofa_prompt.yaml_config --generate "$checkpoint" "$config" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
 rm -f "$errors"
 echo "+ $command"
 # fairseq's import prints torch's deprecation of the torch.jit.script that fairseq's modules apply (not your code)

@@ -6,9 +6,9 @@ if [[ $# -lt 1 ]]; then
   echo "usage: $0 CONFIG.yaml [key=value ...]" >&2
   exit 2
 fi
-# Run as a file, not through the package, so that fairseq is not imported just to build the command.
+# Through this checkout's package (whose import loads nothing: fairseq is not imported to build the command).
 errors=$(mktemp)
-command=$(python3 "$(dirname "$0")/../ofa_prompt/yaml_config.py" "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
+command=$(PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" python3 -m ofa_prompt.yaml_config "$@" 2>"$errors") || { cat "$errors" >&2; rm -f "$errors"; exit 2; }
 rm -f "$errors"
 echo "+ $command"
 # fairseq's import prints torch's deprecation of the torch.jit.script that fairseq's modules apply (not your code)
