@@ -5,7 +5,6 @@ directly (not slow)."""
 import json
 import math
 import os
-import re
 import sys
 
 import pytest
@@ -124,6 +123,7 @@ def test_compare_methods_over_seeds(compared, store):
 @pytest.mark.slow
 def test_a_stored_run_is_reused_and_a_changed_one_runs_afresh(compared, store):
     import common
+    import fairseq_log
 
     run = common.Run("snli_ve", "prompt", tuple(common.METHODS["prompt"]), 3, 1, 1)
     log = store / (run.name + ".train.log")
@@ -136,7 +136,8 @@ def test_a_stored_run_is_reused_and_a_changed_one_runs_afresh(compared, store):
     stale.write_bytes(b"an earlier run's checkpoint, made with another backbone")
     result = common.execute(changed, quick=True)
     text = (store / (changed.name + ".train.log")).read_text()
-    assert "num_updates 1" in text
+    epochs = [stat for _, stat in fairseq_log.stats(fairseq_log.records(text), "train")]
+    assert epochs and epochs[-1]["train_num_updates"] == "1"  # trained from the start, not resumed
     assert result["trained"] < json.loads((store / (run.name + ".json")).read_text())["trained"]
 
 
@@ -179,6 +180,7 @@ def test_robustness_validates_finetuning_at_its_own_interval_and_keeps_each_chec
 @pytest.mark.slow
 def test_validating_finetuning_more_often_leaves_its_training_as_it_was(compared, store, tmp_path, monkeypatch):
     import common
+    import fairseq_log
     import robustness
 
     # finetuning as the method comparison ran it (validated every update), but validated every 2
@@ -188,9 +190,9 @@ def test_validating_finetuning_more_often_leaves_its_training_as_it_was(compared
     log = (tmp_path / f"{often.name}.train.log").read_text()
     assert "'validate_interval_updates': 2" in log
 
-    def training(text):  # each epoch's mean training loss and gradient norm
-        return [float(x) for pair in re.findall(r"\| train \| epoch \d+ \| loss ([\d.]+) .*?\| gnorm ([\d.]+)", text)
-                for x in pair]
+    def training(text):  # each epoch's mean training loss and gradient norm (fairseq's --log-format json)
+        return [float(stat[key]) for _, stat in fairseq_log.stats(fairseq_log.records(text), "train")
+                for key in ("train_loss", "train_gnorm")]
 
     every_update = training((store / "micro" / "snli_ve_finetune_u3_s1.train.log").read_text())
     # the same dropout masks and batches; on CPU, one command run twice differs in the gradient norm's last digit
