@@ -648,3 +648,12 @@ def test_remedy_rows_test_each_remedy_against_plain_prompt_tuning_and_state_the_
         "A remedy brings prompt tuning to 95% of finetuning within 2x its updates (refcoco)"]
     assert rows[0][3] == "holds" and "0.5000 ± 0.0200" in rows[0][2]
     assert rows[1][3] == "not met" and rows[3][3] == "met" and "met by: gate" in rows[3][2]
+
+
+def test_slow_convergence_is_tested_only_where_prompt_tuning_reaches_the_target():
+    import claims
+
+    assert claims.convergence_verdict("0/3", "-").startswith("not tested")  # a lower plateau
+    assert claims.convergence_verdict("2/3", "1.5x").startswith("not resolved")
+    assert claims.convergence_verdict("3/3", "1.8x") == "holds"
+    assert claims.convergence_verdict("3/3", "0.9x") == "does not hold"
