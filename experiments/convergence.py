@@ -8,7 +8,7 @@ wall time each start needs to reach 95% of finetuning's best validation score, a
 Starts (--prompt-init): `random` (OFA's), `vocab`, `activations`; `pretrained`: a prompt tuned on the
 pretraining mix with the backbone frozen (the paper's "prompt learning during pretraining", its future work),
 exported with `python -m ofa_prompt.prompt_file export` and used to start every downstream prompt;
-`transfer`: the prompt file another task tuned (SPoT-style), same seed; `lr0.1`: random start with a 3x
+`transfer`: the prompt file another task tuned (SPoT-style), same seed; `lr0.1`, `lr0.3`: random start with a 3x or 10x
 learning rate. The cheap remedies of the model (random start): `gate` (--prompt-gate, zero-init gated prompt
 attention), `residual` (--prompt-residual, E + MLP(E)), `no-dropout` (--no-backbone-dropout) and `remedies` (all
 three), e.g. `--tasks caption refcoco --inits random gate residual no-dropout remedies --workers 1`.
@@ -51,7 +51,7 @@ from common import (
 REMEDIES = {"gate": ["train.prompt-gate=true"], "residual": ["train.prompt-residual=true"],
             "no-dropout": ["train.no-backbone-dropout=true"]}
 REMEDIES["remedies"] = [option for options in REMEDIES.values() for option in options]
-INITS = ["random", "vocab", "activations", "pretrained", "transfer", "lr0.1", *REMEDIES]
+INITS = ["random", "vocab", "activations", "pretrained", "transfer", "lr0.1", "lr0.3", *REMEDIES]
 # the task whose tuned prompt starts each task's prompt under `transfer`
 TRANSFER_FROM = {"caption": "vqa", "vqa": "caption", "refcoco": "caption", "snli_ve": "vqa"}
 
@@ -93,8 +93,9 @@ def pretrained_prompt(quick: bool, size: str, updates: int) -> str:
 def init_run(task, init, seed, updates, every, size, start_file=None) -> Run:
     if init == "random":
         return method_run(task, "prompt", updates, every, seed, size)
-    if init == "lr0.1":
-        return Run(task, "prompt_lr0.1", tuple(METHODS["prompt"] + ["train.lr=0.1"]), updates, every, seed, size)
+    if init in ("lr0.1", "lr0.3"):  # random start, another learning rate (the paper's is 0.03)
+        return Run(task, f"prompt_{init}", tuple(METHODS["prompt"] + [f"train.lr={init[2:]}"]), updates, every, seed,
+                   size)
     if init in REMEDIES:
         return Run(task, f"prompt_{init}", tuple(METHODS["prompt"] + REMEDIES[init]), updates, every, seed, size)
     start = start_file or init
