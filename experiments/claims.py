@@ -162,8 +162,7 @@ def claim_rows(docs):
                          f"both {mean_std(per['both'])[0]:.4f} ± {mean_std(per['both'])[1]:.4f}",
                          verdict(per["both"], max((per["encoder only"], per["decoder only"]),
                                                   key=lambda v: mean_std(v)[0]))])
-    reparam = load(docs, "ablations", "reparam")
-    if reparam:
+    for reparam in filter(None, (load(docs, *parts) for parts in studies(docs, "ablations", "reparam"))):
         per = reparam["per_seed"]
         rows.append(["Reparameterization (MLP) is task-dependent", "Table 4: helps RefCOCO, hurts SNLI-VE and VQA",
                      f"MLP {mean_std(per['MLP reparameterization'])[0]:.4f} ± "
@@ -216,18 +215,19 @@ REMEDY_CLAIMS = {
 }
 
 
-def remedy_studies(docs):
-    """The remedies studies: docs/convergence/remedies*/ (one folder per run of convergence.py --out), in name order."""
-    folder = os.path.join(docs, "convergence")
-    found = sorted(d for d in os.listdir(folder) if d.startswith("remedies")) if os.path.isdir(folder) else []
-    return [("convergence", d) for d in found]
+def studies(docs, folder: str, prefix: str):
+    """The studies docs/<folder>/<prefix>*/ (one folder per --out of a study's script, e.g. one per task), in name
+    order."""
+    path = os.path.join(docs, folder)
+    found = sorted(d for d in os.listdir(path) if d.startswith(prefix)) if os.path.isdir(path) else []
+    return [(folder, d) for d in found]
 
 
 def remedy_rows(docs):
     """Per task and remedy: its test score against plain prompt tuning's (Welch), and whether it reaches 95% of
     finetuning's best validation score; then the issue's goal (95% of finetuning within 2x its updates) per task."""
     rows = []
-    for parts in remedy_studies(docs):
+    for parts in studies(docs, "convergence", "remedies"):
         study = load(docs, *parts)
         if not study:
             continue
