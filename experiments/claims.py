@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from common import ALPHA, REPO, TASKS, mean_std, relative_drop, welch_test
+from common import ALPHA, REPO, TASKS, mean_std, relative_drop, source_digest, welch_test
 from learning_rate import best_learning_rates
 from robustness import MATCHED
 
@@ -71,10 +71,13 @@ def scale_studies(docs):
 
 def claim_rows(docs):
     rows = []
-    compare = load(docs, "compare_methods")
+    # the comparison with each method's learning rate chosen on validation (compare_methods.py --lr-grid), where run
+    compare = load(docs, "compare_methods", "lr_grid") or load(docs, "compare_methods")
     if compare:
         seeds = compare["per_seed"]
         size = compare.get("size", "micro")
+        if any(len(v.get("grid", {})) > 1 for v in seeds.values()):
+            size += ", learning rates chosen on validation"
         pt = [v for t in TASKS for v in seeds.get(f"{t}/prompt", {}).get("share", [])]
         rows.append(["Prompt tuning is comparable to finetuning",
                      "OFA-Large: 99.2% of finetuning's score (mean of the 4 tasks, Table 1)",
@@ -261,6 +264,20 @@ def clean_gap(per_seed, attack, task):
     return abs(relative_drop(clean["prompt"], clean[MATCHED.format("prompt")]))
 
 
+def provenance(docs) -> str:
+    """Which studies under `docs` were made by this code version (the source_digest their results.json records)
+    and which by earlier code (another digest, or none: made before the record)."""
+    made = {"this": [], "earlier": []}
+    for folder, _, files in sorted(os.walk(docs)):
+        if "results.json" in files:
+            parts = os.path.relpath(folder, docs).split(os.sep)
+            study = load(docs, *parts)
+            if study:
+                made["this" if study.get("code") == source_digest() else "earlier"].append("/".join(parts))
+    return (f"Studies made by this code version ({source_digest()[:10]}): {', '.join(made['this']) or 'none'}. "
+            f"By earlier code: {', '.join(made['earlier']) or 'none'}.")
+
+
 def table(rows):
     lines = ["| claim | the paper | ours (mean ± sd over seeds) | here |", "|---|---|---|---|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -270,7 +287,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", default=os.path.join(REPO, "docs"))
     a = ap.parse_args(argv)
-    text = table(claim_rows(a.docs))
+    text = table(claim_rows(a.docs)) + "\n\n" + provenance(a.docs)
     readme = os.path.join(a.docs, "README.md")
     with open(readme) as f:
         old = f.read()

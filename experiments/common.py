@@ -56,6 +56,10 @@ METHODS = {
     "adapter": ["tuning=adapter", *NO_PROMPTS, "train.adapter=true", "train.adapter-dim=32", "train.lr=1e-3"],
     "bitfit": ["tuning=bitfit", *NO_PROMPTS, "train.bitfit=true", "train.lr=1e-2"],
 }
+# The grids compare_methods.py --lr-grid chooses each method's learning rate from, per task, on validation: each
+# method's rate above divided and multiplied by about 3 (prompt tuning: the paper's 0.03 and 3x, 10x above it).
+LR_GRIDS = {"finetune": (2e-4, 5e-4, 1e-3), "prompt": (0.03, 0.1, 0.3), "adapter": (3e-4, 1e-3, 3e-3),
+            "bitfit": (3e-3, 1e-2, 3e-2)}
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,19 @@ def method_run(task: str, method: str, updates: int, every: int, seed: int = 1, 
     return Run(task, method, tuple(METHODS[method]), updates, every, seed, size, matched_loss)
 
 
+def method_lr(method: str) -> float:
+    """The learning rate METHODS gives `method`."""
+    return float(next(o for o in METHODS[method] if o.startswith("train.lr=")).split("=", 1)[1])
+
+
+def lr_run(task, method, lr, updates, every, seed, size="micro", matched_loss=None) -> Run:
+    """`method` at learning rate `lr`: the method's own run (shared with the other studies) at its own rate."""
+    if lr == method_lr(method):
+        return method_run(task, method, updates, every, seed, size, matched_loss)
+    options = [o for o in METHODS[method] if not o.startswith("train.lr=")] + [f"train.lr={lr:g}"]
+    return Run(task, f"{method}_lr{lr:g}", tuple(options), updates, every, seed, size, matched_loss)
+
+
 def store_dir(quick: bool) -> str:
     """Where runs are kept: $STUDY_RUNS, or .cache/study-runs (quick: study-runs-quick)."""
     return os.environ.get("STUDY_RUNS") or os.path.join(REPO, ".cache", "study-runs-quick" if quick else "study-runs")
@@ -279,17 +296,22 @@ def run_commands(run: Run, quick: bool, backbone: str):
 
 
 SOURCES = ("ofa_prompt", "experiments")
+# claims.py reads the studies' results.json and makes no run: editing its table leaves every stored run valid
+NOT_RUN_CODE = (os.path.join("experiments", "claims.py"),)
 
 
 @functools.lru_cache(maxsize=None)
 def source_digest(root: str = REPO) -> str:
-    """sha1 of the Python source under ofa_prompt/ and experiments/ (paths and contents): part of every stored
-    run's key, so that a change of the code that trains or scores runs makes the store train them again."""
+    """sha1 of the Python source under ofa_prompt/ and experiments/ (paths and contents; not NOT_RUN_CODE): part
+    of every stored run's key, so that a change of the code that trains or scores runs makes the store train them
+    again, and the code version a study's results.json records."""
     digest = hashlib.sha1()
     for top in SOURCES:
         for folder, _, files in sorted(os.walk(os.path.join(root, top))):  # sorted: the same order everywhere
             for name in sorted(f for f in files if f.endswith(".py")):
                 path = os.path.join(folder, name)
+                if os.path.relpath(path, root) in NOT_RUN_CODE:
+                    continue
                 digest.update(os.path.relpath(path, root).encode() + b"\0")
                 with open(path, "rb") as f:
                     digest.update(f.read() + b"\0")
@@ -486,15 +508,20 @@ def closest_point(curve, target: float):
 # ---------------------------------------------------------------------------------------------- tables, plots
 
 def save_results(out: str, name: str, rows, header, note: str, command: str, extra: Optional[dict] = None):
-    """results.md (table + how it was made), results.json (the table and `extra`, e.g. the per-seed values)."""
+    """results.md (table + how it was made), results.json (the table, `extra` (e.g. the per-seed values) and
+    `code`: the source_digest of the code that made the runs; a table remade from its results.json keeps the
+    one stored there, None when the runs predate the record)."""
     os.makedirs(out, exist_ok=True)
+    code = source_digest()
+    if "remade from its results.json" in command:
+        code = json.loads(read_text(os.path.join(out, "results.json")) or "{}").get("code")
     lines = [f"# {name}", "", note, "", f"Made with `{command}`.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"header": header, "rows": rows, **(extra or {})}, f, indent=1)
+        json.dump({"header": header, "rows": rows, **(extra or {}), "code": code}, f, indent=1)
     print("\n".join(lines[6:]))
 
 

@@ -16,15 +16,15 @@ from common import (
     METHODS,
     SIZES,
     TASKS,
-    Run,
     Series,
     best_point,
     cli,
     command_line,
     execute_all,
     log,
+    lr_run,
     mean_std,
-    method_run,
+    method_lr,
     original_args,
     plot,
     pm,
@@ -33,19 +33,6 @@ from common import (
     save_results,
     settings,
 )
-
-
-def method_lr(method: str) -> float:
-    """The learning rate common.METHODS gives `method`."""
-    return float(next(o for o in METHODS[method] if o.startswith("train.lr=")).split("=", 1)[1])
-
-
-def lr_run(task, method, lr, updates, every, seed, size, matched_loss) -> Run:
-    """`method` at learning rate `lr`: the method's own run (shared with the other studies) at its own rate."""
-    if lr == method_lr(method):
-        return method_run(task, method, updates, every, seed, size, matched_loss)
-    options = [o for o in METHODS[method] if not o.startswith("train.lr=")] + [f"train.lr={lr:g}"]
-    return Run(task, f"{method}_lr{lr:g}", tuple(options), updates, every, seed, size, matched_loss)
 
 
 def best_learning_rates(per_seed):

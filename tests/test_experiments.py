@@ -281,12 +281,11 @@ def test_scale_plots_the_share_against_parameters(scaled):
 
 def test_a_learning_rate_run_is_the_methods_own_run_at_its_own_rate():
     import common
-    import learning_rate
 
-    own = learning_rate.lr_run("caption", "finetune", 5e-4, 200, 25, 2, "medium", 0.9)
-    assert learning_rate.method_lr("finetune") == 5e-4
+    own = common.lr_run("caption", "finetune", 5e-4, 200, 25, 2, "medium", 0.9)
+    assert common.method_lr("finetune") == 5e-4
     assert own == common.method_run("caption", "finetune", 200, 25, 2, "medium", 0.9)  # shared with scale.py
-    other = learning_rate.lr_run("caption", "finetune", 1e-4, 200, 25, 2, "medium", 0.9)
+    other = common.lr_run("caption", "finetune", 1e-4, 200, 25, 2, "medium", 0.9)
     assert other.label == "finetune_lr0.0001" and other.name != own.name
     assert [o for o in other.options if o.startswith("train.lr=")] == ["train.lr=0.0001"]
     assert set(other.options) - {"train.lr=0.0001"} == set(own.options) - {"train.lr=5e-4"}
