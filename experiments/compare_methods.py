@@ -53,9 +53,10 @@ def chosen_lr(valid_by_lr):
     return max(sorted(valid_by_lr), key=lambda lr: mean_std(valid_by_lr[lr])[0])
 
 
-def per_seed_values(results, tasks, methods, seeds, updates, every, size="micro", lr_grid=False):
-    """{task/method: the per-seed values behind a table row} of the stored runs, at the rate chosen on validation
-    (with `lr_grid`, the grid's mean best validation and test scores per rate too)."""
+def per_seed_values(results, tasks, methods, seeds, updates, every, size="micro", lr_grid=False, extra_seeds=()):
+    """{task/method: the per-seed values behind a table row} of the stored runs, at the rate chosen on the
+    validation scores of `seeds` (with `lr_grid`, the grid's best validation and test scores per rate too), then
+    `extra_seeds` run at the chosen rate only."""
     per_seed = {}
     for task in tasks:
         for method in methods:
@@ -63,7 +64,8 @@ def per_seed_values(results, tasks, methods, seeds, updates, every, size="micro"
             by_lr = {lr: [results[lr_run(task, method, lr, updates, every, s, size)] for s in seeds] for lr in lrs}
             valid = {lr: [best_point(r["curve"])[1] for r in rs] for lr, rs in by_lr.items()}
             lr = chosen_lr(valid)
-            rs, best = by_lr[lr], [best_point(r["curve"]) for r in by_lr[lr]]
+            rs = by_lr[lr] + [results[lr_run(task, method, lr, updates, every, s, size)] for s in extra_seeds]
+            best = [best_point(r["curve"]) for r in rs]
             per_seed[f"{task}/{method}"] = dict(
                 score=[r["score"] for r in rs], best_valid=[b[1] for b in best], updates_to_best=[b[0] for b in best],
                 seconds=[r["seconds"] for r in rs], trainable=f"{rs[0]['trained']:,} "
@@ -144,6 +146,8 @@ def main(argv=None):
     ap.add_argument("--lr-grid", action="store_true",
                     help="train each method at every rate of its common.LR_GRIDS grid and report, per task, the rate "
                          "with the best mean validation score (default: common.METHODS' rate)")
+    ap.add_argument("--extra-seeds", type=int, nargs="+", default=[],
+                    help="seeds run after the rates are chosen (on --seeds), at the chosen rate only")
     ap.add_argument("--from-results", action="store_true",
                     help="remake table and plot from the output folder's results.json, without training")
     a = ap.parse_args(argv)
@@ -151,6 +155,8 @@ def main(argv=None):
         out = settings(a, "compare_methods")[3]
         a = original_args(ap, out, ["--out", out, "--from-results"])
     updates, every, seeds, out = settings(a, "compare_methods")
+    if set(a.extra_seeds) & set(seeds) and not a.from_results:
+        ap.error(f"--extra-seeds {a.extra_seeds} repeat seeds of --seeds {seeds}")
     if a.from_results:
         stored = stored_per_seed(out)
         per_seed, seeds, size = stored["per_seed"], stored["seeds"], stored["size"]
@@ -160,13 +166,22 @@ def main(argv=None):
         tasks, methods, size = a.tasks, a.methods, a.size
         runs = method_runs(tasks, methods, seeds, updates, every, size, lr_grid=a.lr_grid)
         log(f"{len(runs)} runs ({size} backbone, seeds {seeds}, {updates} updates each)")
-        per_seed = per_seed_values(execute_all(runs, a.quick, a.workers), tasks, methods, seeds, updates, every, size,
-                                   a.lr_grid)
+        results = execute_all(runs, a.quick, a.workers)
+        per_seed = per_seed_values(results, tasks, methods, seeds, updates, every, size, a.lr_grid)
+        if a.extra_seeds:
+            extra = [lr_run(t, m, per_seed[f"{t}/{m}"]["lr"], updates, every, s, size)
+                     for t in tasks for m in methods for s in a.extra_seeds]
+            log(f"{len(extra)} runs of seeds {a.extra_seeds} at the chosen rates")
+            results.update(execute_all(extra, a.quick, a.workers))
+            per_seed = per_seed_values(results, tasks, methods, seeds, updates, every, size, a.lr_grid, a.extra_seeds)
+        seeds = seeds + a.extra_seeds
     baselines = {task: baseline(task, "test", a.quick) for task in tasks}
     rows = summarize(per_seed, tasks, methods, baselines, updates)
     rates = ("Learning rates: each method's common.LR_GRIDS grid (" + "; ".join(
         f"{m} {', '.join(f'{x:g}' for x in LR_GRIDS[m])}" for m in methods) + "), the rate with the best mean "
-             "validation score over the seeds chosen per task and method; the test scores are those runs'. "
+             f"validation score over seeds {[x for x in seeds if x not in a.extra_seeds]} chosen per task and "
+             "method; the test scores are those runs'"
+             + (f", and seeds {a.extra_seeds}' at the chosen rate. " if a.extra_seeds else ". ")
              if a.lr_grid else "Learning rates: common.METHODS' (chosen on the micro backbone). ")
     save_results(out, f"Method comparison ({size} backbone)", rows, HEADER,
                  f"The {size} OFA backbone pretrained on the synthetic pretraining mix, tuned {updates} updates per "

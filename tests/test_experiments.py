@@ -656,3 +656,73 @@ def test_slow_convergence_is_tested_only_where_prompt_tuning_reaches_the_target(
     assert claims.convergence_verdict("2/3", "1.5x").startswith("not resolved")
     assert claims.convergence_verdict("3/3", "1.8x") == "holds"
     assert claims.convergence_verdict("3/3", "0.9x") == "does not hold"
+
+
+def test_the_learning_rate_grid_chooses_each_methods_rate_on_validation_and_reports_its_test_scores():
+    """--lr-grid: every rate of the method's grid is run, the row takes the rate with the best mean validation
+    score (not the best test score), and the table says which rate, each rate's validation and whether the chosen
+    one is at the grid's edge; without the grid, the method's own rate alone."""
+    import common
+    import compare_methods
+
+    assert compare_methods.chosen_lr({0.1: [0.5, 0.7], 0.3: [0.6, 0.5], 0.03: [0.2, 0.2]}) == 0.1
+    assert compare_methods.chosen_lr({0.3: [0.5], 0.1: [0.5]}) == 0.1  # a tie: the smaller rate
+    grid = compare_methods.method_runs(["refcoco"], ["prompt"], [1, 2], 200, 25, lr_grid=True)
+    assert len(grid) == 6 and {r.options[-1] for r in grid} == {f"train.lr={x:g}" for x in common.LR_GRIDS["prompt"]}
+    assert compare_methods.method_runs(["refcoco"], ["prompt"], [1, 2], 200, 25) == [
+        common.method_run("refcoco", "prompt", 200, 25, s) for s in (1, 2)]
+
+    valid = {0.03: 0.4, 0.1: 0.6, 0.3: 0.5}  # best validation per rate; test scores the other way round
+    test = {0.03: 0.9, 0.1: 0.3, 0.3: 0.8}
+    results = {run: dict(score=test[lr] + run.seed / 100, curve=[[100, 0.1], [200, valid[lr]]], seconds=1.0,
+                         trained=10, total=1000)
+               for lr in common.LR_GRIDS["prompt"] for run in
+               [common.lr_run("refcoco", "prompt", lr, 200, 25, s) for s in (1, 2)]}
+    per_seed = compare_methods.per_seed_values(results, ["refcoco"], ["prompt"], [1, 2], 200, 25, lr_grid=True)
+    v = per_seed["refcoco/prompt"]
+    assert v["lr"] == 0.1 and v["score"] == pytest.approx([0.31, 0.32]) and v["best_valid"] == [0.6, 0.6]
+    assert v["grid"]["0.3"] == dict(best_valid=[0.5, 0.5], score=pytest.approx([0.81, 0.82]))
+    assert compare_methods.rate_column(v, "prompt") == "0.1; validation 0.03: 0.4000, 0.1: 0.6000, 0.3: 0.5000"
+    v["lr"] = 0.3
+    assert compare_methods.rate_column(v, "prompt").startswith("0.3 (the grid's edge); ")
+    assert compare_methods.rate_column({}, "prompt") == "0.03"  # a row made before the grid: METHODS' rate
+
+    rows = compare_methods.summarize(per_seed, ["refcoco"], ["prompt"], {"refcoco": 0.2}, 200)
+    assert rows[1][-1] == "2/2"  # both seeds' best validation came at the last update: the budget stopped them
+
+    # --extra-seeds: run at the rate seeds 1 and 2 chose, added to the row, not to the choice
+    results[common.lr_run("refcoco", "prompt", 0.1, 200, 25, 3)] = dict(score=0.5, curve=[[100, 0.9]], seconds=1.0,
+                                                                         trained=10, total=1000)
+    v = compare_methods.per_seed_values(results, ["refcoco"], ["prompt"], [1, 2], 200, 25, lr_grid=True,
+                                        extra_seeds=[3])["refcoco/prompt"]
+    assert v["lr"] == 0.1 and v["score"] == pytest.approx([0.31, 0.32, 0.5]) and v["updates_to_best"] == [200, 200, 100]
+    assert v["grid"]["0.1"]["best_valid"] == [0.6, 0.6]
+
+
+def test_results_record_the_code_version_of_their_runs_and_claims_lists_them(tmp_path, monkeypatch):
+    """save_results writes the source digest; a table remade from results.json keeps the stored one; claims.py
+    says which studies this code made. claims.py itself is not part of the digest (it makes no run)."""
+    import claims
+    import common
+
+    for folder in ("ofa_prompt", "experiments"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.py").write_text("a = 1\n")
+    (tmp_path / "experiments" / "claims.py").write_text("table = 1\n")
+    common.source_digest.cache_clear()
+    first = common.source_digest(str(tmp_path))
+    (tmp_path / "experiments" / "claims.py").write_text("table = 2\n")
+    common.source_digest.cache_clear()
+    assert common.source_digest(str(tmp_path)) == first
+    common.source_digest.cache_clear()
+
+    monkeypatch.setattr(common, "source_digest", lambda: "new")
+    monkeypatch.setattr(claims, "source_digest", lambda: "new")
+    docs = tmp_path / "docs"
+    common.save_results(str(docs / "a"), "A", [], [], "note", "python experiments/a.py", dict(seeds=[1]))
+    assert json.loads((docs / "a" / "results.json").read_text())["code"] == "new"
+    _stored_study(docs / "b", "python experiments/b.py", dict(seeds=[1, 2], code="old"))
+    common.save_results(str(docs / "b"), "B", [], [], "note", "python experiments/b.py`; table and plots remade "
+                        "from its results.json with `python experiments/b.py --from-results", dict(seeds=[1, 2]))
+    assert json.loads((docs / "b" / "results.json").read_text())["code"] == "old"
+    assert claims.provenance(str(docs)) == "Studies made by this code version (new): a. By earlier code: b."
