@@ -726,3 +726,14 @@ def test_results_record_the_code_version_of_their_runs_and_claims_lists_them(tmp
                         "from its results.json with `python experiments/b.py --from-results", dict(seeds=[1, 2]))
     assert json.loads((docs / "b" / "results.json").read_text())["code"] == "old"
     assert claims.provenance(str(docs)) == "Studies made by this code version (new): a. By earlier code: b."
+
+
+def test_the_comparison_claim_says_how_many_runs_the_budget_stopped_at_their_best():
+    import claims
+
+    compare = {"header": ["task", "method", "seeds best at the last update"],
+               "rows": [["a", "trivial baseline: x", "-"], ["a", "finetune", "1/3"], ["a", "prompt", "2/3"],
+                        ["b", "prompt", "3/3"], ["b", "bitfit", "3/3"]]}
+    assert claims.stopped_by_budget(compare) == \
+        "; best validation at the last update in 1/3 runs of finetune, 5/6 runs of prompt"
+    assert claims.stopped_by_budget({"header": ["task", "method"], "rows": []}) == ""  # made before the column
